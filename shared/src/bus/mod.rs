@@ -1,0 +1,195 @@
+//! The `Bus`: the one interface the center and the agent use to exchange messages.
+//!
+//! Two implementations: [`RabbitBus`] (RabbitMQ through lapin, for multi-machine deployments)
+//! and [`InProcBus`] (the embedded default: one process, no broker).
+//! Both follow the same contract so that every integration test can run on either:
+//! one topic exchange named after the namespace, queue names prefixed with the namespace,
+//! publishes to a routing key nobody listens on fail with [`BusError::Unroutable`],
+//! consumers get [`Delivery`]s that they ack only after the effect is stored.
+
+mod inproc;
+mod rabbit;
+
+pub use inproc::InProcBus;
+pub use rabbit::RabbitBus;
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("no queue is bound to {0}")]
+    Unroutable(String),
+    #[error("broker refused the message for {0}")]
+    Refused(String),
+}
+
+/// One message with the AMQP properties the protocol uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BusMessage {
+    /// AMQP `type`: one of [`crate::wire::kind`].
+    pub kind: String,
+    pub body: Vec<u8>,
+    pub content_type: String,
+    pub message_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+    pub timestamp_ms: u64,
+    /// Per-message TTL; the broker drops the message after it.
+    pub expiration_ms: Option<u64>,
+    /// Ed25519 signature of `body`, raw 64 bytes (instructions only).
+    pub sig: Option<Vec<u8>>,
+    pub key_id: Option<String>,
+}
+
+impl BusMessage {
+    /// A MessagePack message of `kind` stamped with the current time.
+    pub fn msgpack(kind: &str, body: Vec<u8>) -> Self {
+        BusMessage {
+            kind: kind.to_string(),
+            body,
+            content_type: CONTENT_TYPE_MSGPACK.to_string(),
+            timestamp_ms: crate::time::now_unix_ms(),
+            ..Default::default()
+        }
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.content_type.eq_ignore_ascii_case(CONTENT_TYPE_JSON)
+    }
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Through the namespace's topic exchange with this routing key.
+    Topic(String),
+    /// Straight to a queue by its full name (replies to `reply_to`).
+    Queue(String),
+}
+
+/// A queue to declare, by full name (see [`Bus::queue_name`]), and the routing keys bound to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub name: String,
+    pub bindings: Vec<String>,
+    /// Durable queues outlive their consumers and the broker; the others are private to one
+    /// process (exclusive, auto-deleted), like a center's RT reply queue.
+    pub durable: bool,
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    fn namespace(&self) -> &str;
+
+    /// The full name of a queue: `<namespace>.<suffix>`.
+    fn queue_name(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.namespace())
+    }
+
+    async fn declare(&self, spec: &QueueSpec) -> Result<(), BusError>;
+
+    /// Returns once the broker has taken responsibility for the message (publisher confirm).
+    async fn publish(&self, destination: &Destination, message: BusMessage)
+        -> Result<(), BusError>;
+
+    /// Declares the queue and consumes it. The first attempt happens before this returns;
+    /// after that the consumer survives broker restarts by reconnecting with backoff.
+    async fn consume(&self, spec: QueueSpec, prefetch: u16) -> Result<Consumer, BusError>;
+}
+
+pub type SharedBus = Arc<dyn Bus>;
+
+/// Opens the bus an URL names: `inproc` (or empty) for the embedded bus, `amqp://…` for RabbitMQ.
+pub fn open(url: &str, namespace: &str) -> Result<SharedBus, BusError> {
+    if url.is_empty() || url == "inproc" {
+        Ok(Arc::new(InProcBus::new(namespace)))
+    } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        Ok(Arc::new(RabbitBus::new(url, namespace)))
+    } else {
+        Err(BusError::Unavailable(format!(
+            "bus url must be `inproc` or start with amqp:// or amqps://, got {url:?}"
+        )))
+    }
+}
+
+/// A stream of deliveries from one queue.
+pub struct Consumer {
+    receiver: mpsc::Receiver<Delivery>,
+}
+
+impl Consumer {
+    pub(crate) fn new(receiver: mpsc::Receiver<Delivery>) -> Self {
+        Consumer { receiver }
+    }
+
+    /// The next delivery; `None` only when the bus itself was dropped.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.receiver.recv().await
+    }
+}
+
+/// A received message that must be settled: ack after its effect is stored, reject if it can
+/// never be processed (bad bytes), requeue if it could be processed later.
+pub struct Delivery {
+    pub message: BusMessage,
+    /// True when the broker delivered this message before (the consumer may have died mid-way).
+    pub redelivered: bool,
+    settle: Settle,
+}
+
+pub(crate) enum Settle {
+    Rabbit(lapin::acker::Acker),
+    InProc(inproc::Requeue),
+}
+
+impl Delivery {
+    pub(crate) fn new(message: BusMessage, redelivered: bool, settle: Settle) -> Self {
+        Delivery {
+            message,
+            redelivered,
+            settle,
+        }
+    }
+
+    pub async fn ack(self) {
+        if let Settle::Rabbit(acker) = &self.settle {
+            if let Err(err) = acker.ack(Default::default()).await {
+                // The channel died; the broker redelivers, and consumers are idempotent.
+                log::warn!("bus: ack failed, message will be redelivered: {err}");
+            }
+        }
+    }
+
+    /// Drops the message for good (no requeue): for bodies that cannot be decoded.
+    pub async fn reject(self) {
+        if let Settle::Rabbit(acker) = &self.settle {
+            let options = lapin::options::BasicRejectOptions { requeue: false };
+            if let Err(err) = acker.reject(options).await {
+                log::warn!("bus: reject failed: {err}");
+            }
+        }
+    }
+
+    /// Gives the message back to the queue so that it is delivered again.
+    pub async fn requeue(self) {
+        match self.settle {
+            Settle::Rabbit(acker) => {
+                let options = lapin::options::BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                };
+                if let Err(err) = acker.nack(options).await {
+                    log::warn!("bus: requeue failed: {err}");
+                }
+            }
+            Settle::InProc(requeue) => requeue.put_back(self.message),
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The RabbitMQ bus through lapin.
+//!
+//! One connection per bus, shared by a confirm-mode publishing channel and one channel per
+//! consumer. When the broker goes away, the next publish reconnects (and retries once), and each
+//! consumer reconnects in the background with exponential backoff, re-declaring its queue.
+//! It does not spool: callers that must not lose a message (the agent's results) do that.
+
+use super::{Bus, BusError, BusMessage, Consumer, Delivery, Destination, QueueSpec, Settle};
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, ByteArray, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Mutex};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+#[derive(Clone)]
+pub struct RabbitBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    namespace: String,
+    link: Mutex<Option<Link>>,
+}
+
+#[derive(Clone)]
+struct Link {
+    connection: Arc<Connection>,
+    publisher: Channel,
+}
+
+impl Link {
+    fn usable(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+}
+
+fn unavailable(err: lapin::Error) -> BusError {
+    BusError::Unavailable(err.to_string())
+}
+
+impl RabbitBus {
+    pub fn new(url: &str, namespace: &str) -> Self {
+        RabbitBus {
+            inner: Arc::new(Inner {
+                url: url.to_string(),
+                namespace: namespace.to_string(),
+                link: Mutex::new(None),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    async fn link(&self) -> Result<Link, BusError> {
+        let mut guard = self.link.lock().await;
+        if let Some(link) = guard.as_ref().filter(|link| link.usable()) {
+            return Ok(link.clone());
+        }
+        let properties = ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio);
+        let connection = Connection::connect(&self.url, properties)
+            .await
+            .map_err(unavailable)?;
+        let publisher = connection.create_channel().await.map_err(unavailable)?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(unavailable)?;
+        declare_exchange(&publisher, &self.namespace).await?;
+        if guard.is_some() {
+            log::info!("bus: reconnected to the broker");
+        }
+        let link = Link {
+            connection: Arc::new(connection),
+            publisher,
+        };
+        *guard = Some(link.clone());
+        Ok(link)
+    }
+
+    async fn publish_once(
+        &self,
+        link: &Link,
+        destination: &Destination,
+        message: &BusMessage,
+    ) -> Result<(), PublishFailure> {
+        let (exchange, routing_key) = match destination {
+            Destination::Topic(key) => (self.namespace.as_str(), key.as_str()),
+            Destination::Queue(name) => ("", name.as_str()),
+        };
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        let confirm = link
+            .publisher
+            .basic_publish(
+                exchange,
+                routing_key,
+                options,
+                &message.body,
+                properties_of(message),
+            )
+            .await
+            .map_err(PublishFailure::Connection)?;
+        match confirm.await.map_err(PublishFailure::Connection)? {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_returned)) => {
+                Err(PublishFailure::Unroutable(routing_key.to_string()))
+            }
+            Confirmation::Nack(_) => Err(PublishFailure::Nack(routing_key.to_string())),
+        }
+    }
+
+    async fn open_consumer(
+        &self,
+        spec: &QueueSpec,
+        prefetch: u16,
+    ) -> Result<(Channel, lapin::Consumer), BusError> {
+        let link = self.link().await?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        channel
+            .basic_qos(prefetch.max(1), BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
+        declare_queue(&channel, &self.namespace, spec).await?;
+        let consumer = channel
+            .basic_consume(
+                &spec.name,
+                "",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok((channel, consumer))
+    }
+}
+
+enum PublishFailure {
+    Connection(lapin::Error),
+    Unroutable(String),
+    Nack(String),
+}
+
+async fn declare_exchange(channel: &Channel, namespace: &str) -> Result<(), BusError> {
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            namespace,
+            ExchangeKind::Topic,
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)
+}
+
+async fn declare_queue(channel: &Channel, namespace: &str, spec: &QueueSpec) -> Result<(), BusError> {
+    declare_exchange(channel, namespace).await?;
+    let options = QueueDeclareOptions {
+        durable: spec.durable,
+        exclusive: !spec.durable,
+        auto_delete: !spec.durable,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(&spec.name, options, FieldTable::default())
+        .await
+        .map_err(unavailable)?;
+    for key in &spec.bindings {
+        channel
+            .queue_bind(
+                &spec.name,
+                namespace,
+                key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn properties_of(message: &BusMessage) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(sig) = &message.sig {
+        headers.insert(
+            ShortString::from("sig"),
+            AMQPValue::ByteArray(ByteArray::from(sig.clone())),
+        );
+    }
+    if let Some(key_id) = &message.key_id {
+        headers.insert(
+            ShortString::from("key_id"),
+            AMQPValue::LongString(LongString::from(key_id.as_str())),
+        );
+    }
+    let mut properties = BasicProperties::default()
+        .with_type(ShortString::from(message.kind.as_str()))
+        .with_content_type(ShortString::from(message.content_type.as_str()))
+        .with_timestamp(message.timestamp_ms / 1000)
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(id) = &message.message_id {
+        properties = properties.with_message_id(ShortString::from(id.as_str()));
+    }
+    if let Some(id) = &message.correlation_id {
+        properties = properties.with_correlation_id(ShortString::from(id.as_str()));
+    }
+    if let Some(reply_to) = &message.reply_to {
+        properties = properties.with_reply_to(ShortString::from(reply_to.as_str()));
+    }
+    if let Some(expiration) = message.expiration_ms {
+        properties = properties.with_expiration(ShortString::from(expiration.to_string()));
+    }
+    properties
+}
+
+fn message_of(delivery: &lapin::message::Delivery) -> BusMessage {
+    let properties = &delivery.properties;
+    let text = |value: &Option<ShortString>| value.as_ref().map(|s| s.as_str().to_string());
+    let headers = properties.headers().as_ref();
+    let header = |name: &str| headers.and_then(|table| table.inner().get(name).cloned());
+    let sig = match header("sig") {
+        Some(AMQPValue::ByteArray(bytes)) => Some(bytes.as_slice().to_vec()),
+        Some(AMQPValue::LongString(bytes)) => Some(bytes.as_bytes().to_vec()),
+        _ => None,
+    };
+    let key_id = match header("key_id") {
+        Some(AMQPValue::LongString(text)) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
+        Some(AMQPValue::ShortString(text)) => Some(text.as_str().to_string()),
+        _ => None,
+    };
+    BusMessage {
+        kind: text(properties.kind()).unwrap_or_default(),
+        body: delivery.data.clone(),
+        content_type: text(properties.content_type()).unwrap_or_default(),
+        message_id: text(properties.message_id()),
+        correlation_id: text(properties.correlation_id()),
+        reply_to: text(properties.reply_to()),
+        timestamp_ms: properties.timestamp().unwrap_or(0) * 1000,
+        expiration_ms: properties
+            .expiration()
+            .as_ref()
+            .and_then(|text| text.as_str().parse().ok()),
+        sig,
+        key_id,
+    }
+}
+
+#[async_trait]
+impl Bus for RabbitBus {
+    fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    async fn declare(&self, spec: &QueueSpec) -> Result<(), BusError> {
+        let link = self.inner.link().await?;
+        let channel = link.connection.create_channel().await.map_err(unavailable)?;
+        let declared = declare_queue(&channel, &self.inner.namespace, spec).await;
+        let _ = channel.close(200, "declared").await;
+        declared
+    }
+
+    async fn publish(
+        &self,
+        destination: &Destination,
+        message: BusMessage,
+    ) -> Result<(), BusError> {
+        // A connection that died since the last publish is only noticed now: reconnect and try
+        // once more, so that a broker restart costs one slow publish rather than an error.
+        let mut last_error = None;
+        for _attempt in 0..2 {
+            let link = self.inner.link().await?;
+            match self.inner.publish_once(&link, destination, &message).await {
+                Ok(()) => return Ok(()),
+                Err(PublishFailure::Unroutable(key)) => return Err(BusError::Unroutable(key)),
+                Err(PublishFailure::Nack(key)) => return Err(BusError::Refused(key)),
+                Err(PublishFailure::Connection(err)) => {
+                    log::warn!("bus: publish failed, reconnecting: {err}");
+                    let mut guard = self.inner.link.lock().await;
+                    if guard
+                        .as_ref()
+                        .is_some_and(|current| Arc::ptr_eq(&current.connection, &link.connection))
+                    {
+                        *guard = None;
+                    }
+                    last_error = Some(err);
+                }
+            }
+        }
+        Err(BusError::Unavailable(
+            last_error.map(|err| err.to_string()).unwrap_or_default(),
+        ))
+    }
+
+    async fn consume(&self, spec: QueueSpec, prefetch: u16) -> Result<Consumer, BusError> {
+        let first = self.inner.open_consumer(&spec, prefetch).await?;
+        let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let mut current = Some(first);
+            let mut backoff = FIRST_BACKOFF;
+            loop {
+                if let Some((channel, mut stream)) = current.take() {
+                    loop {
+                        let item = tokio::select! {
+                            item = stream.next() => item,
+                            _ = sender.closed() => {
+                                let _ = channel.close(200, "consumer dropped").await;
+                                return;
+                            }
+                        };
+                        match item {
+                            Some(Ok(delivery)) => {
+                                backoff = FIRST_BACKOFF;
+                                let message = message_of(&delivery);
+                                let settle = Settle::Rabbit(delivery.acker);
+                                let delivery = Delivery::new(message, delivery.redelivered, settle);
+                                if sender.send(delivery).await.is_err() {
+                                    let _ = channel.close(200, "consumer dropped").await;
+                                    return;
+                                }
+                            }
+                            Some(Err(err)) => {
+                                log::warn!("bus: consumer of {} lost: {err}", spec.name);
+                                break;
+                            }
+                            None => {
+                                log::warn!("bus: consumer of {} ended", spec.name);
+                                break;
+                            }
+                        }
+                    }
+                }
+                if sender.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                match inner.open_consumer(&spec, prefetch).await {
+                    Ok(opened) => {
+                        log::info!("bus: consuming {} again", spec.name);
+                        current = Some(opened);
+                    }
+                    Err(err) => log::warn!("bus: cannot consume {} yet: {err}", spec.name),
+                }
+            }
+        });
+        Ok(Consumer::new(receiver))
+    }
+}

@@ -1,0 +1,322 @@
+//! The messages that cross a process boundary, and their codec.
+//!
+//! Bodies are named-field MessagePack (`rmp_serde::to_vec_named`) so that a field can be added
+//! later: every field added after the first release carries `#[serde(default)]`.
+//! Legacy spellings of the original ELVES stay at this edge.
+
+mod codec;
+mod ids;
+
+pub use codec::{decode, decode_json, encode, DecodeError};
+pub use ids::{AgentId, IdError, TaskId};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// AMQP `type` property values, one per message kind.
+pub mod kind {
+    pub const INSTRUCTION: &str = "instruction";
+    pub const CANCEL: &str = "cancel";
+    pub const APP_SET: &str = "app_set";
+    pub const RESULT: &str = "result";
+    pub const HEARTBEAT: &str = "heartbeat";
+    pub const SUBMIT: &str = "submit";
+    pub const SUBMIT_REPLY: &str = "submit_reply";
+}
+
+/// Routing keys of the topic exchange; these are not namespaced, queue names are.
+pub mod routing {
+    use super::AgentId;
+
+    pub const CENTER_RESULT: &str = "center.result";
+    pub const CENTER_HEARTBEAT: &str = "center.heartbeat";
+    pub const CENTER_SUBMIT: &str = "center.submit";
+
+    pub fn agent(agent_id: &AgentId) -> String {
+        format!("agent.{agent_id}")
+    }
+
+    pub fn processor(app: &str) -> String {
+        format!("processor.{app}")
+    }
+}
+
+/// How a task was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskType {
+    Rt,
+    Queue,
+    Cron,
+}
+
+impl TaskType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskType::Rt => "rt",
+            TaskType::Queue => "queue",
+            TaskType::Cron => "cron",
+        }
+    }
+}
+
+impl fmt::Display for TaskType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether the result also goes to the app's processor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum Mode {
+    #[default]
+    NP,
+    P,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::NP => "NP",
+            Mode::P => "P",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    /// Case-insensitive; empty means the default, NP.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.is_empty() || text.eq_ignore_ascii_case("np") {
+            Ok(Mode::NP)
+        } else if text.eq_ignore_ascii_case("p") {
+            Ok(Mode::P)
+        } else {
+            Err(format!("mode must be P or NP, got {text:?}"))
+        }
+    }
+}
+
+/// Center → agent: run one app function. Signed by the center (Ed25519 over the exact body bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instruction {
+    pub id: TaskId,
+    pub agent: AgentId,
+    #[serde(rename = "type")]
+    pub task_type: TaskType,
+    pub mode: Mode,
+    pub app: String,
+    pub func: String,
+    pub param: String,
+    /// Seconds, counted from spawn.
+    pub timeout: u32,
+    pub proxy: String,
+    pub issued_at: u64,
+    /// After this instant (unix ms) the agent drops the instruction and reports it expired.
+    pub deadline: u64,
+}
+
+/// Center → agent: kill the running task with this id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub id: TaskId,
+}
+
+/// Agent → center: the outcome of one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub id: TaskId,
+    pub agent: AgentId,
+    #[serde(rename = "type")]
+    pub task_type: TaskType,
+    pub mode: Mode,
+    pub app: String,
+    pub func: String,
+    /// 1 the worker said true, 0 it said false, -1 the platform could not get an answer.
+    pub worker_flag: i8,
+    pub worker_message: String,
+    pub worker_costtime: u64,
+    pub started_at: u64,
+    pub finished_at: u64,
+    /// Empty when the agent ran the task; otherwise why it did not (e.g. `expired`).
+    pub error: String,
+}
+
+/// Agent → center: I am alive, and this is what I have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub agent: AgentId,
+    pub ip: String,
+    pub asset: String,
+    pub version: String,
+    /// Installed apps: name → version.
+    pub apps: BTreeMap<String, String>,
+    pub sent_at: u64,
+    /// How often this agent beats, so the center can judge when it went quiet.
+    pub interval_ms: u64,
+}
+
+/// External producer → center: a signed job submission (SPEC §7.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submit {
+    pub auth_id: String,
+    pub timestamp: i64,
+    pub sign_type: String,
+    pub sign: String,
+    pub agent: String,
+    pub app: String,
+    pub func: String,
+    #[serde(default)]
+    pub param: String,
+    #[serde(default)]
+    pub timeout: i64,
+    #[serde(default)]
+    pub proxy: String,
+    #[serde(default)]
+    pub mode: String,
+}
+
+/// The `{flag, error, result}` shape shared by HTTP responses and submit replies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub flag: String,
+    pub error: String,
+    pub result: T,
+}
+
+impl<T> Envelope<T> {
+    pub fn ok(result: T) -> Self {
+        Envelope {
+            flag: "true".to_string(),
+            error: String::new(),
+            result,
+        }
+    }
+}
+
+impl Envelope<serde_json::Value> {
+    pub fn failure(code: &str, message: &str) -> Self {
+        Envelope {
+            flag: "false".to_string(),
+            error: format!("[{code}]{message}"),
+            result: serde_json::Value::Null,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_instruction() -> Instruction {
+        Instruction {
+            id: TaskId::parse("0123456789abcdef").unwrap(),
+            agent: AgentId::parse("agent-1").unwrap(),
+            task_type: TaskType::Rt,
+            mode: Mode::NP,
+            app: "apptest".into(),
+            func: "helloword".into(),
+            param: r#"{"my":"héllo \"x\"\n"}"#.into(),
+            timeout: 90,
+            proxy: String::new(),
+            issued_at: 1_700_000_000_000,
+            deadline: 1_700_000_155_000,
+        }
+    }
+
+    #[test]
+    fn instruction_round_trips_with_named_fields() {
+        let instruction = sample_instruction();
+        let bytes = encode(&instruction);
+        let value: rmpv_like::Map = rmp_serde::from_slice(&bytes).unwrap();
+        assert!(value.contains_key("deadline"));
+        assert_eq!(value.get("type").and_then(|v| v.as_str()), Some("rt"));
+        let decoded: Instruction = decode(&bytes).unwrap();
+        assert_eq!(decoded, instruction);
+    }
+
+    /// A byte fixture pins the wire format: changing a field name or order breaks agents in the field.
+    #[test]
+    fn instruction_matches_checked_in_fixture() {
+        let bytes = encode(&sample_instruction());
+        let fixture = include_bytes!("fixtures/instruction.msgpack");
+        assert_eq!(hex::encode(&bytes), hex::encode(fixture));
+    }
+
+    #[test]
+    fn job_result_round_trips() {
+        let result = JobResult {
+            id: TaskId::parse("0123456789abcdef").unwrap(),
+            agent: AgentId::parse("a").unwrap(),
+            task_type: TaskType::Queue,
+            mode: Mode::P,
+            app: "x".into(),
+            func: "y".into(),
+            worker_flag: -1,
+            worker_message: "app exec timeout".into(),
+            worker_costtime: 12,
+            started_at: 1,
+            finished_at: 2,
+            error: String::new(),
+        };
+        let decoded: JobResult = decode(&encode(&result)).unwrap();
+        assert_eq!(decoded, result);
+        let fixture = include_bytes!("fixtures/job_result.msgpack");
+        assert_eq!(hex::encode(encode(&result)), hex::encode(fixture));
+    }
+
+    #[test]
+    fn heartbeat_and_cancel_round_trip() {
+        let heartbeat = Heartbeat {
+            agent: AgentId::parse("a").unwrap(),
+            ip: "10.0.0.1".into(),
+            asset: "rack-1".into(),
+            version: "0.1.0".into(),
+            apps: [("apptest".to_string(), "1.0".to_string())].into(),
+            sent_at: 5,
+            interval_ms: 1000,
+        };
+        assert_eq!(decode::<Heartbeat>(&encode(&heartbeat)).unwrap(), heartbeat);
+        let cancel = Cancel {
+            id: TaskId::parse("00000000000000ff").unwrap(),
+        };
+        assert_eq!(decode::<Cancel>(&encode(&cancel)).unwrap(), cancel);
+    }
+
+    #[test]
+    fn submit_accepts_json_with_missing_optional_fields() {
+        let json = br#"{"auth_id":"a","timestamp":1,"sign_type":"MD5","sign":"s","agent":"x","app":"y","func":"z"}"#;
+        let submit: Submit = decode_json(json).unwrap();
+        assert_eq!(submit.param, "");
+        assert_eq!(submit.timeout, 0);
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error_not_a_panic() {
+        assert!(decode::<Instruction>(b"\xff\x00garbage").is_err());
+        assert!(decode::<Instruction>(b"").is_err());
+        assert!(decode_json::<Submit>(b"{").is_err());
+    }
+
+    #[test]
+    fn mode_parses_case_insensitively() {
+        assert_eq!("p".parse::<Mode>().unwrap(), Mode::P);
+        assert_eq!("Np".parse::<Mode>().unwrap(), Mode::NP);
+        assert_eq!("".parse::<Mode>().unwrap(), Mode::NP);
+        assert!("X".parse::<Mode>().is_err());
+    }
+
+    /// Decoding into a plain map shows the body carries field names, not positions.
+    mod rmpv_like {
+        pub type Map = std::collections::BTreeMap<String, serde_json::Value>;
+    }
+}
