@@ -1,1 +1,38 @@
-fn main() {}
+//! The `elves` command: `elves up` runs a complete system in one process (the embedded default),
+//! `elves call` makes a signed v2 API call and prints the JSON answer.
+
+mod call;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "elves: run apps on managed hosts through one signed API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Center and a local agent in one process: in-process bus, apps from ./apps, HTTP on localhost.
+    Up(up::UpArgs),
+    /// Sign and send a v2 API call, e.g. `elves call rt/exec ip=127.0.0.1 app=apptest func=helloword`.
+    Call(call::CallArgs),
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Call(args) => call::run(args),
+    };
+    if let Err(err) = outcome {
+        eprintln!("elves: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,1 +1,8 @@
+//! Integration tests: a real center, real agents and real HTTP calls, over the in-process bus
+//! and over RabbitMQ (`ELVES_TEST_AMQP_URL`). One binary, one module per area.
 
+// A failed unwrap is how a test reports an unexpected error.
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+mod rt;

@@ -1,1 +1,20 @@
-//! placeholder
+//! The elves agent as a library: the binary in `main.rs` only loads the configuration and
+//! calls into it, and tests use the same code.
+//!
+//! `exec` runs child processes within limits; `worker` speaks the ELVES worker protocol on
+//! top of it.
+//! `config` loads the agent's settings, `guard` decides whether an instruction may run,
+//! `spool` keeps results on disk while the bus is away, `stats` counts what happened, and
+//! `runtime` ties them to the bus: it is the agent's one entry point, [`run`].
+
+pub mod config;
+pub mod exec;
+pub mod guard;
+pub mod runtime;
+pub mod spool;
+pub mod stats;
+pub mod worker;
+
+pub use config::AgentConfig;
+pub use runtime::run;
+pub use stats::AgentStats;

@@ -1,1 +1,150 @@
-//! placeholder
+//! The elves center: actors (root, scheduler, heartbeat), the HTTP API and configuration.
+//!
+//! [`start`] runs a whole center on its own thread with its own actix system, so that the
+//! `elves-center` binary, `elves up` and the tests all start it the same way.
+
+pub mod actors;
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod store;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use config::CenterConfig;
+use elves_shared::bus::SharedBus;
+use elves_shared::crypto::InstructionSigner;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+/// A running center.
+pub struct CenterHandle {
+    pub http_addr: SocketAddr,
+    pub key_id: String,
+    /// The Ed25519 public key agents need to trust this center's instructions (hex).
+    pub public_key_hex: String,
+    server: actix_web::dev::ServerHandle,
+    system: actix::System,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CenterHandle {
+    /// Stops accepting requests, lets in-flight ones finish, then stops the actors.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    /// Blocks until the center stops (by a signal or an error).
+    pub fn wait(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            futures::executor::block_on(self.server.stop(true));
+            self.system.stop();
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for CenterHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Started {
+    server: actix_web::dev::ServerHandle,
+    system: actix::System,
+    public_key_hex: String,
+}
+
+/// Starts a center serving HTTP on `listener` and talking on `bus`; returns once it is ready.
+pub fn start(
+    config: CenterConfig,
+    listener: TcpListener,
+    bus: SharedBus,
+) -> anyhow::Result<CenterHandle> {
+    let http_addr = listener
+        .local_addr()
+        .context("reading the listener's address")?;
+    let signer = Arc::new(
+        InstructionSigner::load_or_create(&config.keys.key_id, &config.signing_key_path())
+            .context("loading the center's signing key")?,
+    );
+    let key_id = config.keys.key_id.clone();
+    let (ready_sender, ready_receiver) = std::sync::mpsc::channel::<anyhow::Result<Started>>();
+    let thread = std::thread::Builder::new()
+        .name("elves-center".to_string())
+        .spawn(move || {
+            let system = actix::System::new();
+            let setup = system.block_on(serve(config, listener, bus, signer));
+            match setup {
+                Ok((server, public_key_hex)) => {
+                    let handle = server.handle();
+                    let started = Started {
+                        server: handle,
+                        system: actix::System::current(),
+                        public_key_hex,
+                    };
+                    if ready_sender.send(Ok(started)).is_err() {
+                        return;
+                    }
+                    if let Err(err) = system.block_on(server) {
+                        log::error!("center: http server: {err}");
+                    }
+                }
+                Err(err) => {
+                    let _ = ready_sender.send(Err(err));
+                }
+            }
+        })
+        .context("spawning the center thread")?;
+    let started = ready_receiver
+        .recv()
+        .context("the center thread died while starting")??;
+    log::info!("center: serving http on {http_addr}");
+    Ok(CenterHandle {
+        http_addr,
+        key_id,
+        public_key_hex: started.public_key_hex,
+        server: started.server,
+        system: started.system,
+        thread: Some(thread),
+    })
+}
+
+async fn serve(
+    config: CenterConfig,
+    listener: TcpListener,
+    bus: SharedBus,
+    signer: Arc<InstructionSigner>,
+) -> anyhow::Result<(actix_web::dev::Server, String)> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let public_key_hex = signer.public_key_hex();
+    let root = actors::root::Root::start(&config, bus, signer, metrics.clone())
+        .await
+        .context("connecting to the bus")?;
+    let children = root
+        .send(actors::root::GetChildren)
+        .await
+        .context("asking root for its children")?;
+    let workers = config.http.workers;
+    let state = web::Data::new(api::ApiState {
+        root,
+        config,
+        children,
+        metrics,
+    });
+    let server =
+        HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
+            .workers(workers)
+            .disable_signals()
+            .listen(listener)
+            .context("listening for http")?
+            .run();
+    Ok((server, public_key_hex))
+}

@@ -138,8 +138,7 @@ impl InstructionVerifier {
             .keys
             .get(key_id)
             .ok_or_else(|| VerifyError::UnknownKey(key_id.to_string()))?;
-        let signature =
-            Signature::from_slice(signature).map_err(|_| VerifyError::BadSignature)?;
+        let signature = Signature::from_slice(signature).map_err(|_| VerifyError::BadSignature)?;
         key.verify(body, &signature)
             .map_err(|_| VerifyError::BadSignature)
     }
@@ -172,7 +171,10 @@ mod tests {
             verifier.verify(body, Some("other"), Some(&sig)),
             Err(VerifyError::UnknownKey("other".into()))
         );
-        assert_eq!(verifier.verify(body, None, None), Err(VerifyError::Unsigned));
+        assert_eq!(
+            verifier.verify(body, None, None),
+            Err(VerifyError::Unsigned)
+        );
         assert_eq!(
             verifier.verify(body, Some("center"), Some(&sig[..10])),
             Err(VerifyError::BadSignature)

@@ -143,8 +143,14 @@ mod tests {
     #[test]
     fn known_answer_vectors() {
         let text = sign_string(PATH, params());
-        assert_eq!(compute(SignType::Md5, &text, "secret"), "5048781daeb166dc814e81ea47d5fcb8");
-        assert_eq!(compute(SignType::HmacSha256, &text, "secret"), "3f9afcde574b5d1a6912fcb38b9958b11a9507a3b87c40c759b7987290719514");
+        assert_eq!(
+            compute(SignType::Md5, &text, "secret"),
+            "5048781daeb166dc814e81ea47d5fcb8"
+        );
+        assert_eq!(
+            compute(SignType::HmacSha256, &text, "secret"),
+            "3f9afcde574b5d1a6912fcb38b9958b11a9507a3b87c40c759b7987290719514"
+        );
     }
 
     #[test]

@@ -91,7 +91,6 @@ impl InProcBus {
         }
         queue
     }
-
 }
 
 #[async_trait]
@@ -144,12 +143,16 @@ impl Bus for InProcBus {
         // the number of unsettled messages, as prefetch does on RabbitMQ.
         tokio::spawn(async move {
             loop {
-                let Ok(permit) = sender.reserve().await else { break };
+                let Ok(permit) = sender.reserve().await else {
+                    break;
+                };
                 let message = tokio::select! {
                     message = queue.pop() => message,
                     _ = sender.closed() => break,
                 };
-                let requeue = Requeue { queue: queue.clone() };
+                let requeue = Requeue {
+                    queue: queue.clone(),
+                };
                 permit.send(Delivery::new(message, false, Settle::InProc(requeue)));
             }
             if !spec.durable {
@@ -162,7 +165,9 @@ impl Bus for InProcBus {
 }
 
 fn lock_broker(broker: &Mutex<Broker>) -> MutexGuard<'_, Broker> {
-    broker.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    broker
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn forget(broker: &Mutex<Broker>, name: &str) {

@@ -175,7 +175,11 @@ async fn declare_exchange(channel: &Channel, namespace: &str) -> Result<(), BusE
         .map_err(unavailable)
 }
 
-async fn declare_queue(channel: &Channel, namespace: &str, spec: &QueueSpec) -> Result<(), BusError> {
+async fn declare_queue(
+    channel: &Channel,
+    namespace: &str,
+    spec: &QueueSpec,
+) -> Result<(), BusError> {
     declare_exchange(channel, namespace).await?;
     let options = QueueDeclareOptions {
         durable: spec.durable,
@@ -248,7 +252,9 @@ fn message_of(delivery: &lapin::message::Delivery) -> BusMessage {
         _ => None,
     };
     let key_id = match header("key_id") {
-        Some(AMQPValue::LongString(text)) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
+        Some(AMQPValue::LongString(text)) => {
+            Some(String::from_utf8_lossy(text.as_bytes()).into_owned())
+        }
         Some(AMQPValue::ShortString(text)) => Some(text.as_str().to_string()),
         _ => None,
     };
@@ -277,7 +283,11 @@ impl Bus for RabbitBus {
 
     async fn declare(&self, spec: &QueueSpec) -> Result<(), BusError> {
         let link = self.inner.link().await?;
-        let channel = link.connection.create_channel().await.map_err(unavailable)?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
         let declared = declare_queue(&channel, &self.inner.namespace, spec).await;
         let _ = channel.close(200, "declared").await;
         declared

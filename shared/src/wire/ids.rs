@@ -22,8 +22,10 @@ impl TaskId {
     }
 
     pub fn parse(text: &str) -> Result<Self, IdError> {
-        let well_formed =
-            text.len() == 16 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let well_formed = text.len() == 16
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if well_formed {
             Ok(TaskId(text.to_string()))
         } else {
@@ -66,7 +68,8 @@ impl AgentId {
         let first_ok = bytes
             .next()
             .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
-        let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        let rest_ok =
+            bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
         if first_ok && rest_ok && text.len() <= 128 {
             Ok(AgentId(text.to_string()))
         } else {

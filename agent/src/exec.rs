@@ -1,0 +1,625 @@
+//! Child process execution with bounded time, bounded output and no leftovers.
+//!
+//! Every child runs in its own process group, so that a timeout, a cancellation (dropping
+//! the [`run`] future) or a normal exit can signal everything the child started.
+//! Output beyond the caps is read and thrown away (a child never blocks on a full pipe) and
+//! counted.
+//! The child's environment is the agent's own minus every `ELVES_*` variable, because those
+//! carry the agent's configuration (broker URL, keys), plus the variables of the job.
+//!
+//! This module knows nothing about the ELVES worker protocol; `worker.rs` does.
+//! It does not reap orphans that the child re-parented to init: that is init's job.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Child;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// How long pipe reading may go on after the child exited and its group was killed.
+/// Only a process that left the group (for example with `setsid`) can still hold a pipe
+/// open by then, and it must not hold up the result.
+const PIPE_DRAIN: Duration = Duration::from_millis(100);
+
+/// How long to wait for the kernel to deliver a SIGKILL before giving up on reaping.
+/// Past this the child is in uninterruptible sleep; tokio reaps it later (`kill_on_drop`).
+const REAP_AFTER_KILL: Duration = Duration::from_secs(5);
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Limits applied to one execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecLimits {
+    /// Counted from spawn.
+    pub timeout: Duration,
+    /// Time between SIGTERM and SIGKILL once the timeout is reached.
+    pub kill_grace: Duration,
+    pub stdout_cap: usize,
+    pub stderr_cap: usize,
+}
+
+impl Default for ExecLimits {
+    fn default() -> Self {
+        ExecLimits {
+            timeout: Duration::from_secs(90),
+            kill_grace: Duration::from_secs(5),
+            stdout_cap: 1024 * 1024,
+            stderr_cap: 64 * 1024,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub cwd: PathBuf,
+    /// Added to the inherited environment (which has no `ELVES_*` variables left).
+    pub env: Vec<(String, String)>,
+}
+
+/// How the child ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitKind {
+    Exited(i32),
+    Signaled(i32),
+    /// The timeout was reached and the process group was killed.
+    TimedOut,
+    /// The child could not be started (or, very rarely, its status could not be obtained).
+    SpawnFailed(String),
+}
+
+/// Everything known about one execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    pub exit: ExitKind,
+    /// At most `stdout_cap` bytes.
+    pub stdout: Vec<u8>,
+    /// Bytes read beyond the cap and thrown away.
+    pub stdout_dropped: u64,
+    pub stderr: Vec<u8>,
+    pub stderr_dropped: u64,
+    /// From spawn to exit (or to the kill, on timeout).
+    pub costtime_ms: u64,
+}
+
+impl ExecOutcome {
+    fn spawn_failed(reason: String) -> Self {
+        ExecOutcome {
+            exit: ExitKind::SpawnFailed(reason),
+            stdout: Vec::new(),
+            stdout_dropped: 0,
+            stderr: Vec::new(),
+            stderr_dropped: 0,
+            costtime_ms: 0,
+        }
+    }
+}
+
+/// Errors of [`probe_blocking`]; [`run`] reports its failures in [`ExitKind`] instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} did not finish within {timeout:?}")]
+    TimedOut { program: String, timeout: Duration },
+    #[error("{program} failed: {status}")]
+    Failed { program: String, status: ExitStatus },
+}
+
+/// A command for `program` that runs in `cwd` with `env` added, stdin empty, stdout and
+/// stderr piped, in a process group of its own, and killed if the handle is dropped.
+///
+/// This is the only sanctioned way to build a child process in the agent.
+pub fn command(program: &Path, cwd: &Path, env: &[(String, String)]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for key in inherited_elves_vars() {
+        cmd.env_remove(key);
+    }
+    cmd.envs(env.iter().map(|(key, value)| (key, value)));
+    cmd
+}
+
+/// Runs `spec` to completion within `limits`.
+///
+/// Never fails: a failure to start is [`ExitKind::SpawnFailed`].
+/// When it returns, no process of the child's group is left. Dropping the future kills the
+/// whole group as well.
+pub async fn run(spec: ExecSpec, limits: &ExecLimits) -> ExecOutcome {
+    let mut cmd = command(&spec.program, &spec.cwd, &spec.env);
+    cmd.args(&spec.args);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(err) => return ExecOutcome::spawn_failed(format!("{}: {err}", spec.program.display())),
+    };
+    let started = Instant::now();
+    let mut group = GroupGuard::of(&child);
+
+    // The sender lives until the end of this function: dropping it (also when this future
+    // is dropped) makes the readers stop.
+    let (stop_readers, stop_rx) = watch::channel(false);
+    let stdout_reader = child
+        .stdout
+        .take()
+        .map(|pipe| tokio::spawn(read_capped(pipe, limits.stdout_cap, stop_rx.clone())));
+    let stderr_reader = child
+        .stderr
+        .take()
+        .map(|pipe| tokio::spawn(read_capped(pipe, limits.stderr_cap, stop_rx)));
+
+    let exit = match tokio::time::timeout_at(started + limits.timeout, child.wait()).await {
+        Ok(Ok(status)) => exit_kind(status),
+        Ok(Err(err)) => {
+            ExitKind::SpawnFailed(format!("waiting for {}: {err}", spec.program.display()))
+        }
+        Err(_elapsed) => {
+            terminate(&mut child, &group, limits.kill_grace).await;
+            ExitKind::TimedOut
+        }
+    };
+    let costtime = started.elapsed();
+    // A background grandchild may still be alive and holding the pipes.
+    group.kill_and_release();
+
+    let (stdout, stderr) = drain(stdout_reader, stderr_reader, &stop_readers).await;
+    ExecOutcome {
+        exit,
+        stdout: stdout.kept,
+        stdout_dropped: stdout.dropped,
+        stderr: stderr.kept,
+        stderr_dropped: stderr.dropped,
+        costtime_ms: millis(costtime),
+    }
+}
+
+/// Runs a short-lived helper synchronously and returns its stdout (at most 64 KiB).
+///
+/// Meant for start-up probes (such as asking an interpreter for its real path) before the
+/// agent serves jobs; it blocks the calling thread for up to `timeout` plus a few
+/// milliseconds. The same group and environment rules as [`command`] apply.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "this is the one synchronous process start; it applies the rules of command()"
+)]
+pub fn probe_blocking(
+    program: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Vec<u8>, ExecError> {
+    use std::os::unix::process::CommandExt;
+    const PROBE_CAP: u64 = 64 * 1024;
+
+    let program_name = program.display().to_string();
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    for key in inherited_elves_vars() {
+        cmd.env_remove(key);
+    }
+    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+        program: program_name.clone(),
+        source,
+    })?;
+    let group = child
+        .id()
+        .try_into()
+        .ok()
+        .filter(|&pgid: &libc::pid_t| pgid > 1);
+
+    // A thread, so that a chatty or stuck child cannot block the wait below.
+    let (sender, receiver) = mpsc::channel();
+    if let Some(pipe) = child.stdout.take() {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            let _ = pipe.take(PROBE_CAP).read_to_end(&mut kept);
+            let _ = sender.send(kept);
+        });
+    }
+
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(None) | Err(_) => break None,
+        }
+    };
+    if let Some(pgid) = group {
+        signal_group(pgid, libc::SIGKILL);
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(ExecError::TimedOut {
+            program: program_name,
+            timeout,
+        });
+    };
+    if !status.success() {
+        return Err(ExecError::Failed {
+            program: program_name,
+            status,
+        });
+    }
+    Ok(receiver.recv_timeout(PIPE_DRAIN).unwrap_or_default())
+}
+
+/// Sends SIGTERM to the group, gives the child `grace` to exit, then SIGKILLs the group.
+async fn terminate(child: &mut Child, group: &GroupGuard, grace: Duration) {
+    group.signal(libc::SIGTERM);
+    if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+        return;
+    }
+    group.signal(libc::SIGKILL);
+    // In case the child moved itself out of its group.
+    let _ = child.start_kill();
+    if tokio::time::timeout(REAP_AFTER_KILL, child.wait())
+        .await
+        .is_err()
+    {
+        log::error!(
+            "pid {}: not reaped {REAP_AFTER_KILL:?} after SIGKILL",
+            child.id().unwrap_or(0)
+        );
+    }
+}
+
+/// Waits for both readers, but stops them once [`PIPE_DRAIN`] has passed.
+async fn drain(
+    stdout_reader: Option<JoinHandle<Captured>>,
+    stderr_reader: Option<JoinHandle<Captured>>,
+    stop_readers: &watch::Sender<bool>,
+) -> (Captured, Captured) {
+    let both = async { (joined(stdout_reader).await, joined(stderr_reader).await) };
+    tokio::pin!(both);
+    tokio::select! {
+        captured = &mut both => captured,
+        () = tokio::time::sleep(PIPE_DRAIN) => {
+            let _ = stop_readers.send(true);
+            both.await
+        }
+    }
+}
+
+async fn joined(reader: Option<JoinHandle<Captured>>) -> Captured {
+    match reader {
+        Some(handle) => handle.await.unwrap_or_default(),
+        None => Captured::default(),
+    }
+}
+
+#[derive(Debug, Default)]
+struct Captured {
+    kept: Vec<u8>,
+    dropped: u64,
+}
+
+/// Reads `pipe` to its end (or until told to stop), keeping the first `cap` bytes.
+async fn read_capped<R: AsyncRead + Unpin>(
+    mut pipe: R,
+    cap: usize,
+    mut stop: watch::Receiver<bool>,
+) -> Captured {
+    let mut captured = Captured::default();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        // Stop first: a process that escaped the group may write without end.
+        let n_read = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => break,
+            res = pipe.read(&mut chunk) => match res {
+                Ok(0) => break,
+                Ok(n_read) => n_read,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            },
+        };
+        let n_kept = cap.saturating_sub(captured.kept.len()).min(n_read);
+        captured.kept.extend_from_slice(&chunk[..n_kept]);
+        captured.dropped += (n_read - n_kept) as u64;
+    }
+    captured
+}
+
+/// Signals a child's process group; sends SIGKILL when dropped unless released first.
+struct GroupGuard {
+    pgid: Option<libc::pid_t>,
+}
+
+impl GroupGuard {
+    fn of(child: &Child) -> Self {
+        // `process_group(0)` makes the child's pid its group id. 0 and 1 would name our own
+        // group or every process, so they are never used.
+        let pgid = child
+            .id()
+            .and_then(|pid| libc::pid_t::try_from(pid).ok())
+            .filter(|&pgid| pgid > 1);
+        GroupGuard { pgid }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(pgid) = self.pgid {
+            signal_group(pgid, signal);
+        }
+    }
+
+    /// Kills what is left of the group, once. Releasing it right away keeps the window in
+    /// which the group id could be reused by an unrelated group as small as possible.
+    fn kill_and_release(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.pgid = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: killpg has no memory-safety preconditions; ESRCH (group already gone) is the
+    // expected outcome after a clean exit and needs no handling.
+    unsafe {
+        libc::killpg(pgid, signal);
+    }
+}
+
+fn exit_kind(status: ExitStatus) -> ExitKind {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitKind::Exited(code),
+        (None, Some(signal)) => ExitKind::Signaled(signal),
+        // Neither code nor signal only happens for stopped children, which wait() skips.
+        (None, None) => ExitKind::Exited(-1),
+    }
+}
+
+fn inherited_elves_vars() -> impl Iterator<Item = OsString> {
+    std::env::vars_os()
+        .map(|(key, _)| key)
+        .filter(|key| is_elves_var(key))
+}
+
+fn is_elves_var(key: &OsStr) -> bool {
+    key.as_encoded_bytes().starts_with(b"ELVES_")
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> ExecSpec {
+        ExecSpec {
+            program: PathBuf::from("/bin/sh"),
+            args: vec!["-c".into(), script.into()],
+            cwd: std::env::temp_dir(),
+            env: Vec::new(),
+        }
+    }
+
+    fn quick_limits() -> ExecLimits {
+        ExecLimits {
+            timeout: Duration::from_millis(300),
+            kill_grace: Duration::from_millis(200),
+            ..ExecLimits::default()
+        }
+    }
+
+    fn group_exists(pgid: libc::pid_t) -> bool {
+        // SAFETY: signal 0 only checks for existence.
+        let res = unsafe { libc::kill(-pgid, 0) };
+        !(res == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH))
+    }
+
+    /// Killed orphans stay zombies until init reaps them, and `kill(-pgid, 0)` still finds
+    /// zombies; some inits reap only every couple of seconds.
+    async fn wait_until_group_gone(pgid: libc::pid_t) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while group_exists(pgid) {
+            assert!(Instant::now() < deadline, "process group {pgid} survived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn first_pid(stdout: &[u8]) -> libc::pid_t {
+        String::from_utf8_lossy(stdout)
+            .split_whitespace()
+            .next()
+            .and_then(|word| word.parse().ok())
+            .expect("the script prints its pid first")
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let spec = sh("echo $$; sleep 1000 & sleep 1000");
+        let started = Instant::now();
+        let outcome = run(spec, &quick_limits()).await;
+        assert_eq!(outcome.exit, ExitKind::TimedOut);
+        assert!(outcome.costtime_ms >= 300, "{}", outcome.costtime_ms);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        wait_until_group_gone(first_pid(&outcome.stdout)).await;
+    }
+
+    #[tokio::test]
+    async fn term_is_ignored_then_kill_follows() {
+        let spec = sh("trap '' TERM; echo $$; sleep 1000 & while :; do sleep 1; done");
+        let outcome = run(spec, &quick_limits()).await;
+        assert_eq!(outcome.exit, ExitKind::TimedOut);
+        // 300 ms timeout plus 200 ms grace.
+        assert!(outcome.costtime_ms >= 500, "{}", outcome.costtime_ms);
+        wait_until_group_gone(first_pid(&outcome.stdout)).await;
+    }
+
+    #[tokio::test]
+    async fn normal_exit_kills_background_grandchild() {
+        // The grandchild keeps stdout open: without the group kill, reading would hang.
+        let spec = sh("echo $$; sleep 1000 & exit 0");
+        let started = Instant::now();
+        let outcome = run(spec, &ExecLimits::default()).await;
+        assert_eq!(outcome.exit, ExitKind::Exited(0));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        wait_until_group_gone(first_pid(&outcome.stdout)).await;
+    }
+
+    #[tokio::test]
+    async fn escaped_pipe_holder_does_not_block_the_result() {
+        // `setsid` leaves the group, so the group kill misses it and it keeps stdout open.
+        let spec = sh("setsid sleep 1000 & echo $!; echo done");
+        let started = Instant::now();
+        let outcome = run(spec, &ExecLimits::default()).await;
+        let elapsed = started.elapsed();
+        let escaped = first_pid(&outcome.stdout);
+        // SAFETY: plain signal to the process the script reported.
+        unsafe {
+            libc::kill(escaped, libc::SIGKILL);
+        }
+        assert_eq!(outcome.exit, ExitKind::Exited(0));
+        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+        assert!(String::from_utf8_lossy(&outcome.stdout).contains("done"));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_future_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!(
+            "sleep 1000 & echo $$ > {0}.tmp && mv {0}.tmp {0}; sleep 1000",
+            pid_file.display()
+        );
+        let task = tokio::spawn(async move { run(sh(&script), &ExecLimits::default()).await });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let pgid = loop {
+            if let Ok(text) = std::fs::read_to_string(&pid_file) {
+                break first_pid(text.as_bytes());
+            }
+            assert!(Instant::now() < deadline, "the script never wrote its pid");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        wait_until_group_gone(pgid).await;
+    }
+
+    #[tokio::test]
+    async fn big_output_is_capped_and_counted() {
+        let spec = sh("head -c 2097152 /dev/zero | tr '\\0' x");
+        let outcome = run(spec, &ExecLimits::default()).await;
+        assert_eq!(outcome.exit, ExitKind::Exited(0));
+        assert_eq!(outcome.stdout.len(), 1024 * 1024);
+        assert!(outcome.stdout.iter().all(|&byte| byte == b'x'));
+        assert_eq!(outcome.stdout_dropped, 1024 * 1024);
+        assert_eq!(outcome.stderr_dropped, 0);
+    }
+
+    #[tokio::test]
+    async fn stderr_is_captured_separately_and_capped() {
+        let spec = sh("echo out; echo err >&2; head -c 70000 /dev/zero >&2; exit 3");
+        let outcome = run(spec, &ExecLimits::default()).await;
+        assert_eq!(outcome.exit, ExitKind::Exited(3));
+        assert_eq!(outcome.stdout, b"out\n");
+        assert!(outcome.stderr.starts_with(b"err\n"));
+        assert_eq!(outcome.stderr.len(), 64 * 1024);
+        assert_eq!(outcome.stderr_dropped, 70004 - 64 * 1024);
+    }
+
+    #[tokio::test]
+    async fn signal_is_reported() {
+        let outcome = run(sh("kill -9 $$"), &ExecLimits::default()).await;
+        assert_eq!(outcome.exit, ExitKind::Signaled(libc::SIGKILL));
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_a_spawn_failure() {
+        let spec = ExecSpec {
+            program: PathBuf::from("/nonexistent/elves-worker"),
+            args: Vec::new(),
+            cwd: std::env::temp_dir(),
+            env: Vec::new(),
+        };
+        let outcome = run(spec, &ExecLimits::default()).await;
+        match outcome.exit {
+            ExitKind::SpawnFailed(reason) => {
+                assert!(reason.contains("/nonexistent/elves-worker"), "{reason}")
+            }
+            other => panic!("expected a spawn failure, got {other:?}"),
+        }
+        assert_eq!(outcome.costtime_ms, 0);
+    }
+
+    #[tokio::test]
+    async fn cwd_env_and_empty_stdin_are_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = sh("pwd; echo \"$ELVES_APP\"; cat; echo end");
+        spec.cwd = dir.path().to_path_buf();
+        spec.env = vec![("ELVES_APP".to_owned(), "demo".to_owned())];
+        let outcome = run(spec, &ExecLimits::default()).await;
+        let expected = format!(
+            "{}\ndemo\nend\n",
+            dir.path().canonicalize().unwrap().display()
+        );
+        assert_eq!(String::from_utf8_lossy(&outcome.stdout), expected);
+    }
+
+    #[test]
+    fn only_elves_variables_are_stripped() {
+        assert!(is_elves_var(OsStr::new("ELVES_BUS_URL")));
+        assert!(!is_elves_var(OsStr::new("PATH")));
+        assert!(!is_elves_var(OsStr::new("XELVES_A")));
+    }
+
+    #[test]
+    fn probe_returns_stdout() {
+        let out = probe_blocking(
+            Path::new("/bin/sh"),
+            &["-c", "echo hi"],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(out, b"hi\n");
+    }
+
+    #[test]
+    fn probe_reports_failure_and_timeout() {
+        let failed = probe_blocking(
+            Path::new("/bin/sh"),
+            &["-c", "exit 2"],
+            Duration::from_secs(5),
+        );
+        assert!(matches!(failed, Err(ExecError::Failed { .. })));
+        let slow = probe_blocking(
+            Path::new("/bin/sh"),
+            &["-c", "sleep 1000"],
+            Duration::from_millis(100),
+        );
+        assert!(matches!(slow, Err(ExecError::TimedOut { .. })));
+        let missing = probe_blocking(Path::new("/nonexistent"), &[], Duration::from_secs(1));
+        assert!(matches!(missing, Err(ExecError::Spawn { .. })));
+    }
+}

@@ -1,0 +1,4 @@
+DROP TABLE agents;
+DROP TABLE audit_log;
+DROP TABLE tasks;
+DROP TABLE queues;

@@ -1,0 +1,118 @@
+//! `ApiError` owns the v2 error codes: it is the only place where an error becomes HTTP.
+//! Every v2 response is HTTP 200 with `{flag, error, result}`; the code is in `error`.
+
+use actix_web::{HttpResponse, ResponseError};
+use elves_shared::wire::Envelope;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    MissingSignParams(String),
+    UnknownAuthId(String),
+    BadSignType(String),
+    BadSignLength,
+    SignMismatch,
+    Forbidden(String),
+    TimestampOutOfWindow(i64),
+    TimestampNotNumber(String),
+    BadIp(String),
+    BadParam(String),
+    BadApp(String),
+    BadMode(String),
+    BadQueueId(String),
+    BadFunc(String),
+    BadTimeout(String),
+    AgentUnreachable(String),
+    AgentNotFound(String),
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MissingSignParams(_) => "401.1",
+            ApiError::UnknownAuthId(_) => "401.2",
+            ApiError::BadSignType(_) => "401.3",
+            ApiError::BadSignLength => "401.4",
+            ApiError::SignMismatch => "401.5",
+            ApiError::Forbidden(_) => "401.6",
+            ApiError::TimestampOutOfWindow(_) => "401.7",
+            ApiError::TimestampNotNumber(_) => "401.8",
+            ApiError::BadIp(_) => "403.1",
+            ApiError::BadParam(_) => "403.2",
+            ApiError::BadApp(_) => "403.3",
+            ApiError::BadMode(_) => "403.4",
+            ApiError::BadQueueId(_) => "403.6",
+            ApiError::BadFunc(_) => "403.7",
+            ApiError::BadTimeout(_) => "403.8",
+            ApiError::AgentUnreachable(_) => "410.1",
+            ApiError::AgentNotFound(_) => "414.1",
+            ApiError::Internal(_) => "500",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::MissingSignParams(missing) => format!("missing sign parameter {missing}"),
+            ApiError::UnknownAuthId(auth_id) => format!("unknown auth id {auth_id}"),
+            ApiError::BadSignType(given) => {
+                format!("sign_type must be MD5 or HMAC-SHA256, got {given:?}")
+            }
+            ApiError::BadSignLength => "sign has the wrong length for its sign_type".to_string(),
+            ApiError::SignMismatch => "sign does not match".to_string(),
+            ApiError::Forbidden(what) => format!("auth id lacks permission: {what}"),
+            ApiError::TimestampOutOfWindow(skew) => {
+                format!("timestamp is {skew} s away from the center's clock")
+            }
+            ApiError::TimestampNotNumber(given) => format!("timestamp is not a number: {given:?}"),
+            ApiError::BadIp(why)
+            | ApiError::BadParam(why)
+            | ApiError::BadApp(why)
+            | ApiError::BadMode(why)
+            | ApiError::BadQueueId(why)
+            | ApiError::BadFunc(why)
+            | ApiError::BadTimeout(why) => why.clone(),
+            ApiError::AgentUnreachable(why) => why.clone(),
+            ApiError::AgentNotFound(agent) => format!("unknown agent {agent}"),
+            ApiError::Internal(why) => format!("internal error: {why}"),
+        }
+    }
+
+    pub fn envelope(&self) -> Envelope<serde_json::Value> {
+        Envelope::failure(self.code(), &self.message())
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}]{}", self.code(), self.message())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        actix_web::http::StatusCode::OK
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::Ok().json(self.envelope())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_carries_code_in_brackets() {
+        let envelope = ApiError::AgentNotFound("10.0.0.7".into()).envelope();
+        assert_eq!(envelope.flag, "false");
+        assert_eq!(envelope.error, "[414.1]unknown agent 10.0.0.7");
+    }
+
+    #[test]
+    fn internal_errors_have_a_short_reason() {
+        let text = ApiError::Internal("bus unavailable".into()).to_string();
+        assert_eq!(text, "[500]internal error: bus unavailable");
+    }
+}

@@ -1,0 +1,85 @@
+//! `/api/v2/rt/exec`: run an app function on one agent and wait for its result.
+
+use super::error::ApiError;
+use super::{request, respond, ApiState, V2Call};
+use crate::actors::heartbeat::{AgentLookup, LookupAgent};
+use crate::actors::scheduler::{DispatchError, RunInstant};
+use actix_web::{web, HttpRequest, HttpResponse};
+use elves_shared::time::now_unix_ms;
+use serde_json::json;
+
+pub async fn exec(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
+    let outcome = run(&req, &body, &state).await;
+    respond(&state, "rt/exec", outcome)
+}
+
+async fn run(
+    req: &HttpRequest,
+    body: &[u8],
+    state: &ApiState,
+) -> Result<serde_json::Value, ApiError> {
+    let call = V2Call::authenticate(req, body, state)?;
+    let params = &call.params;
+    // Validation order follows the error-code table: 403.1 ip, 403.2 param, 403.3 app, 403.4 mode,
+    // 403.7 func, 403.8 timeout.
+    let address = request::agent_address(params)?;
+    let param = request::json_param(params)?;
+    let proxy = request::proxy(params)?;
+    let app = request::app_name(params)?;
+    let mode = request::mode(params)?;
+    let func = request::func_name(params)?;
+    let timeout_s = request::timeout_s(params, state.config.rt.default_timeout_s)?;
+
+    let lookup = state
+        .children
+        .heartbeat
+        .send(LookupAgent {
+            address: address.clone(),
+            now: now_unix_ms(),
+        })
+        .await
+        .map_err(|err| ApiError::Internal(format!("heartbeat registry: {err}")))?;
+    let agent = match lookup {
+        AgentLookup::Unknown => return Err(ApiError::AgentNotFound(address)),
+        AgentLookup::Offline { agent, last_seen } => {
+            return Err(ApiError::AgentUnreachable(format!(
+                "agent {agent} is offline (last heartbeat {} s ago)",
+                now_unix_ms().saturating_sub(last_seen) / 1000
+            )))
+        }
+        AgentLookup::Online { agent } => agent,
+    };
+
+    let result = state
+        .children
+        .scheduler
+        .send(RunInstant {
+            agent,
+            app,
+            func,
+            param,
+            timeout_s,
+            proxy,
+            mode,
+        })
+        .await
+        .map_err(|err| ApiError::Internal(format!("scheduler: {err}")))?
+        .map_err(|err| match err {
+            DispatchError::Unroutable(agent) => {
+                ApiError::AgentUnreachable(format!("could not send the job to agent {agent}"))
+            }
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    if !result.error.is_empty() {
+        return Err(ApiError::AgentUnreachable(format!(
+            "agent {} did not run the job: {}",
+            result.agent, result.error
+        )));
+    }
+    Ok(json!({
+        "id": result.id,
+        "worker_flag": result.worker_flag.to_string(),
+        "worker_message": result.worker_message,
+        "worker_costtime": result.worker_costtime,
+    }))
+}

@@ -1,0 +1,259 @@
+//! The center's configuration (`config/center.toml`, every key overridable by `ELVES_…`).
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CenterConfig {
+    /// Where the center keeps its signing key (and, later, its database).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub bus: BusConfig,
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub heartbeat: HeartbeatConfig,
+    #[serde(default)]
+    pub rt: RtConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// actix-web worker threads; the API is I/O bound, two are plenty on small machines.
+    #[serde(default = "default_http_workers")]
+    pub workers: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+            workers: default_http_workers(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// `inproc` for the embedded bus, or an `amqp://` URL.
+    #[serde(default = "default_bus_url")]
+    pub url: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            url: default_bus_url(),
+            namespace: default_namespace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// One auth id with all rights, from this file.
+    Simple,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default = "default_auth_mode")]
+    pub mode: AuthMode,
+    pub auth_id: String,
+    pub auth_key: String,
+    /// Requests whose timestamp is further than this from the center's clock are refused.
+    #[serde(default = "default_timestamp_window")]
+    pub timestamp_window_s: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Ed25519 seed (hex); created on first start when missing.
+    /// Relative paths are under `data_dir`.
+    #[serde(default = "default_signing_key")]
+    pub signing_key: PathBuf,
+    #[serde(default = "default_key_id")]
+    pub key_id: String,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            signing_key: default_signing_key(),
+            key_id: default_key_id(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// An agent is offline when it missed this many of its own heartbeat intervals.
+    #[serde(default = "default_missed_beats")]
+    pub offline_after_missed_beats: u32,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            offline_after_missed_beats: default_missed_beats(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtConfig {
+    #[serde(default = "default_timeout")]
+    pub default_timeout_s: u32,
+    /// Time between SIGTERM and SIGKILL on the agent; part of every deadline.
+    #[serde(default = "default_kill_grace")]
+    pub kill_grace_s: u32,
+    /// How long an instruction may wait (in the broker, for a worker slot) before it expires.
+    #[serde(default = "default_dispatch_allowance")]
+    pub dispatch_allowance_s: u32,
+}
+
+impl Default for RtConfig {
+    fn default() -> Self {
+        RtConfig {
+            default_timeout_s: default_timeout(),
+            kill_grace_s: default_kill_grace(),
+            dispatch_allowance_s: default_dispatch_allowance(),
+        }
+    }
+}
+
+impl CenterConfig {
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, elves_shared::config::ConfigError> {
+        let config: CenterConfig = elves_shared::config::load(path, std::env::vars())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), elves_shared::config::ConfigError> {
+        let bad = |key: &str, message: &str| elves_shared::config::ConfigError::Parse {
+            path: "center config".to_string(),
+            message: format!("key `{key}`: {message}"),
+        };
+        if self.auth.auth_id.is_empty() {
+            return Err(bad("auth.auth_id", "must not be empty"));
+        }
+        if self.auth.auth_key.len() < 8 {
+            return Err(bad("auth.auth_key", "must be at least 8 characters"));
+        }
+        if self.http.workers == 0 {
+            return Err(bad("http.workers", "must be at least 1"));
+        }
+        if self.heartbeat.offline_after_missed_beats == 0 {
+            return Err(bad(
+                "heartbeat.offline_after_missed_beats",
+                "must be at least 1",
+            ));
+        }
+        if self.rt.default_timeout_s == 0 || self.rt.default_timeout_s > 86_400 {
+            return Err(bad("rt.default_timeout_s", "must be between 1 and 86400"));
+        }
+        Ok(())
+    }
+
+    pub fn signing_key_path(&self) -> PathBuf {
+        if self.keys.signing_key.is_absolute() {
+            self.keys.signing_key.clone()
+        } else {
+            self.data_dir.join(&self.keys.signing_key)
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_string()
+}
+fn default_http_workers() -> usize {
+    2
+}
+fn default_bus_url() -> String {
+    "inproc".to_string()
+}
+fn default_namespace() -> String {
+    "elves".to_string()
+}
+fn default_auth_mode() -> AuthMode {
+    AuthMode::Simple
+}
+fn default_timestamp_window() -> i64 {
+    180
+}
+fn default_signing_key() -> PathBuf {
+    PathBuf::from("center.key")
+}
+fn default_key_id() -> String {
+    "center".to_string()
+}
+fn default_missed_beats() -> u32 {
+    3
+}
+fn default_timeout() -> u32 {
+    90
+}
+fn default_kill_grace() -> u32 {
+    5
+}
+fn default_dispatch_allowance() -> u32 {
+    60
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let env = vec![
+            ("ELVES_AUTH__AUTH_ID".to_string(), "admin".to_string()),
+            ("ELVES_AUTH__AUTH_KEY".to_string(), "0123456789".to_string()),
+        ];
+        let config: CenterConfig = elves_shared::config::load(None, env).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.rt.default_timeout_s, 90);
+        assert_eq!(config.bus.url, "inproc");
+        assert_eq!(config.signing_key_path(), PathBuf::from("data/center.key"));
+    }
+
+    #[test]
+    fn missing_auth_is_named() {
+        let err = elves_shared::config::load::<CenterConfig, _>(None, Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("auth"), "{err}");
+    }
+
+    #[test]
+    fn short_key_is_refused() {
+        let env = vec![
+            ("ELVES_AUTH__AUTH_ID".to_string(), "admin".to_string()),
+            ("ELVES_AUTH__AUTH_KEY".to_string(), "short".to_string()),
+        ];
+        let config: CenterConfig = elves_shared::config::load(None, env).unwrap();
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("auth.auth_key"));
+    }
+}

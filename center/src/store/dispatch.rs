@@ -1,0 +1,357 @@
+//! Running tasks: claiming ready queue tasks, storing rt/cron tasks, settling tasks by result
+//! or by deadline, and skipping what depended on a task that failed.
+//!
+//! Sending instructions, cancelling and retrying are the caller's; this file only records.
+
+use super::connection::DbConnection;
+use super::models::{db_time, NewTaskRecord, TaskRecord};
+use super::queues::{finish_queue_if_done, lock_queue};
+use super::schema::{queues, tasks};
+use super::{
+    duplicate_id, Dispatch, NewTask, QueueStatus, RecordOutcome, Store, StoreError, TaskRow,
+    TaskStatus,
+};
+use diesel::dsl::exists;
+use diesel::prelude::*;
+use elves_shared::wire::{JobResult, TaskId, TaskType};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// The error and message of a task that the deadline settled.
+pub const DEADLINE_MESSAGE: &str = "agent did not report a result before the deadline";
+
+// The task another task depends on, in the ready-to-dispatch query.
+diesel::alias! {
+    const DEPENDENCY: Alias<Dependency> = tasks as dependency;
+}
+
+/// How a task ends: the fields written when it becomes `finish`.
+struct Settlement<'a> {
+    flag: &'static str,
+    error: &'a str,
+    worker_flag: i8,
+    worker_message: &'a str,
+    worker_costtime: u64,
+}
+
+impl<'a> Settlement<'a> {
+    /// `flag` is "true" when the agent ran the task, whatever the worker said; "false" with the
+    /// agent's error when it did not.
+    fn from_result(result: &'a JobResult) -> Settlement<'a> {
+        Settlement {
+            flag: if result.error.is_empty() {
+                "true"
+            } else {
+                "false"
+            },
+            error: &result.error,
+            worker_flag: result.worker_flag,
+            worker_message: &result.worker_message,
+            worker_costtime: result.worker_costtime,
+        }
+    }
+
+    fn deadline_passed() -> Settlement<'static> {
+        Settlement {
+            flag: "false",
+            error: DEADLINE_MESSAGE,
+            worker_flag: -1,
+            worker_message: DEADLINE_MESSAGE,
+            worker_costtime: 0,
+        }
+    }
+}
+
+impl Store {
+    /// Claims up to `limit` ready queue tasks for `center_instance`, oldest first, moving them
+    /// from `pendding` to `execing`. Ready: its queue is `committed`, and it has no dependency
+    /// or its dependency is `finish` with `worker_flag` 1. Each task's deadline becomes
+    /// `now + timeout_s + deadline_allowance` (the allowance covers the kill grace and the
+    /// dispatch); the instruction should carry the stored deadline.
+    ///
+    /// Each task is returned to exactly one caller, however many claim at once.
+    pub fn claim_ready_tasks(
+        &self,
+        center_instance: &str,
+        now: u64,
+        limit: usize,
+        deadline_allowance: Duration,
+    ) -> Result<Vec<TaskRow>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let allowance_ms = i64::try_from(deadline_allowance.as_millis()).unwrap_or(i64::MAX);
+        let deadline_base = db_time(now).saturating_add(allowance_ms);
+        self.conn()?.write_transaction(|conn| {
+            let candidates = ready_task_ids(limit);
+            // PostgreSQL: the rows stay locked until commit and a concurrent claimer skips
+            // them instead of waiting. SQLite: the transaction holds the write lock.
+            let ids: Vec<String> = match conn {
+                DbConnection::Pg(pg) => candidates.for_update().skip_locked().load(pg)?,
+                DbConnection::Sqlite(sqlite) => candidates.load(sqlite)?,
+            };
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            diesel::update(tasks::table)
+                .filter(tasks::id.eq_any(&ids))
+                .filter(tasks::status.eq(TaskStatus::Pending.as_str()))
+                .set((
+                    tasks::status.eq(TaskStatus::Executing.as_str()),
+                    tasks::dispatched_by.eq(center_instance),
+                    tasks::dispatched_at.eq(db_time(now)),
+                    tasks::deadline.eq((tasks::timeout_s * 1000 + deadline_base).nullable()),
+                ))
+                .execute(conn)?;
+            load_tasks(conn, &ids)
+        })
+    }
+
+    /// Stores an rt or cron task that is being sent now: it starts `execing`, never goes
+    /// through a claim, and is settled by [`Store::record_result`] or the deadline.
+    pub fn insert_task(&self, task: &NewTask, dispatch: &Dispatch) -> Result<(), StoreError> {
+        let invalid = |reason| StoreError::InvalidTask {
+            task_id: task.id.clone(),
+            reason,
+        };
+        if task.task_type == TaskType::Queue || task.queue_id.is_some() {
+            return Err(invalid("queue tasks are added with add_task"));
+        }
+        if task.depend_task_id.is_some() {
+            return Err(invalid("only queue tasks can depend on another task"));
+        }
+        diesel::insert_into(tasks::table)
+            .values(&NewTaskRecord::executing(task, dispatch))
+            .execute(&mut *self.conn()?)
+            .map_err(duplicate_id(&task.id))?;
+        Ok(())
+    }
+
+    pub fn get_task(&self, id: &TaskId) -> Result<Option<TaskRow>, StoreError> {
+        let record = tasks::table
+            .find(id.as_str())
+            .select(TaskRecord::as_select())
+            .first(&mut *self.conn()?)
+            .optional()?;
+        record.map(TaskRow::try_from).transpose()
+    }
+
+    /// Settles a task with an agent's result. Idempotent: only an `execing` task changes
+    /// (to `finish`); a duplicate or late result, or one for an unknown task, changes nothing
+    /// and says so. A result whose `worker_flag` is not 1 skips every task that depends on
+    /// this one, directly or not. The queue finishes when none of its tasks is left pending or
+    /// running.
+    pub fn record_result(&self, result: &JobResult, now: u64) -> Result<RecordOutcome, StoreError> {
+        let task_id = result.id.as_str();
+        self.conn()?.write_transaction(|conn| {
+            // The queue of a task never changes, so it can be read before the lock.
+            let queue_id: Option<Option<String>> = tasks::table
+                .find(task_id)
+                .select(tasks::queue_id)
+                .first(conn)
+                .optional()?;
+            let Some(queue_id) = queue_id else {
+                return Ok(RecordOutcome {
+                    applied: false,
+                    task: None,
+                    skipped_task_ids: Vec::new(),
+                    finished_queue_id: None,
+                });
+            };
+            if let Some(queue_id) = &queue_id {
+                lock_queue(conn, queue_id)?;
+            }
+            let settlement = Settlement::from_result(result);
+            let applied = settle(conn, task_id, &settlement, now)?;
+            let mut skipped_task_ids = Vec::new();
+            let mut finished_queue_id = None;
+            if applied {
+                if settlement.worker_flag != 1 {
+                    skipped_task_ids = skip_dependents(conn, task_id, now)?;
+                }
+                if let Some(queue_id) = &queue_id {
+                    if finish_queue_if_done(conn, queue_id, now)? {
+                        finished_queue_id = Some(parse_id(queue_id)?);
+                    }
+                }
+            }
+            let task = load_tasks(conn, &[task_id.to_string()])?.pop();
+            Ok(RecordOutcome {
+                applied,
+                task,
+                skipped_task_ids,
+                finished_queue_id,
+            })
+        })
+    }
+
+    /// Settles every `execing` task whose deadline is before `now` as `finish` with
+    /// `worker_flag` -1 and [`DEADLINE_MESSAGE`], skips their dependents and finishes the
+    /// queues this completes. Returns the tasks it settled, for logs and counters.
+    pub fn expire_overdue(&self, now: u64) -> Result<Vec<TaskRow>, StoreError> {
+        self.conn()?.write_transaction(|conn| {
+            let overdue: Vec<(String, Option<String>)> = tasks::table
+                .filter(tasks::status.eq(TaskStatus::Executing.as_str()))
+                .filter(tasks::deadline.lt(db_time(now)))
+                .select((tasks::id, tasks::queue_id))
+                .order(tasks::id)
+                .load(conn)?;
+            // Queue rows first, in id order (a BTreeSet), then task rows in id order.
+            let queue_ids: BTreeSet<String> = overdue
+                .iter()
+                .filter_map(|(_, queue_id)| queue_id.clone())
+                .collect();
+            for queue_id in &queue_ids {
+                lock_queue(conn, queue_id)?;
+            }
+            let settlement = Settlement::deadline_passed();
+            let mut expired = Vec::new();
+            for (task_id, _) in overdue {
+                // A result may have settled it since the select: then it is not ours.
+                if settle(conn, &task_id, &settlement, now)? {
+                    skip_dependents(conn, &task_id, now)?;
+                    expired.push(task_id);
+                }
+            }
+            for queue_id in &queue_ids {
+                finish_queue_if_done(conn, queue_id, now)?;
+            }
+            load_tasks(conn, &expired)
+        })
+    }
+}
+
+/// The ids of ready queue tasks, oldest first. A separate function so that the claim can add
+/// PostgreSQL's locking clause, which only an unboxed select accepts. The conditions are
+/// correlated `EXISTS`, not joins, so that `FOR UPDATE` locks the task rows only.
+#[diesel::dsl::auto_type(no_type_alias)]
+fn ready_task_ids(limit: i64) -> _ {
+    let pending: &'static str = TaskStatus::Pending.as_str();
+    let committed: &'static str = QueueStatus::Committed.as_str();
+    let finished: &'static str = TaskStatus::Finished.as_str();
+    let succeeded: i32 = 1;
+    let queue_committed = exists(
+        queues::table
+            .filter(queues::id.nullable().eq(tasks::queue_id))
+            .filter(queues::status.eq(committed))
+            .select(queues::id),
+    );
+    let dependency_succeeded = exists(
+        DEPENDENCY
+            .filter(
+                DEPENDENCY
+                    .field(tasks::id)
+                    .nullable()
+                    .eq(tasks::depend_task_id),
+            )
+            .filter(DEPENDENCY.field(tasks::status).eq(finished))
+            .filter(DEPENDENCY.field(tasks::worker_flag).eq(succeeded))
+            .select(DEPENDENCY.field(tasks::id)),
+    );
+    tasks::table
+        .select(tasks::id)
+        .filter(tasks::status.eq(pending))
+        .filter(queue_committed)
+        .filter(tasks::depend_task_id.is_null().or(dependency_succeeded))
+        .order((tasks::created_at, tasks::id))
+        .limit(limit)
+}
+
+/// Moves an `execing` task to `finish`; says whether this call did it.
+fn settle(
+    conn: &mut DbConnection,
+    task_id: &str,
+    settlement: &Settlement<'_>,
+    now: u64,
+) -> Result<bool, StoreError> {
+    let n_updated = diesel::update(tasks::table.find(task_id))
+        .filter(tasks::status.eq(TaskStatus::Executing.as_str()))
+        .set((
+            tasks::status.eq(TaskStatus::Finished.as_str()),
+            tasks::flag.eq(settlement.flag),
+            tasks::error.eq(settlement.error),
+            tasks::worker_flag.eq(i32::from(settlement.worker_flag)),
+            tasks::worker_message.eq(settlement.worker_message),
+            tasks::worker_costtime.eq(db_time(settlement.worker_costtime)),
+            tasks::finished_at.eq(db_time(now)),
+        ))
+        .execute(conn)?;
+    Ok(n_updated == 1)
+}
+
+/// Marks every pending task that depends on `failed_task_id`, directly or not, `skipped`,
+/// with an error that names the dependency and the task that failed. Returns their ids.
+fn skip_dependents(
+    conn: &mut DbConnection,
+    failed_task_id: &str,
+    now: u64,
+) -> Result<Vec<TaskId>, StoreError> {
+    let mut skipped = Vec::new();
+    let mut parents = vec![failed_task_id.to_string()];
+    while let Some(parent) = parents.pop() {
+        let error = if parent == failed_task_id {
+            format!("dependency task {failed_task_id} failed")
+        } else {
+            format!("dependency task {parent} was skipped because task {failed_task_id} failed")
+        };
+        let dependents: Vec<String> = tasks::table
+            .filter(tasks::depend_task_id.eq(&parent))
+            .filter(tasks::status.eq(TaskStatus::Pending.as_str()))
+            .select(tasks::id)
+            .order(tasks::id)
+            .load(conn)?;
+        if dependents.is_empty() {
+            continue;
+        }
+        diesel::update(tasks::table)
+            .filter(tasks::id.eq_any(&dependents))
+            .filter(tasks::status.eq(TaskStatus::Pending.as_str()))
+            .set((
+                tasks::status.eq(TaskStatus::Skipped.as_str()),
+                tasks::error.eq(&error),
+                tasks::finished_at.eq(db_time(now)),
+            ))
+            .execute(conn)?;
+        for dependent in dependents {
+            skipped.push(parse_id(&dependent)?);
+            parents.push(dependent);
+        }
+    }
+    Ok(skipped)
+}
+
+/// The tasks with these ids, oldest first.
+fn load_tasks(conn: &mut DbConnection, ids: &[String]) -> Result<Vec<TaskRow>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let records = tasks::table
+        .filter(tasks::id.eq_any(ids))
+        .order((tasks::created_at, tasks::id))
+        .select(TaskRecord::as_select())
+        .load(conn)?;
+    records.into_iter().map(TaskRow::try_from).collect()
+}
+
+fn parse_id(text: &str) -> Result<TaskId, StoreError> {
+    TaskId::parse(text).map_err(|err| StoreError::Corrupt(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::pg::Pg;
+    use diesel::sqlite::Sqlite;
+
+    #[test]
+    fn ready_query_locks_only_task_rows_on_postgres() {
+        let postgres =
+            diesel::debug_query::<Pg, _>(&ready_task_ids(7).for_update().skip_locked()).to_string();
+        assert!(postgres.contains("FOR UPDATE SKIP LOCKED"), "{postgres}");
+        assert!(!postgres.contains("JOIN"), "{postgres}");
+        assert_eq!(postgres.matches("EXISTS").count(), 2, "{postgres}");
+        let sqlite = diesel::debug_query::<Sqlite, _>(&ready_task_ids(7)).to_string();
+        assert!(!sqlite.contains("FOR UPDATE"), "{sqlite}");
+    }
+}

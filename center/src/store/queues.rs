@@ -1,0 +1,257 @@
+//! Queue lifecycle: create, add tasks, commit, stop, read back; plus the queue-row lock and
+//! the "is this queue done" check that results and expiries share.
+//!
+//! Dispatching and settling tasks is in `dispatch.rs`.
+
+use super::connection::DbConnection;
+use super::models::{NewQueueRecord, NewTaskRecord, QueueRecord, TaskRecord};
+use super::schema::{queues, tasks};
+use super::{
+    duplicate_id, NewTask, QueueRow, QueueStatus, StopOutcome, Store, StoreError, TaskRow,
+    TaskStatus,
+};
+use crate::store::models::db_time;
+use diesel::prelude::*;
+use elves_shared::wire::{TaskId, TaskType};
+
+impl Store {
+    /// Creates an `open` queue.
+    pub fn create_queue(
+        &self,
+        id: &TaskId,
+        app: &str,
+        auth_id: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let record = NewQueueRecord {
+            id: id.as_str(),
+            app,
+            auth_id,
+            status: QueueStatus::Open.as_str(),
+            created_at: db_time(now),
+        };
+        diesel::insert_into(queues::table)
+            .values(&record)
+            .execute(&mut *self.conn()?)
+            .map_err(duplicate_id(id))?;
+        Ok(())
+    }
+
+    pub fn get_queue(&self, id: &TaskId) -> Result<Option<QueueRow>, StoreError> {
+        let record = queues::table
+            .find(id.as_str())
+            .select(QueueRecord::as_select())
+            .first(&mut *self.conn()?)
+            .optional()?;
+        record.map(QueueRow::try_from).transpose()
+    }
+
+    /// Adds a `pendding` task to an `open` queue. A dependency must be a task of the same
+    /// queue, which also rules out cycles: it must exist before its dependent.
+    pub fn add_task(&self, task: &NewTask) -> Result<(), StoreError> {
+        let invalid = |reason| StoreError::InvalidTask {
+            task_id: task.id.clone(),
+            reason,
+        };
+        let queue_id = task
+            .queue_id
+            .as_ref()
+            .ok_or_else(|| invalid("a queue task needs a queue id"))?;
+        if task.task_type != TaskType::Queue {
+            return Err(invalid("only queue tasks go into a queue"));
+        }
+        self.conn()?.write_transaction(|conn| {
+            let status = lock_queue(conn, queue_id.as_str())?
+                .ok_or_else(|| StoreError::QueueNotFound(queue_id.clone()))?;
+            if status != QueueStatus::Open {
+                return Err(StoreError::QueueStatusDoesNotAllow {
+                    queue_id: queue_id.clone(),
+                    status,
+                    action: "add a task",
+                });
+            }
+            if let Some(depend_task_id) = &task.depend_task_id {
+                let n_found: i64 = tasks::table
+                    .filter(tasks::id.eq(depend_task_id.as_str()))
+                    .filter(tasks::queue_id.eq(queue_id.as_str()))
+                    .count()
+                    .get_result(conn)?;
+                if n_found == 0 {
+                    return Err(StoreError::DependencyNotFound {
+                        queue_id: queue_id.clone(),
+                        depend_task_id: depend_task_id.clone(),
+                    });
+                }
+            }
+            diesel::insert_into(tasks::table)
+                .values(&NewTaskRecord::pending(task))
+                .execute(conn)
+                .map_err(duplicate_id(&task.id))?;
+            Ok(())
+        })
+    }
+
+    /// Commits an `open` queue that has at least one task, which lets its tasks run.
+    pub fn commit_queue(&self, id: &TaskId, now: u64) -> Result<(), StoreError> {
+        self.conn()?.write_transaction(|conn| {
+            let status = lock_queue(conn, id.as_str())?
+                .ok_or_else(|| StoreError::QueueNotFound(id.clone()))?;
+            let does_not_allow = |action| StoreError::QueueStatusDoesNotAllow {
+                queue_id: id.clone(),
+                status,
+                action,
+            };
+            if status != QueueStatus::Open {
+                return Err(does_not_allow("commit"));
+            }
+            let n_tasks: i64 = tasks::table
+                .filter(tasks::queue_id.eq(id.as_str()))
+                .count()
+                .get_result(conn)?;
+            if n_tasks == 0 {
+                return Err(does_not_allow("commit an empty queue"));
+            }
+            let n_updated = diesel::update(queues::table.find(id.as_str()))
+                .filter(queues::status.eq(QueueStatus::Open.as_str()))
+                .set((
+                    queues::status.eq(QueueStatus::Committed.as_str()),
+                    queues::committed_at.eq(db_time(now)),
+                ))
+                .execute(conn)?;
+            if n_updated == 0 {
+                return Err(does_not_allow("commit"));
+            }
+            Ok(())
+        })
+    }
+
+    /// Stops an `open` or `committed` queue: every task not yet settled becomes `stoped`, and
+    /// the queue `stopped`. Returns the tasks that were `execing`, to be cancelled on their
+    /// agents. Stopping a stopped queue changes nothing and succeeds; a finished queue cannot
+    /// be stopped.
+    pub fn stop_queue(&self, id: &TaskId, now: u64) -> Result<StopOutcome, StoreError> {
+        self.conn()?.write_transaction(|conn| {
+            let status = lock_queue(conn, id.as_str())?
+                .ok_or_else(|| StoreError::QueueNotFound(id.clone()))?;
+            match status {
+                QueueStatus::Stopped => {
+                    return Ok(StopOutcome {
+                        previous_status: status,
+                        execing_task_ids: Vec::new(),
+                    })
+                }
+                QueueStatus::Finished => {
+                    return Err(StoreError::QueueStatusDoesNotAllow {
+                        queue_id: id.clone(),
+                        status,
+                        action: "stop",
+                    })
+                }
+                QueueStatus::Open | QueueStatus::Committed => {}
+            }
+            // A claim does not lock the queue, only the tasks it takes: lock the unsettled
+            // tasks too, so that a task being claimed right now is seen as `execing` (and
+            // cancelled) rather than missed.
+            let unsettled = tasks::table
+                .filter(tasks::queue_id.eq(id.as_str()))
+                .filter(
+                    tasks::status
+                        .eq_any([TaskStatus::Pending.as_str(), TaskStatus::Executing.as_str()]),
+                )
+                .select((tasks::id, tasks::status))
+                .order(tasks::id);
+            let unsettled: Vec<(String, String)> = match conn {
+                DbConnection::Pg(pg) => unsettled.for_update().load(pg)?,
+                DbConnection::Sqlite(sqlite) => unsettled.load(sqlite)?,
+            };
+            let execing_task_ids = unsettled
+                .iter()
+                .filter(|(_, status)| status == TaskStatus::Executing.as_str())
+                .map(|(task_id, _)| TaskId::parse(task_id))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+            diesel::update(tasks::table)
+                .filter(tasks::queue_id.eq(id.as_str()))
+                .filter(
+                    tasks::status
+                        .eq_any([TaskStatus::Pending.as_str(), TaskStatus::Executing.as_str()]),
+                )
+                .set((
+                    tasks::status.eq(TaskStatus::Stopped.as_str()),
+                    tasks::finished_at.eq(db_time(now)),
+                ))
+                .execute(conn)?;
+            diesel::update(queues::table.find(id.as_str()))
+                .filter(queues::status.eq(status.as_str()))
+                .set((
+                    queues::status.eq(QueueStatus::Stopped.as_str()),
+                    queues::finished_at.eq(db_time(now)),
+                ))
+                .execute(conn)?;
+            Ok(StopOutcome {
+                previous_status: status,
+                execing_task_ids,
+            })
+        })
+    }
+
+    /// The tasks of a queue, oldest first. Empty for an unknown queue.
+    pub fn queue_tasks(&self, queue_id: &TaskId) -> Result<Vec<TaskRow>, StoreError> {
+        let records = tasks::table
+            .filter(tasks::queue_id.eq(queue_id.as_str()))
+            .order((tasks::created_at, tasks::id))
+            .select(TaskRecord::as_select())
+            .load(&mut *self.conn()?)?;
+        records.into_iter().map(TaskRow::try_from).collect()
+    }
+}
+
+/// Reads a queue's status and, on PostgreSQL, locks its row until the transaction ends.
+/// Everyone who changes a queue's tasks calls this first (see the module doc for the order).
+/// On SQLite the write transaction already excludes every other writer.
+pub(super) fn lock_queue(
+    conn: &mut DbConnection,
+    queue_id: &str,
+) -> Result<Option<QueueStatus>, StoreError> {
+    let query = queues::table.find(queue_id).select(queues::status);
+    // FOR NO KEY UPDATE rather than FOR UPDATE: inserting a task takes a KEY SHARE lock on its
+    // queue (the foreign key), which this does not block.
+    let status: Option<String> = match conn {
+        DbConnection::Pg(pg) => query.for_no_key_update().first(pg).optional()?,
+        DbConnection::Sqlite(sqlite) => query.first(sqlite).optional()?,
+    };
+    status
+        .map(|status| {
+            QueueStatus::parse(&status).ok_or_else(|| {
+                StoreError::Corrupt(format!("queue {queue_id}: unknown status {status:?}"))
+            })
+        })
+        .transpose()
+}
+
+/// Marks a committed queue `finished` when none of its tasks is pending or running; says
+/// whether it did. The caller holds the queue's lock.
+pub(super) fn finish_queue_if_done(
+    conn: &mut DbConnection,
+    queue_id: &str,
+    now: u64,
+) -> Result<bool, StoreError> {
+    let n_unsettled: i64 = tasks::table
+        .filter(tasks::queue_id.eq(queue_id))
+        .filter(
+            tasks::status.eq_any([TaskStatus::Pending.as_str(), TaskStatus::Executing.as_str()]),
+        )
+        .count()
+        .get_result(conn)?;
+    if n_unsettled > 0 {
+        return Ok(false);
+    }
+    let n_updated = diesel::update(queues::table.find(queue_id))
+        .filter(queues::status.eq(QueueStatus::Committed.as_str()))
+        .set((
+            queues::status.eq(QueueStatus::Finished.as_str()),
+            queues::finished_at.eq(db_time(now)),
+        ))
+        .execute(conn)?;
+    Ok(n_updated == 1)
+}

@@ -1,0 +1,70 @@
+//! The diesel view of the tables created by `center/migrations/{sqlite,postgres}`.
+//!
+//! Written by hand (not by `diesel print-schema`) because one schema serves both backends:
+//! the column types below are the ones both migrations agree on. It holds no queries.
+
+diesel::table! {
+    queues (id) {
+        id -> Text,
+        app -> Text,
+        auth_id -> Text,
+        status -> Text,
+        created_at -> BigInt,
+        committed_at -> Nullable<BigInt>,
+        finished_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    tasks (id) {
+        id -> Text,
+        queue_id -> Nullable<Text>,
+        task_type -> Text,
+        agent -> Text,
+        app -> Text,
+        func -> Text,
+        param -> Text,
+        timeout_s -> BigInt,
+        proxy -> Text,
+        mode -> Text,
+        depend_task_id -> Nullable<Text>,
+        status -> Text,
+        flag -> Text,
+        error -> Text,
+        worker_flag -> Nullable<Integer>,
+        worker_message -> Nullable<Text>,
+        worker_costtime -> Nullable<BigInt>,
+        dispatched_by -> Nullable<Text>,
+        dispatched_at -> Nullable<BigInt>,
+        deadline -> Nullable<BigInt>,
+        created_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    audit_log (id) {
+        id -> BigInt,
+        at -> BigInt,
+        auth_id -> Text,
+        action -> Text,
+        target -> Text,
+        agent -> Nullable<Text>,
+        outcome -> Text,
+    }
+}
+
+diesel::table! {
+    agents (id) {
+        id -> Text,
+        ip -> Text,
+        asset -> Text,
+        version -> Text,
+        apps -> Text,
+        last_heartbeat_at -> BigInt,
+        interval_ms -> BigInt,
+    }
+}
+
+diesel::joinable!(tasks -> queues (queue_id));
+diesel::allow_tables_to_appear_in_same_query!(queues, tasks, audit_log, agents);

@@ -1,0 +1,961 @@
+//! One suite of store tests, written once and run on both backends: SQLite on a temp file
+//! always, PostgreSQL on a fresh database per test when `ELVES_TEST_PG_URL` is set (and CI
+//! fails when it is not).
+//!
+//! Each case is a plain function of a `&Store`; `on_both_backends!` makes a `#[test]` of it
+//! in `sqlite::` and in `postgres::`.
+
+use super::*;
+use diesel::{Connection, RunQueryDsl};
+use elves_shared::wire::{AgentId, JobResult, Mode, TaskType};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $case() {
+                    let db = super::TestDb::sqlite();
+                    super::$case(&db.store);
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[test]
+                fn $case() {
+                    if let Some(db) = super::TestDb::postgres() {
+                        super::$case(&db.store);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    queue_lifecycle_and_its_errors,
+    dependency_chain_releases_tasks_in_order,
+    failed_task_skips_its_transitive_dependents_and_the_queue_still_finishes,
+    duplicate_result_changes_nothing,
+    concurrent_claims_never_share_a_task,
+    concurrent_results_finish_the_queue_exactly_once,
+    stop_returns_the_execing_tasks,
+    expire_overdue_settles_tasks_past_their_deadline,
+    rt_and_cron_tasks_are_stored_dispatched,
+    audit_log_round_trip,
+    agents_round_trip,
+);
+
+/// `ELVES_TEST_PG_URL`, which CI must set.
+fn pg_url() -> Option<String> {
+    let url = std::env::var("ELVES_TEST_PG_URL")
+        .ok()
+        .filter(|url| !url.is_empty());
+    if url.is_none() && std::env::var_os("CI").is_some() {
+        panic!("ELVES_TEST_PG_URL must be set on CI");
+    }
+    url
+}
+
+/// A store on a database of its own. Fields drop in order: the store (and its pool) first,
+/// then the database.
+struct TestDb {
+    store: Store,
+    _cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Sqlite {
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        maintenance_url: String,
+        database: String,
+    },
+}
+
+impl TestDb {
+    fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("elves.db");
+        let store = Store::open(&format!("sqlite://{}", path.display())).unwrap();
+        assert_eq!(store.backend(), Backend::Sqlite);
+        TestDb {
+            store,
+            _cleanup: Cleanup::Sqlite { _dir: dir },
+        }
+    }
+
+    /// A fresh database `elves_t_<random>` on the server of `ELVES_TEST_PG_URL`, so that tests
+    /// run in parallel; dropped at the end.
+    fn postgres() -> Option<TestDb> {
+        let base_url = pg_url()?;
+        let (mut maintenance, maintenance_url) = connect_maintenance(&base_url);
+        let database = format!("elves_t_{:016x}", rand::random::<u64>());
+        diesel::sql_query(format!("CREATE DATABASE {database}"))
+            .execute(&mut maintenance)
+            .unwrap();
+        let mut url = url::Url::parse(&base_url).unwrap();
+        url.set_path(&format!("/{database}"));
+        let store = Store::open(url.as_str()).unwrap();
+        assert_eq!(store.backend(), Backend::Postgres);
+        Some(TestDb {
+            store,
+            _cleanup: Cleanup::Postgres {
+                maintenance_url,
+                database,
+            },
+        })
+    }
+}
+
+/// A connection to the server for CREATE and DROP DATABASE: the URL's own database, or else
+/// the `postgres` database of the same server (the URL's database need not exist).
+fn connect_maintenance(base_url: &str) -> (diesel::PgConnection, String) {
+    if let Ok(conn) = diesel::PgConnection::establish(base_url) {
+        return (conn, base_url.to_string());
+    }
+    let mut url = url::Url::parse(base_url).unwrap();
+    url.set_path("/postgres");
+    let conn = diesel::PgConnection::establish(url.as_str())
+        .unwrap_or_else(|err| panic!("connecting to ELVES_TEST_PG_URL {base_url}: {err}"));
+    (conn, url.to_string())
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Cleanup::Postgres {
+            maintenance_url,
+            database,
+        } = self
+        {
+            if let Ok(mut conn) = diesel::PgConnection::establish(maintenance_url) {
+                let _ =
+                    diesel::sql_query(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                        .execute(&mut conn);
+            }
+        }
+    }
+}
+
+const ALLOWANCE: Duration = Duration::from_secs(65);
+
+fn id(n: u64) -> TaskId {
+    TaskId::parse(&format!("{n:016x}")).unwrap()
+}
+
+fn agent() -> AgentId {
+    AgentId::parse("agent-1").unwrap()
+}
+
+fn queue_task(
+    queue_id: &TaskId,
+    task_id: &TaskId,
+    depend_task_id: Option<&TaskId>,
+    created_at: u64,
+) -> NewTask {
+    NewTask {
+        id: task_id.clone(),
+        queue_id: Some(queue_id.clone()),
+        task_type: TaskType::Queue,
+        agent: agent(),
+        app: "demo".to_string(),
+        func: "echo".to_string(),
+        param: r#"{"n":1}"#.to_string(),
+        timeout_s: 10,
+        proxy: "python3|main.py".to_string(),
+        mode: Mode::P,
+        depend_task_id: depend_task_id.cloned(),
+        created_at,
+    }
+}
+
+fn result(task_id: &TaskId, worker_flag: i8, message: &str) -> JobResult {
+    JobResult {
+        id: task_id.clone(),
+        agent: agent(),
+        task_type: TaskType::Queue,
+        mode: Mode::P,
+        app: "demo".to_string(),
+        func: "echo".to_string(),
+        worker_flag,
+        worker_message: message.to_string(),
+        worker_costtime: 42,
+        started_at: 1,
+        finished_at: 2,
+        error: String::new(),
+    }
+}
+
+/// A committed queue `queue_id` whose tasks are `(task id, dependency)`, created in order.
+fn committed_queue(store: &Store, queue_id: &TaskId, tasks: &[(u64, Option<u64>)]) {
+    store.create_queue(queue_id, "demo", "ops", 1).unwrap();
+    for (n, (task, depend)) in tasks.iter().enumerate() {
+        let depend = depend.map(id);
+        store
+            .add_task(&queue_task(
+                queue_id,
+                &id(*task),
+                depend.as_ref(),
+                10 + n as u64,
+            ))
+            .unwrap();
+    }
+    store.commit_queue(queue_id, 2).unwrap();
+}
+
+fn claim(store: &Store, now: u64, limit: usize) -> BTreeSet<TaskId> {
+    store
+        .claim_ready_tasks("center-a", now, limit, ALLOWANCE)
+        .unwrap()
+        .into_iter()
+        .map(|task| task.id)
+        .collect()
+}
+
+fn ids(numbers: &[u64]) -> BTreeSet<TaskId> {
+    numbers.iter().copied().map(id).collect()
+}
+
+fn task(store: &Store, n: u64) -> TaskRow {
+    store.get_task(&id(n)).unwrap().unwrap()
+}
+
+fn queue_tasks_by_id(store: &Store, queue_id: &TaskId) -> BTreeMap<TaskId, TaskRow> {
+    store
+        .queue_tasks(queue_id)
+        .unwrap()
+        .into_iter()
+        .map(|task| (task.id.clone(), task))
+        .collect()
+}
+
+fn queue_lifecycle_and_its_errors(store: &Store) {
+    let queue_id = id(0x100);
+    assert_eq!(store.get_queue(&queue_id).unwrap(), None);
+    assert!(matches!(
+        store.add_task(&queue_task(&queue_id, &id(1), None, 10)),
+        Err(StoreError::QueueNotFound(missing)) if missing == queue_id
+    ));
+    assert!(matches!(
+        store.commit_queue(&queue_id, 2),
+        Err(StoreError::QueueNotFound(_))
+    ));
+    assert!(matches!(
+        store.stop_queue(&queue_id, 2),
+        Err(StoreError::QueueNotFound(_))
+    ));
+
+    store.create_queue(&queue_id, "demo", "ops", 1_000).unwrap();
+    assert!(matches!(
+        store.create_queue(&queue_id, "demo", "ops", 1_000),
+        Err(StoreError::DuplicateId(taken)) if taken == queue_id
+    ));
+    let queue = store.get_queue(&queue_id).unwrap().unwrap();
+    assert_eq!(
+        queue,
+        QueueRow {
+            id: queue_id.clone(),
+            app: "demo".to_string(),
+            auth_id: "ops".to_string(),
+            status: QueueStatus::Open,
+            created_at: 1_000,
+            committed_at: None,
+            finished_at: None,
+        }
+    );
+
+    let empty_commit = store.commit_queue(&queue_id, 2_000);
+    assert!(
+        matches!(
+            empty_commit,
+            Err(StoreError::QueueStatusDoesNotAllow {
+                status: QueueStatus::Open,
+                ..
+            })
+        ),
+        "{empty_commit:?}"
+    );
+
+    // A dependency must exist, and in the same queue.
+    assert!(matches!(
+        store.add_task(&queue_task(&queue_id, &id(1), Some(&id(99)), 10)),
+        Err(StoreError::DependencyNotFound { depend_task_id, .. }) if depend_task_id == id(99)
+    ));
+    let other_queue = id(0x200);
+    store
+        .create_queue(&other_queue, "demo", "ops", 1_000)
+        .unwrap();
+    store
+        .add_task(&queue_task(&other_queue, &id(50), None, 10))
+        .unwrap();
+    assert!(matches!(
+        store.add_task(&queue_task(&queue_id, &id(1), Some(&id(50)), 10)),
+        Err(StoreError::DependencyNotFound { .. })
+    ));
+
+    store
+        .add_task(&queue_task(&queue_id, &id(1), None, 10))
+        .unwrap();
+    store
+        .add_task(&queue_task(&queue_id, &id(2), Some(&id(1)), 11))
+        .unwrap();
+    assert!(matches!(
+        store.add_task(&queue_task(&queue_id, &id(1), None, 12)),
+        Err(StoreError::DuplicateId(_))
+    ));
+    let mut without_queue = queue_task(&queue_id, &id(3), None, 12);
+    without_queue.queue_id = None;
+    assert!(matches!(
+        store.add_task(&without_queue),
+        Err(StoreError::InvalidTask { .. })
+    ));
+
+    // Nothing runs before the commit.
+    assert!(claim(store, 1_500, 10).is_empty());
+
+    store.commit_queue(&queue_id, 2_000).unwrap();
+    let queue = store.get_queue(&queue_id).unwrap().unwrap();
+    assert_eq!(queue.status, QueueStatus::Committed);
+    assert_eq!(queue.committed_at, Some(2_000));
+    assert!(matches!(
+        store.commit_queue(&queue_id, 2_001),
+        Err(StoreError::QueueStatusDoesNotAllow {
+            status: QueueStatus::Committed,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.add_task(&queue_task(&queue_id, &id(4), None, 13)),
+        Err(StoreError::QueueStatusDoesNotAllow {
+            status: QueueStatus::Committed,
+            ..
+        })
+    ));
+
+    let tasks = store.queue_tasks(&queue_id).unwrap();
+    assert_eq!(tasks.len(), 2);
+    let first = &tasks[0];
+    assert_eq!(first.id, id(1));
+    assert_eq!(first.queue_id, Some(queue_id.clone()));
+    assert_eq!(first.task_type, TaskType::Queue);
+    assert_eq!(first.agent, agent());
+    assert_eq!((first.app.as_str(), first.func.as_str()), ("demo", "echo"));
+    assert_eq!(first.param, r#"{"n":1}"#);
+    assert_eq!(first.timeout_s, 10);
+    assert_eq!(first.proxy, "python3|main.py");
+    assert_eq!(first.mode, Mode::P);
+    assert_eq!(first.status, TaskStatus::Pending);
+    assert_eq!((first.flag.as_str(), first.error.as_str()), ("", ""));
+    assert_eq!(first.worker_flag, None);
+    assert_eq!(first.created_at, 10);
+    assert_eq!(tasks[1].depend_task_id, Some(id(1)));
+    assert!(store.queue_tasks(&id(0x999)).unwrap().is_empty());
+}
+
+fn dependency_chain_releases_tasks_in_order(store: &Store) {
+    // 1 ← 2 ← 3, and 4 on its own.
+    let queue_id = id(0x100);
+    committed_queue(
+        store,
+        &queue_id,
+        &[(1, None), (2, Some(1)), (3, Some(2)), (4, None)],
+    );
+
+    let claimed = store
+        .claim_ready_tasks("center-a", 1_000, 10, ALLOWANCE)
+        .unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|task| task.id.clone())
+            .collect::<Vec<_>>(),
+        vec![id(1), id(4)]
+    );
+    for task in &claimed {
+        assert_eq!(task.status, TaskStatus::Executing);
+        assert_eq!(task.dispatched_by.as_deref(), Some("center-a"));
+        assert_eq!(task.dispatched_at, Some(1_000));
+        assert_eq!(task.deadline, Some(1_000 + 10_000 + 65_000));
+    }
+    assert!(claim(store, 1_001, 10).is_empty());
+
+    let outcome = store
+        .record_result(&result(&id(1), 1, "one"), 2_000)
+        .unwrap();
+    assert!(outcome.applied);
+    assert!(outcome.skipped_task_ids.is_empty());
+    assert_eq!(outcome.finished_queue_id, None);
+    let settled = outcome.task.unwrap();
+    assert_eq!(settled.status, TaskStatus::Finished);
+    assert_eq!(settled.flag, "true");
+    assert_eq!(settled.worker_flag, Some(1));
+    assert_eq!(settled.worker_message.as_deref(), Some("one"));
+    assert_eq!(settled.worker_costtime, Some(42));
+    assert_eq!(settled.finished_at, Some(2_000));
+
+    assert_eq!(claim(store, 2_001, 10), ids(&[2]));
+    let outcome = store
+        .record_result(&result(&id(4), 1, "four"), 2_002)
+        .unwrap();
+    assert_eq!(outcome.finished_queue_id, None);
+    store
+        .record_result(&result(&id(2), 1, "two"), 2_003)
+        .unwrap();
+    assert_eq!(claim(store, 2_004, 10), ids(&[3]));
+    assert_eq!(
+        store.get_queue(&queue_id).unwrap().unwrap().status,
+        QueueStatus::Committed
+    );
+
+    let outcome = store
+        .record_result(&result(&id(3), 1, "three"), 3_000)
+        .unwrap();
+    assert_eq!(outcome.finished_queue_id, Some(queue_id.clone()));
+    let queue = store.get_queue(&queue_id).unwrap().unwrap();
+    assert_eq!(queue.status, QueueStatus::Finished);
+    assert_eq!(queue.finished_at, Some(3_000));
+    assert!(store
+        .queue_tasks(&queue_id)
+        .unwrap()
+        .iter()
+        .all(|task| task.status == TaskStatus::Finished && task.worker_flag == Some(1)));
+}
+
+fn failed_task_skips_its_transitive_dependents_and_the_queue_still_finishes(store: &Store) {
+    // 1 ← 2 ← 3, 1 ← 5, and 6 on its own.
+    let queue_id = id(0x100);
+    committed_queue(
+        store,
+        &queue_id,
+        &[
+            (1, None),
+            (2, Some(1)),
+            (3, Some(2)),
+            (5, Some(1)),
+            (6, None),
+        ],
+    );
+    assert_eq!(claim(store, 1_000, 10), ids(&[1, 6]));
+
+    let outcome = store
+        .record_result(&result(&id(1), 0, "no"), 2_000)
+        .unwrap();
+    assert!(outcome.applied);
+    assert_eq!(
+        outcome
+            .skipped_task_ids
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        ids(&[2, 3, 5])
+    );
+    assert_eq!(outcome.finished_queue_id, None, "task 6 is still running");
+
+    let failed = task(store, 1);
+    assert_eq!(failed.status, TaskStatus::Finished);
+    assert_eq!(
+        failed.flag, "true",
+        "the agent did report: the worker said false"
+    );
+    assert_eq!(failed.worker_flag, Some(0));
+
+    let direct = task(store, 2);
+    assert_eq!(direct.status, TaskStatus::Skipped);
+    assert_eq!(direct.error, format!("dependency task {} failed", id(1)));
+    assert_eq!((direct.flag.as_str(), direct.worker_flag), ("", None));
+    assert_eq!(direct.finished_at, Some(2_000));
+    let transitive = task(store, 3);
+    assert_eq!(transitive.status, TaskStatus::Skipped);
+    assert!(
+        transitive.error.contains(id(2).as_str()),
+        "{}",
+        transitive.error
+    );
+    assert!(
+        transitive.error.contains(id(1).as_str()),
+        "{}",
+        transitive.error
+    );
+    assert_eq!(task(store, 5).status, TaskStatus::Skipped);
+
+    assert!(claim(store, 2_001, 10).is_empty());
+    let outcome = store
+        .record_result(&result(&id(6), 1, "six"), 3_000)
+        .unwrap();
+    assert_eq!(outcome.finished_queue_id, Some(queue_id.clone()));
+    assert_eq!(
+        store.get_queue(&queue_id).unwrap().unwrap().status,
+        QueueStatus::Finished
+    );
+}
+
+fn duplicate_result_changes_nothing(store: &Store) {
+    let queue_id = id(0x100);
+    committed_queue(store, &queue_id, &[(1, None)]);
+    assert_eq!(claim(store, 1_000, 10), ids(&[1]));
+
+    let first = store
+        .record_result(&result(&id(1), 1, "first"), 2_000)
+        .unwrap();
+    assert!(first.applied);
+    assert_eq!(first.finished_queue_id, Some(queue_id.clone()));
+
+    let again = store
+        .record_result(&result(&id(1), 0, "second"), 3_000)
+        .unwrap();
+    assert!(!again.applied);
+    assert!(again.skipped_task_ids.is_empty());
+    assert_eq!(again.finished_queue_id, None);
+    let stored = again.task.unwrap();
+    assert_eq!(stored, first.task.unwrap());
+    assert_eq!(stored.worker_message.as_deref(), Some("first"));
+    assert_eq!(stored.finished_at, Some(2_000));
+    assert_eq!(
+        store.get_queue(&queue_id).unwrap().unwrap().finished_at,
+        Some(2_000)
+    );
+
+    let unknown = store
+        .record_result(&result(&id(77), 1, "who?"), 3_000)
+        .unwrap();
+    assert!(!unknown.applied);
+    assert_eq!(unknown.task, None);
+}
+
+fn concurrent_claims_never_share_a_task(store: &Store) {
+    const N_TASKS: u64 = 200;
+    const N_THREADS: usize = 4;
+    let queue_id = id(0x10_000);
+    let tasks: Vec<(u64, Option<u64>)> = (1..=N_TASKS).map(|n| (n, None)).collect();
+    committed_queue(store, &queue_id, &tasks);
+
+    let barrier = Arc::new(Barrier::new(N_THREADS));
+    let threads: Vec<_> = (0..N_THREADS)
+        .map(|thread| {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let center = format!("center-{thread}");
+                let mut claimed = Vec::new();
+                barrier.wait();
+                loop {
+                    let batch = store
+                        .claim_ready_tasks(&center, 1_000, 7, ALLOWANCE)
+                        .unwrap();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    claimed.extend(batch.into_iter().map(|task| (task.id, center.clone())));
+                }
+                claimed
+            })
+        })
+        .collect();
+    let claimed: Vec<(TaskId, String)> = threads
+        .into_iter()
+        .flat_map(|thread| thread.join().unwrap())
+        .collect();
+
+    let unique: BTreeSet<&TaskId> = claimed.iter().map(|(task_id, _)| task_id).collect();
+    assert_eq!(
+        unique.len(),
+        claimed.len(),
+        "a task was returned to two callers"
+    );
+    assert_eq!(claimed.len() as u64, N_TASKS);
+    assert!(claim(store, 1_001, 10).is_empty());
+    // What each caller was told matches what the database says.
+    let stored = queue_tasks_by_id(store, &queue_id);
+    for (task_id, center) in &claimed {
+        let task = &stored[task_id];
+        assert_eq!(task.status, TaskStatus::Executing);
+        assert_eq!(task.dispatched_by.as_ref(), Some(center));
+    }
+}
+
+fn concurrent_results_finish_the_queue_exactly_once(store: &Store) {
+    // Results of one queue recorded by several centers at once: whoever records the last one
+    // must see the others, or the queue would stay committed forever.
+    const N_TASKS: u64 = 40;
+    const N_THREADS: u64 = 4;
+    let queue_id = id(0x10_000);
+    let tasks: Vec<(u64, Option<u64>)> = (1..=N_TASKS).map(|n| (n, None)).collect();
+    committed_queue(store, &queue_id, &tasks);
+    assert_eq!(claim(store, 1_000, 100).len() as u64, N_TASKS);
+
+    let barrier = Arc::new(Barrier::new(N_THREADS as usize));
+    let threads: Vec<_> = (0..N_THREADS)
+        .map(|thread| {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                (1..=N_TASKS)
+                    .filter(|n| n % N_THREADS == thread)
+                    .map(|n| {
+                        store
+                            .record_result(&result(&id(n), 1, "ok"), 2_000)
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let outcomes: Vec<RecordOutcome> = threads
+        .into_iter()
+        .flat_map(|thread| thread.join().unwrap())
+        .collect();
+    assert!(outcomes.iter().all(|outcome| outcome.applied));
+    let n_finishers = outcomes
+        .iter()
+        .filter(|outcome| outcome.finished_queue_id.as_ref() == Some(&queue_id))
+        .count();
+    assert_eq!(n_finishers, 1);
+    assert_eq!(
+        store.get_queue(&queue_id).unwrap().unwrap().status,
+        QueueStatus::Finished
+    );
+}
+
+fn stop_returns_the_execing_tasks(store: &Store) {
+    // 1, 2, 3 ← 1, and 4.
+    let queue_id = id(0x100);
+    committed_queue(
+        store,
+        &queue_id,
+        &[(1, None), (2, None), (3, Some(1)), (4, None)],
+    );
+    assert_eq!(claim(store, 1_000, 2), ids(&[1, 2]));
+    store
+        .record_result(&result(&id(2), 1, "two"), 1_500)
+        .unwrap();
+
+    let outcome = store.stop_queue(&queue_id, 2_000).unwrap();
+    assert_eq!(outcome.previous_status, QueueStatus::Committed);
+    assert_eq!(outcome.execing_task_ids, vec![id(1)]);
+    let tasks = queue_tasks_by_id(store, &queue_id);
+    assert_eq!(tasks[&id(1)].status, TaskStatus::Stopped);
+    assert_eq!(tasks[&id(1)].finished_at, Some(2_000));
+    assert_eq!(tasks[&id(2)].status, TaskStatus::Finished);
+    assert_eq!(tasks[&id(3)].status, TaskStatus::Stopped);
+    assert_eq!(tasks[&id(4)].status, TaskStatus::Stopped);
+    let queue = store.get_queue(&queue_id).unwrap().unwrap();
+    assert_eq!(queue.status, QueueStatus::Stopped);
+    assert_eq!(queue.finished_at, Some(2_000));
+
+    // The cancelled task's result comes late and changes nothing; nothing runs any more.
+    assert!(
+        !store
+            .record_result(&result(&id(1), 1, "late"), 2_500)
+            .unwrap()
+            .applied
+    );
+    assert_eq!(task(store, 1).status, TaskStatus::Stopped);
+    assert!(claim(store, 2_600, 10).is_empty());
+    assert!(matches!(
+        store.add_task(&queue_task(&queue_id, &id(5), None, 20)),
+        Err(StoreError::QueueStatusDoesNotAllow {
+            status: QueueStatus::Stopped,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.commit_queue(&queue_id, 2_700),
+        Err(StoreError::QueueStatusDoesNotAllow {
+            status: QueueStatus::Stopped,
+            ..
+        })
+    ));
+    let again = store.stop_queue(&queue_id, 2_800).unwrap();
+    assert_eq!(again.previous_status, QueueStatus::Stopped);
+    assert!(again.execing_task_ids.is_empty());
+    assert_eq!(
+        store.get_queue(&queue_id).unwrap().unwrap().finished_at,
+        Some(2_000)
+    );
+
+    // An open queue stops too; a finished one cannot.
+    let open_queue = id(0x200);
+    store.create_queue(&open_queue, "demo", "ops", 1).unwrap();
+    store
+        .add_task(&queue_task(&open_queue, &id(21), None, 10))
+        .unwrap();
+    let outcome = store.stop_queue(&open_queue, 3_000).unwrap();
+    assert_eq!(outcome.previous_status, QueueStatus::Open);
+    assert!(outcome.execing_task_ids.is_empty());
+    assert_eq!(task(store, 21).status, TaskStatus::Stopped);
+
+    let finished_queue = id(0x300);
+    committed_queue(store, &finished_queue, &[(31, None)]);
+    assert_eq!(claim(store, 3_100, 10), ids(&[31]));
+    store
+        .record_result(&result(&id(31), 1, "done"), 3_200)
+        .unwrap();
+    assert!(matches!(
+        store.stop_queue(&finished_queue, 3_300),
+        Err(StoreError::QueueStatusDoesNotAllow {
+            status: QueueStatus::Finished,
+            ..
+        })
+    ));
+}
+
+fn expire_overdue_settles_tasks_past_their_deadline(store: &Store) {
+    // 1 ← 2.
+    let queue_id = id(0x100);
+    committed_queue(store, &queue_id, &[(1, None), (2, Some(1))]);
+    let claimed = store
+        .claim_ready_tasks("center-a", 1_000, 10, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(claimed[0].deadline, Some(1_000 + 10_000 + 5_000));
+
+    let rt_task = NewTask {
+        queue_id: None,
+        task_type: TaskType::Rt,
+        ..queue_task(&queue_id, &id(9), None, 10)
+    };
+    let dispatch = Dispatch {
+        center_instance: "center-b".to_string(),
+        dispatched_at: 1_000,
+        deadline: 20_000,
+    };
+    store.insert_task(&rt_task, &dispatch).unwrap();
+
+    assert!(
+        store.expire_overdue(16_000).unwrap().is_empty(),
+        "the deadline itself is not past"
+    );
+    let expired = store.expire_overdue(16_001).unwrap();
+    assert_eq!(expired.len(), 1);
+    let settled = &expired[0];
+    assert_eq!(settled.id, id(1));
+    assert_eq!(settled.status, TaskStatus::Finished);
+    assert_eq!(settled.worker_flag, Some(-1));
+    assert_eq!(settled.flag, "false");
+    assert_eq!(settled.error, DEADLINE_MESSAGE);
+    assert_eq!(settled.worker_message.as_deref(), Some(DEADLINE_MESSAGE));
+    assert_eq!(settled.finished_at, Some(16_001));
+    assert_eq!(task(store, 2).status, TaskStatus::Skipped);
+    let queue = store.get_queue(&queue_id).unwrap().unwrap();
+    assert_eq!(queue.status, QueueStatus::Finished);
+    assert_eq!(queue.finished_at, Some(16_001));
+
+    // The agent's answer after the deadline is late.
+    assert!(
+        !store
+            .record_result(&result(&id(1), 1, "late"), 17_000)
+            .unwrap()
+            .applied
+    );
+    assert_eq!(task(store, 1).worker_flag, Some(-1));
+    assert!(store.expire_overdue(17_000).unwrap().is_empty());
+
+    let expired = store.expire_overdue(20_001).unwrap();
+    assert_eq!(
+        expired
+            .iter()
+            .map(|task| task.id.clone())
+            .collect::<Vec<_>>(),
+        vec![id(9)]
+    );
+    assert!(store.expire_overdue(30_000).unwrap().is_empty());
+}
+
+fn rt_and_cron_tasks_are_stored_dispatched(store: &Store) {
+    let queue_id = id(0x100);
+    let rt_task = NewTask {
+        queue_id: None,
+        task_type: TaskType::Rt,
+        mode: Mode::NP,
+        ..queue_task(&queue_id, &id(1), None, 10)
+    };
+    let dispatch = Dispatch {
+        center_instance: "center-a".to_string(),
+        dispatched_at: 100,
+        deadline: 160_100,
+    };
+    store.insert_task(&rt_task, &dispatch).unwrap();
+    assert!(matches!(
+        store.insert_task(&rt_task, &dispatch),
+        Err(StoreError::DuplicateId(taken)) if taken == id(1)
+    ));
+    let stored = task(store, 1);
+    assert_eq!(stored.status, TaskStatus::Executing);
+    assert_eq!(stored.task_type, TaskType::Rt);
+    assert_eq!(stored.queue_id, None);
+    assert_eq!(stored.dispatched_by.as_deref(), Some("center-a"));
+    assert_eq!(stored.dispatched_at, Some(100));
+    assert_eq!(stored.deadline, Some(160_100));
+    assert!(
+        claim(store, 200, 10).is_empty(),
+        "rt tasks are never claimed"
+    );
+
+    let mut agent_error = result(&id(1), -1, "");
+    agent_error.error = "expired".to_string();
+    let outcome = store.record_result(&agent_error, 300).unwrap();
+    assert!(outcome.applied);
+    assert_eq!(outcome.finished_queue_id, None);
+    let settled = outcome.task.unwrap();
+    assert_eq!(settled.status, TaskStatus::Finished);
+    assert_eq!(
+        (settled.flag.as_str(), settled.error.as_str()),
+        ("false", "expired")
+    );
+
+    let cron_task = NewTask {
+        id: id(2),
+        task_type: TaskType::Cron,
+        ..rt_task.clone()
+    };
+    store.insert_task(&cron_task, &dispatch).unwrap();
+    assert_eq!(task(store, 2).task_type, TaskType::Cron);
+    assert!(
+        store
+            .record_result(&result(&id(2), 1, "ok"), 400)
+            .unwrap()
+            .applied
+    );
+
+    let queue_kind = NewTask {
+        id: id(3),
+        task_type: TaskType::Queue,
+        ..rt_task.clone()
+    };
+    assert!(matches!(
+        store.insert_task(&queue_kind, &dispatch),
+        Err(StoreError::InvalidTask { .. })
+    ));
+    let with_dependency = NewTask {
+        id: id(4),
+        depend_task_id: Some(id(1)),
+        ..rt_task
+    };
+    assert!(matches!(
+        store.insert_task(&with_dependency, &dispatch),
+        Err(StoreError::InvalidTask { .. })
+    ));
+    assert_eq!(store.get_task(&id(3)).unwrap(), None);
+}
+
+fn audit_log_round_trip(store: &Store) {
+    assert!(store.recent_audit(10).unwrap().is_empty());
+    let entries: Vec<AuditEntry> = (1..=3)
+        .map(|n| AuditEntry {
+            at: 1_000 * n,
+            auth_id: "ops".to_string(),
+            action: "queue/addtask".to_string(),
+            target: id(n).to_string(),
+            agent: (n != 2).then(|| "agent-1".to_string()),
+            outcome: if n == 3 {
+                "[412.1]queue not found".to_string()
+            } else {
+                "ok".to_string()
+            },
+        })
+        .collect();
+    for entry in &entries {
+        store.audit(entry).unwrap();
+    }
+    let recent = store.recent_audit(2).unwrap();
+    assert_eq!(
+        recent
+            .iter()
+            .map(|row| row.entry.clone())
+            .collect::<Vec<_>>(),
+        vec![entries[2].clone(), entries[1].clone()]
+    );
+    assert!(recent[0].id > recent[1].id);
+    assert_eq!(store.recent_audit(10).unwrap().len(), 3);
+}
+
+fn agents_round_trip(store: &Store) {
+    assert_eq!(store.get_agent_by_ip_or_id("agent-1").unwrap(), None);
+    let heartbeat = elves_shared::wire::Heartbeat {
+        agent: agent(),
+        ip: "10.0.0.7".to_string(),
+        asset: "rack-7".to_string(),
+        version: "0.1.0".to_string(),
+        apps: BTreeMap::from([("demo".to_string(), "1.0".to_string())]),
+        sent_at: 999,
+        interval_ms: 5_000,
+    };
+    let first = AgentRow::from_heartbeat(&heartbeat, 1_000);
+    assert_eq!(first.last_heartbeat_at, 1_000);
+    store.upsert_agent(&first).unwrap();
+    assert_eq!(
+        store.get_agent_by_ip_or_id("agent-1").unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(
+        store.get_agent_by_ip_or_id("10.0.0.7").unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(store.get_agent_by_ip_or_id("10.0.0.9").unwrap(), None);
+
+    let newer = AgentRow {
+        version: "0.2.0".to_string(),
+        apps: BTreeMap::from([
+            ("demo".to_string(), "1.1".to_string()),
+            ("disk".to_string(), "2".to_string()),
+        ]),
+        last_heartbeat_at: 2_000,
+        ..first.clone()
+    };
+    store.upsert_agent(&newer).unwrap();
+    assert_eq!(
+        store.get_agent_by_ip_or_id("agent-1").unwrap(),
+        Some(newer.clone())
+    );
+    // A beat handled late (by another center) does not roll the row back.
+    let older = AgentRow {
+        version: "0.0.9".to_string(),
+        last_heartbeat_at: 1_500,
+        ..first.clone()
+    };
+    store.upsert_agent(&older).unwrap();
+    assert_eq!(
+        store.get_agent_by_ip_or_id("agent-1").unwrap(),
+        Some(newer.clone())
+    );
+
+    let second = AgentRow {
+        id: AgentId::parse("agent-2").unwrap(),
+        ip: "10.0.0.8".to_string(),
+        apps: BTreeMap::new(),
+        ..first
+    };
+    store.upsert_agent(&second).unwrap();
+    assert_eq!(store.list_agents().unwrap(), vec![newer, second]);
+}
+
+#[test]
+fn sqlite_store_opens_a_plain_path_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("elves.db");
+    let path = path.to_str().unwrap();
+    {
+        let store = Store::open(path).unwrap();
+        store.create_queue(&id(1), "demo", "ops", 1).unwrap();
+    }
+    // Opening again runs no migration twice and finds the data.
+    let store = Store::open(&format!("sqlite://{path}")).unwrap();
+    assert_eq!(store.get_queue(&id(1)).unwrap().unwrap().app, "demo");
+    assert!(matches!(
+        Store::open("mysql://db/elves"),
+        Err(StoreError::BadUrl(_))
+    ));
+}
+
+#[test]
+fn postgres_open_fails_fast_with_the_reason() {
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    let err = Store::open("postgres://nobody@127.0.0.1:1/elves").unwrap_err();
+    assert!(matches!(err, StoreError::Connect(_)), "{err}");
+}

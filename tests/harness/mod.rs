@@ -1,0 +1,367 @@
+//! `TestEnv`: a center and agents started in-process, each test in its own bus namespace and
+//! temp directory, so tests run in parallel on one broker.
+
+#![allow(dead_code)] // not every test module uses every helper
+
+use elves_agent::{AgentConfig, AgentStats};
+use elves_center::config::CenterConfig;
+use elves_center::CenterHandle;
+use elves_shared::bus::{self, SharedBus};
+use elves_shared::sign::{self, SignType};
+use elves_shared::wire::AgentId;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const AUTH_ID: &str = "tester";
+pub const AUTH_KEY: &str = "test-key-0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusKind {
+    InProc,
+    Rabbit,
+}
+
+/// The broker of the RabbitMQ runs. Required: a run that cannot reach RabbitMQ fails loudly
+/// rather than skipping (`scripts/test` sets it).
+pub fn amqp_url() -> String {
+    std::env::var("ELVES_TEST_AMQP_URL").unwrap_or_else(|_| {
+        panic!("ELVES_TEST_AMQP_URL must be set for the RabbitMQ runs (scripts/test sets it)")
+    })
+}
+
+/// Generates one test per bus for each async fn `name(BusKind)` listed.
+#[macro_export]
+macro_rules! on_both_buses {
+    ($($name:ident),* $(,)?) => {
+        mod inproc {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::BusKind::InProc).await
+                }
+            )*
+        }
+        mod rabbit {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::BusKind::Rabbit).await
+                }
+            )*
+        }
+    };
+}
+
+pub struct TestAgent {
+    pub stats: Arc<AgentStats>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+pub struct TestEnv {
+    pub kind: BusKind,
+    pub namespace: String,
+    pub bus: SharedBus,
+    pub center: Option<CenterHandle>,
+    pub base_url: String,
+    pub dir: tempfile::TempDir,
+    pub agents: BTreeMap<String, TestAgent>,
+    http: reqwest::Client,
+}
+
+impl TestEnv {
+    pub async fn start(kind: BusKind) -> TestEnv {
+        let namespace = format!("elves-test-{:016x}", rand::random::<u64>());
+        let bus = Self::open_bus(kind, &namespace);
+        let dir = tempfile::tempdir().unwrap();
+        let config = center_config(dir.path(), &kind, &namespace);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let center_bus = bus.clone();
+        let center =
+            tokio::task::spawn_blocking(move || elves_center::start(config, listener, center_bus))
+                .await
+                .unwrap()
+                .unwrap();
+        let base_url = format!("http://{}", center.http_addr);
+        TestEnv {
+            kind,
+            namespace,
+            bus,
+            center: Some(center),
+            base_url,
+            dir,
+            agents: BTreeMap::new(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn open_bus(kind: BusKind, namespace: &str) -> SharedBus {
+        match kind {
+            BusKind::InProc => bus::open("inproc", namespace).unwrap(),
+            BusKind::Rabbit => bus::open(&amqp_url(), namespace).unwrap(),
+        }
+    }
+
+    /// A bus for another process-like participant: the same one in-process, a new connection
+    /// on RabbitMQ (as a separate agent process would have).
+    pub fn participant_bus(&self) -> SharedBus {
+        match self.kind {
+            BusKind::InProc => self.bus.clone(),
+            BusKind::Rabbit => Self::open_bus(BusKind::Rabbit, &self.namespace),
+        }
+    }
+
+    pub fn center(&self) -> &CenterHandle {
+        self.center.as_ref().unwrap()
+    }
+
+    /// The default agent config of the tests: fast heartbeats, the repo's apptest and the test
+    /// app `elvestest` installed in a private apps dir.
+    pub fn agent_config(&self, id: &str) -> AgentConfig {
+        let mut config = AgentConfig::new(AgentId::parse(id).unwrap());
+        config.ip = format!("ip-{id}");
+        let apps_dir = self.dir.path().join(format!("apps-{id}"));
+        install_test_apps(&apps_dir);
+        config.apps_dir = apps_dir;
+        config.spool_dir = self.dir.path().join(format!("spool-{id}"));
+        config.heartbeat_interval_ms = 200;
+        config.exec.kill_grace_ms = 500;
+        config.center.key_id = self.center().key_id.clone();
+        config.center.public_key = self.center().public_key_hex.clone();
+        config
+    }
+
+    pub async fn start_agent(&mut self, id: &str) {
+        let config = self.agent_config(id);
+        self.start_agent_with(config).await;
+    }
+
+    pub async fn start_agent_with(&mut self, config: AgentConfig) {
+        let id = config.id.to_string();
+        let stats = Arc::new(AgentStats::new());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(elves_agent::run(
+            config,
+            self.participant_bus(),
+            stats.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        self.agents.insert(
+            id.clone(),
+            TestAgent {
+                stats,
+                stop: Some(stop),
+                task,
+            },
+        );
+        self.wait_online(&id).await;
+    }
+
+    pub async fn stop_agent(&mut self, id: &str) {
+        let mut agent = self.agents.remove(id).unwrap();
+        if let Some(stop) = agent.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(20), &mut agent.task)
+            .await
+            .expect("agent stops within 20 s")
+            .unwrap()
+            .unwrap();
+    }
+
+    pub fn stats(&self, id: &str) -> elves_agent::stats::StatsSnapshot {
+        self.agents[id].stats.snapshot()
+    }
+
+    pub async fn healthz(&self) -> Value {
+        self.http
+            .get(format!("{}/healthz", self.base_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn is_online(&self, id: &str) -> bool {
+        let health = self.healthz().await;
+        health["heartbeat"]["online"].get(id).is_some()
+    }
+
+    pub async fn wait_online(&self, id: &str) {
+        wait_until(
+            &format!("agent {id} online"),
+            Duration::from_secs(20),
+            || async { self.is_online(id).await },
+        )
+        .await;
+    }
+
+    pub async fn wait_offline(&self, id: &str) {
+        wait_until(
+            &format!("agent {id} offline"),
+            Duration::from_secs(20),
+            || async { !self.is_online(id).await },
+        )
+        .await;
+    }
+
+    /// A v2 call signed with MD5, as an ordinary client makes it.
+    pub async fn call(&self, endpoint: &str, params: &[(&str, &str)]) -> Value {
+        self.call_signed(endpoint, params, SignType::Md5).await
+    }
+
+    pub async fn call_signed(
+        &self,
+        endpoint: &str,
+        params: &[(&str, &str)],
+        sign_type: SignType,
+    ) -> Value {
+        let path = format!("/api/v2/{endpoint}");
+        let mut pairs: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        pairs.push(("auth_id".into(), AUTH_ID.into()));
+        pairs.push(("timestamp".into(), unix_now_s().to_string()));
+        let signed = sign::sign_params(&path, pairs, sign_type, AUTH_KEY);
+        self.post_form(&path, &signed).await
+    }
+
+    /// Sends exactly these parameters (no signing added), by POST form.
+    pub async fn post_form(&self, path: &str, pairs: &[(String, String)]) -> Value {
+        self.http
+            .post(format!("{}{path}", self.base_url))
+            .form(pairs)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Sends exactly these parameters in the query string of a GET.
+    pub async fn get_query(&self, path: &str, pairs: &[(String, String)]) -> Value {
+        self.http
+            .get(format!("{}{path}", self.base_url))
+            .query(pairs)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        for agent in self.agents.values_mut() {
+            if let Some(stop) = agent.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        if let Some(center) = self.center.take() {
+            // Stopping blocks on the center's own thread; keep it off the test's runtime.
+            let _ = std::thread::spawn(move || center.stop()).join();
+        }
+    }
+}
+
+pub fn center_config(data_dir: &Path, kind: &BusKind, namespace: &str) -> CenterConfig {
+    let url = match kind {
+        BusKind::InProc => "inproc".to_string(),
+        BusKind::Rabbit => amqp_url(),
+    };
+    let env = vec![
+        ("ELVES_DATA_DIR".to_string(), data_dir.display().to_string()),
+        ("ELVES_AUTH__AUTH_ID".to_string(), AUTH_ID.to_string()),
+        ("ELVES_AUTH__AUTH_KEY".to_string(), AUTH_KEY.to_string()),
+        ("ELVES_BUS__URL".to_string(), url),
+        ("ELVES_BUS__NAMESPACE".to_string(), namespace.to_string()),
+        ("ELVES_HTTP__WORKERS".to_string(), "1".to_string()),
+    ];
+    let config: CenterConfig = elves_shared::config::load(None, env).unwrap();
+    config.validate().unwrap();
+    config
+}
+
+pub fn unix_now_s() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Copies `apps/apptest` and `tests/apps/elvestest` into `apps_dir` (permissions kept).
+pub fn install_test_apps(apps_dir: &Path) {
+    let root = repo_root();
+    copy_dir(&root.join("apps/apptest"), &apps_dir.join("apptest"));
+    copy_dir(
+        &root.join("tests/apps/elvestest"),
+        &apps_dir.join("elvestest"),
+    );
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            if entry.file_name() != "__pycache__" {
+                copy_dir(&entry.path(), &target);
+            }
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Polls `condition` until it holds; fails the test naming `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `error` code of a v2 answer: `[414.1]…` → `414.1`, or "" on success.
+pub fn error_code(answer: &Value) -> String {
+    let error = answer["error"].as_str().unwrap_or_default();
+    error
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once(']'))
+        .map(|(code, _)| code.to_string())
+        .unwrap_or_default()
+}
