@@ -20,6 +20,54 @@ pub struct CenterConfig {
     pub heartbeat: HeartbeatConfig,
     #[serde(default)]
     pub rt: RtConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://<path>`, a file path, or `postgres://…`; empty means `<data_dir>/elves.db`.
+    #[serde(default)]
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// How often the queue actor looks for ready tasks and overdue ones even without a trigger
+    /// (work committed through another center, a center restart).
+    #[serde(default = "default_queue_tick_ms")]
+    pub tick_ms: u64,
+    /// Tasks claimed per round; bounds one round's memory and database transaction.
+    #[serde(default = "default_queue_batch")]
+    pub batch: usize,
+    /// Extra time after a task's deadline before it is failed as lost: the agent's result may
+    /// still be on its way.
+    #[serde(default = "default_queue_grace_ms")]
+    pub result_grace_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            tick_ms: default_queue_tick_ms(),
+            batch: default_queue_batch(),
+            result_grace_ms: default_queue_grace_ms(),
+        }
+    }
+}
+
+fn default_queue_tick_ms() -> u64 {
+    500
+}
+fn default_queue_batch() -> usize {
+    500
+}
+fn default_queue_grace_ms() -> u64 {
+    5_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +217,15 @@ impl CenterConfig {
             return Err(bad("rt.default_timeout_s", "must be between 1 and 86400"));
         }
         Ok(())
+    }
+
+    /// The database URL, defaulting to a SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("elves.db").display())
+        } else {
+            self.database.url.clone()
+        }
     }
 
     pub fn signing_key_path(&self) -> PathBuf {

@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod metrics;
 pub mod store;
+pub mod submit;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
@@ -125,9 +126,26 @@ async fn serve(
 ) -> anyhow::Result<(actix_web::dev::Server, String)> {
     let metrics = Arc::new(metrics::Metrics::default());
     let public_key_hex = signer.public_key_hex();
-    let root = actors::root::Root::start(&config, bus, signer, metrics.clone())
+    let database_url = config.database_url();
+    let store = tokio::task::spawn_blocking(move || store::Store::open(&database_url))
         .await
-        .context("connecting to the bus")?;
+        .context("opening the database")?
+        .context("opening the database")?;
+    let submissions = bus
+        .consume(
+            elves_shared::bus::QueueSpec {
+                name: bus.queue_name("center.submit"),
+                bindings: vec![elves_shared::wire::routing::CENTER_SUBMIT.to_string()],
+                durable: true,
+            },
+            64,
+        )
+        .await
+        .context("consuming submissions")?;
+    let root =
+        actors::root::Root::start(&config, bus.clone(), signer, metrics.clone(), store.clone())
+            .await
+            .context("connecting to the bus")?;
     let children = root
         .send(actors::root::GetChildren)
         .await
@@ -138,7 +156,10 @@ async fn serve(
         config,
         children,
         metrics,
+        store,
+        bus,
     });
+    actix_rt::spawn(submit::consume_submissions(submissions, state.clone()));
     let server =
         HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
             .workers(workers)

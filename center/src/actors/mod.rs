@@ -3,3 +3,4 @@
 pub mod heartbeat;
 pub mod root;
 pub mod scheduler;
+pub mod task_queue;

@@ -9,8 +9,10 @@
 
 use super::heartbeat::{Heartbeat, HeartbeatReceived};
 use super::scheduler::{ReplyReceived, Scheduler};
+use super::task_queue::{blocking, ResultReceived, TaskQueue};
 use crate::config::CenterConfig;
 use crate::metrics::Metrics;
+use crate::store::{AgentRow, Store};
 use actix::prelude::*;
 use elves_shared::bus::{Consumer, QueueSpec, SharedBus};
 use elves_shared::crypto::InstructionSigner;
@@ -21,11 +23,14 @@ use std::sync::Arc;
 /// Unsettled deliveries per consumer; bounds memory when a burst arrives.
 const PREFETCH: u16 = 256;
 
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The addresses of the supervised actors, handed to the HTTP API.
 #[derive(Clone)]
 pub struct Children {
     pub heartbeat: Addr<Heartbeat>,
     pub scheduler: Addr<Scheduler>,
+    pub task_queue: Addr<TaskQueue>,
 }
 
 pub struct Root {
@@ -60,6 +65,7 @@ impl Root {
         bus: SharedBus,
         signer: Arc<InstructionSigner>,
         metrics: Arc<Metrics>,
+        store: Store,
     ) -> Result<Addr<Root>, elves_shared::bus::BusError> {
         // Each center instance has its own reply queue so that an RT result comes back to the
         // center whose caller is waiting, even when several centers share one broker.
@@ -86,26 +92,66 @@ impl Root {
             )
             .await?;
 
+        // Shared by all centers: whichever center takes a result stores it.
+        let results = bus
+            .consume(
+                QueueSpec {
+                    name: bus.queue_name("center.result"),
+                    bindings: vec![routing::CENTER_RESULT.to_string()],
+                    durable: true,
+                },
+                PREFETCH,
+            )
+            .await?;
+
         let missed_beats = config.heartbeat.offline_after_missed_beats;
         let heartbeat = Supervisor::start(move |_| Heartbeat::new(missed_beats));
         let rt = config.rt.clone();
         let scheduler_bus = bus.clone();
+        let scheduler_signer = signer.clone();
+        let scheduler_metrics = metrics.clone();
+        let scheduler_store = store.clone();
+        let scheduler_instance = instance.to_string();
         let scheduler = Supervisor::start(move |_| {
-            Scheduler::new(scheduler_bus, signer, reply_queue, rt, metrics)
+            Scheduler::new(
+                scheduler_bus,
+                scheduler_signer,
+                reply_queue,
+                rt,
+                scheduler_metrics,
+                scheduler_store,
+                scheduler_instance,
+            )
+        });
+        let queue_config = config.queue.clone();
+        let rt = config.rt.clone();
+        let queue_store = store.clone();
+        let task_queue = Supervisor::start(move |_| {
+            TaskQueue::new(
+                queue_store,
+                bus,
+                signer,
+                instance.to_string(),
+                queue_config,
+                rt,
+                metrics,
+            )
         });
 
-        actix_rt::spawn(feed_heartbeats(heartbeats, heartbeat.clone()));
+        actix_rt::spawn(feed_heartbeats(heartbeats, heartbeat.clone(), store));
         actix_rt::spawn(feed_replies(replies, scheduler.clone()));
+        actix_rt::spawn(feed_results(results, task_queue.clone()));
 
         let children = Children {
             heartbeat,
             scheduler,
+            task_queue,
         };
         Ok(Root { children }.start())
     }
 }
 
-async fn feed_heartbeats(mut consumer: Consumer, heartbeat: Addr<Heartbeat>) {
+async fn feed_heartbeats(mut consumer: Consumer, heartbeat: Addr<Heartbeat>, store: Store) {
     while let Some(delivery) = consumer.next().await {
         let message = &delivery.message;
         if message.kind != kind::HEARTBEAT {
@@ -118,9 +164,16 @@ async fn feed_heartbeats(mut consumer: Consumer, heartbeat: Addr<Heartbeat>) {
         }
         match wire::decode::<HeartbeatMessage>(&message.body) {
             Ok(decoded) => {
+                let received_at = now_unix_ms();
+                // Other centers sharing the database learn of this agent from its row.
+                let row = AgentRow::from_heartbeat(&decoded, received_at);
+                let store = store.clone();
+                if let Err(err) = blocking(move || store.upsert_agent(&row)).await {
+                    log::warn!("agent {}: heartbeat not stored: {err}", decoded.agent);
+                }
                 heartbeat.do_send(HeartbeatReceived {
                     heartbeat: decoded,
-                    received_at: now_unix_ms(),
+                    received_at,
                 });
                 delivery.ack().await;
             }
@@ -149,5 +202,43 @@ async fn feed_replies(mut consumer: Consumer, scheduler: Addr<Scheduler>) {
                 delivery.reject().await;
             }
         }
+    }
+}
+
+async fn feed_results(mut consumer: Consumer, task_queue: Addr<TaskQueue>) {
+    while let Some(delivery) = consumer.next().await {
+        let message = &delivery.message;
+        let result = match wire::decode::<JobResult>(&message.body) {
+            Ok(result) if message.kind == kind::RESULT => result,
+            Ok(_) => {
+                log::warn!("result queue: dropped message of kind {:?}", message.kind);
+                delivery.reject().await;
+                continue;
+            }
+            Err(err) => {
+                log::warn!("result queue: dropped undecodable message: {err}");
+                delivery.reject().await;
+                continue;
+            }
+        };
+        let task_queue = task_queue.clone();
+        // Results are stored concurrently (up to the prefetch); each is acked once stored.
+        actix_rt::spawn(async move {
+            let id = result.id.clone();
+            match task_queue.send(ResultReceived(result)).await {
+                Ok(Ok(_)) => delivery.ack().await,
+                Ok(Err(err)) => {
+                    log::error!("task {id}: result not stored, will retry: {err}");
+                    // A pause so that a database outage is not a hot requeue loop.
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    delivery.requeue().await;
+                }
+                Err(err) => {
+                    log::error!("task {id}: queue actor unavailable, will retry: {err}");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    delivery.requeue().await;
+                }
+            }
+        });
     }
 }

@@ -2,8 +2,10 @@
 //! hands the caller the result that comes back on this center's private reply queue.
 //! It does not decide whether the agent is reachable (Heartbeat does) nor store anything.
 
+use super::task_queue::blocking;
 use crate::config::RtConfig;
 use crate::metrics::{Metrics, TaskOutcome};
+use crate::store::{Dispatch, NewTask, Store};
 use actix::prelude::*;
 use elves_shared::bus::{BusError, BusMessage, Destination, SharedBus};
 use elves_shared::crypto::InstructionSigner;
@@ -56,6 +58,8 @@ pub enum DispatchError {
     Bus(String),
     #[error("no result from agent {agent} within {waited_s} s")]
     NoResult { agent: AgentId, waited_s: u64 },
+    #[error("store: {0}")]
+    Store(String),
     #[error("scheduler restarted while the task was running")]
     Interrupted,
 }
@@ -66,6 +70,8 @@ pub struct Scheduler {
     reply_queue: String,
     rt: RtConfig,
     metrics: Arc<Metrics>,
+    store: Store,
+    instance: String,
     waiters: HashMap<TaskId, oneshot::Sender<JobResult>>,
 }
 
@@ -76,6 +82,8 @@ impl Scheduler {
         reply_queue: String,
         rt: RtConfig,
         metrics: Arc<Metrics>,
+        store: Store,
+        instance: String,
     ) -> Self {
         Scheduler {
             bus,
@@ -83,6 +91,8 @@ impl Scheduler {
             reply_queue,
             rt,
             metrics,
+            store,
+            instance,
             waiters: HashMap::new(),
         }
     }
@@ -127,11 +137,37 @@ impl Handler<RunInstant> for Scheduler {
         let bus = self.bus.clone();
         let metrics = self.metrics.clone();
         let scheduler = ctx.address();
+        let store = self.store.clone();
+        let stored_task = NewTask {
+            id: instruction.id.clone(),
+            queue_id: None,
+            task_type: TaskType::Rt,
+            agent: instruction.agent.clone(),
+            app: instruction.app.clone(),
+            func: instruction.func.clone(),
+            param: instruction.param.clone(),
+            timeout_s: instruction.timeout,
+            proxy: instruction.proxy.clone(),
+            mode: instruction.mode,
+            depend_task_id: None,
+            created_at: now,
+        };
+        let dispatch = Dispatch {
+            center_instance: self.instance.clone(),
+            dispatched_at: now,
+            deadline: instruction.deadline,
+        };
         // Wait a little past the deadline so that a result sent at the last moment still lands.
         let wait = Duration::from_millis(instruction.deadline.saturating_sub(now) + 2_000);
         Box::pin(async move {
             let id = instruction.id.clone();
             let agent = instruction.agent.clone();
+            // Stored before it is sent, so that the task history has every rt call and a result
+            // always finds its row.
+            if let Err(err) = blocking(move || store.insert_task(&stored_task, &dispatch)).await {
+                scheduler.do_send(ForgetWaiter(id.clone()));
+                return Err(DispatchError::Store(err.to_string()));
+            }
             let destination = Destination::Topic(routing::agent(&agent));
             if let Err(err) = bus.publish(&destination, message).await {
                 scheduler.do_send(ForgetWaiter(id.clone()));
@@ -169,6 +205,15 @@ impl Handler<ReplyReceived> for Scheduler {
         } else {
             TaskOutcome::Rejected
         };
+        let store = self.store.clone();
+        let to_store = result.clone();
+        actix_rt::spawn(async move {
+            let id = to_store.id.clone();
+            let now = now_unix_ms();
+            if let Err(err) = blocking(move || store.record_result(&to_store, now)).await {
+                log::error!("task {id}: rt result not stored: {err}");
+            }
+        });
         match self.waiters.remove(&result.id) {
             Some(waiter) => {
                 self.metrics.record_task(outcome);

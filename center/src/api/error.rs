@@ -23,6 +23,10 @@ pub enum ApiError {
     BadFunc(String),
     BadTimeout(String),
     AgentUnreachable(String),
+    QueueNotFound(String),
+    QueueStatus(String),
+    StopFailed(String),
+    DependencyNotFound(String),
     AgentNotFound(String),
     Internal(String),
 }
@@ -46,6 +50,10 @@ impl ApiError {
             ApiError::BadFunc(_) => "403.7",
             ApiError::BadTimeout(_) => "403.8",
             ApiError::AgentUnreachable(_) => "410.1",
+            ApiError::QueueNotFound(_) => "412.1",
+            ApiError::QueueStatus(_) => "412.2",
+            ApiError::StopFailed(_) => "412.3",
+            ApiError::DependencyNotFound(_) => "412.4",
             ApiError::AgentNotFound(_) => "414.1",
             ApiError::Internal(_) => "500",
         }
@@ -72,7 +80,11 @@ impl ApiError {
             | ApiError::BadQueueId(why)
             | ApiError::BadFunc(why)
             | ApiError::BadTimeout(why) => why.clone(),
-            ApiError::AgentUnreachable(why) => why.clone(),
+            ApiError::AgentUnreachable(why)
+            | ApiError::QueueStatus(why)
+            | ApiError::StopFailed(why)
+            | ApiError::DependencyNotFound(why) => why.clone(),
+            ApiError::QueueNotFound(queue_id) => format!("queue {queue_id} not found"),
             ApiError::AgentNotFound(agent) => format!("unknown agent {agent}"),
             ApiError::Internal(why) => format!("internal error: {why}"),
         }
@@ -80,6 +92,18 @@ impl ApiError {
 
     pub fn envelope(&self) -> Envelope<serde_json::Value> {
         Envelope::failure(self.code(), &self.message())
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(err: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match err {
+            StoreError::QueueNotFound(queue_id) => ApiError::QueueNotFound(queue_id.to_string()),
+            StoreError::QueueStatusDoesNotAllow { .. } => ApiError::QueueStatus(err.to_string()),
+            StoreError::DependencyNotFound { .. } => ApiError::DependencyNotFound(err.to_string()),
+            other => ApiError::Internal(format!("store: {other}")),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod error;
 mod ops;
+pub mod queue;
 pub mod request;
 mod rt;
 
@@ -23,10 +24,21 @@ pub struct ApiState {
     pub config: CenterConfig,
     pub children: Children,
     pub metrics: Arc<Metrics>,
+    pub store: crate::store::Store,
+    pub bus: elves_shared::bus::SharedBus,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v2/rt/exec", web::route().to(rt::exec))
+        .route("/api/v2/queue/create", web::route().to(queue::create))
+        .route("/api/v2/queue/addtask", web::route().to(queue::add_task))
+        .route("/api/v2/queue/commit", web::route().to(queue::commit))
+        .route("/api/v2/queue/stop", web::route().to(queue::stop))
+        .route("/api/v2/queue/result", web::route().to(queue::result))
+        .route(
+            "/api/v2/queue/qksqueue",
+            web::route().to(queue::quick_queue),
+        )
         .route("/healthz", web::get().to(ops::healthz))
         .route("/metrics", web::get().to(ops::metrics));
 }
@@ -34,7 +46,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// A v2 call's parameters and its verified caller.
 pub struct V2Call {
     pub params: Params,
-    #[allow(dead_code)] // used by authorization in supervisor mode
     pub caller: Caller,
 }
 
@@ -75,4 +86,93 @@ pub fn respond(
             HttpResponse::Ok().json(err.envelope())
         }
     }
+}
+
+/// Where work for `address` (an agent ip or id) can go. The heartbeat registry answers for the
+/// agents whose heartbeats this center consumed; the database for those another center saw.
+pub async fn resolve_agent(state: &ApiState, address: &str) -> Result<AgentStatus, ApiError> {
+    use crate::actors::heartbeat::{is_online, AgentLookup, LookupAgent};
+    let now = elves_shared::time::now_unix_ms();
+    let lookup = state
+        .children
+        .heartbeat
+        .send(LookupAgent {
+            address: address.to_string(),
+            now,
+        })
+        .await
+        .map_err(|err| ApiError::Internal(format!("heartbeat registry: {err}")))?;
+    if let AgentLookup::Online { agent } = lookup {
+        return Ok(AgentStatus::Online(agent));
+    }
+    let store = state.store.clone();
+    let text = address.to_string();
+    let stored =
+        crate::actors::task_queue::blocking(move || store.get_agent_by_ip_or_id(&text)).await?;
+    let missed_beats = state.config.heartbeat.offline_after_missed_beats;
+    match stored {
+        Some(row) if is_online(row.last_heartbeat_at, row.interval_ms, missed_beats, now) => {
+            Ok(AgentStatus::Online(row.id))
+        }
+        Some(row) => Ok(AgentStatus::Offline {
+            agent: row.id,
+            last_seen: row.last_heartbeat_at,
+        }),
+        None => match lookup {
+            AgentLookup::Offline { agent, last_seen } => {
+                Ok(AgentStatus::Offline { agent, last_seen })
+            }
+            _ => Err(ApiError::AgentNotFound(address.to_string())),
+        },
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum AgentStatus {
+    Online(elves_shared::wire::AgentId),
+    Offline {
+        agent: elves_shared::wire::AgentId,
+        last_seen: u64,
+    },
+}
+
+impl AgentStatus {
+    /// For work that must run now: offline is 410.1.
+    pub fn online(self) -> Result<elves_shared::wire::AgentId, ApiError> {
+        match self {
+            AgentStatus::Online(agent) => Ok(agent),
+            AgentStatus::Offline { agent, last_seen } => Err(ApiError::AgentUnreachable(format!(
+                "agent {agent} is offline (last heartbeat {} s ago)",
+                elves_shared::time::now_unix_ms().saturating_sub(last_seen) / 1000
+            ))),
+        }
+    }
+}
+
+/// Writes an audit entry for a call that ran or changed something; never fails the call.
+pub fn audit(
+    state: &ApiState,
+    caller: &Caller,
+    action: &str,
+    target: &str,
+    agent: Option<&str>,
+    outcome: &Result<serde_json::Value, ApiError>,
+) {
+    let entry = crate::store::AuditEntry {
+        at: elves_shared::time::now_unix_ms(),
+        auth_id: caller.auth_id.clone(),
+        action: action.to_string(),
+        target: target.to_string(),
+        agent: agent.map(str::to_string),
+        outcome: match outcome {
+            Ok(_) => "ok".to_string(),
+            Err(err) => err.to_string(),
+        },
+    };
+    let store = state.store.clone();
+    actix_rt::spawn(async move {
+        if let Err(err) = crate::actors::task_queue::blocking(move || store.audit(&entry)).await {
+            log::error!("audit log: {err}");
+        }
+    });
 }

@@ -4,7 +4,7 @@
 use super::error::ApiError;
 use crate::config::AuthConfig;
 use elves_shared::sign::{self, SignType};
-use elves_shared::wire::{AgentId, Mode};
+use elves_shared::wire::{AgentId, Mode, TaskId};
 use std::collections::HashMap;
 
 /// Parameters in arrival order; duplicates are kept because they are all signed.
@@ -24,6 +24,11 @@ impl Params {
                 url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())),
             );
         }
+        Params { pairs }
+    }
+
+    /// Parameters that did not come over HTTP (a bus submission).
+    pub fn from_owned(pairs: Vec<(String, String)>) -> Self {
         Params { pairs }
     }
 
@@ -155,6 +160,20 @@ pub fn func_name(params: &Params) -> Result<String, ApiError> {
         return Err(ApiError::BadFunc(format!("bad func name {func:?}")));
     }
     Ok(func.to_string())
+}
+
+/// A 16-hex id parameter; malformed → `bad` (403.6 for queue_id).
+pub fn task_id(
+    params: &Params,
+    key: &str,
+    bad: fn(String) -> ApiError,
+) -> Result<TaskId, ApiError> {
+    let text = params.get_or_empty(key);
+    TaskId::parse(text).map_err(|_| {
+        bad(format!(
+            "{key} must be 16 lowercase hex characters, got {text:?}"
+        ))
+    })
 }
 
 pub fn mode(params: &Params) -> Result<Mode, ApiError> {

@@ -959,3 +959,9 @@ fn postgres_open_fails_fast_with_the_reason() {
     let err = Store::open("postgres://nobody@127.0.0.1:1/elves").unwrap_err();
     assert!(matches!(err, StoreError::Connect(_)), "{err}");
 }
+
+#[test]
+fn store_is_a_clone_send_sync_handle() {
+    fn assert_handle<T: Clone + Send + Sync + 'static>() {}
+    assert_handle::<Store>();
+}

@@ -1,0 +1,417 @@
+//! TaskQueue: moves queue tasks through their life. It claims ready tasks from the database
+//! and sends them, records results from `center.result`, fails tasks whose deadline passed,
+//! and stops queues (cancelling what runs).
+//!
+//! The database is the source of truth: the actor keeps no task state of its own beyond the
+//! reply addresses of bus submissions, so a restarted actor (or center) carries on where the
+//! stored state says. Diesel calls run on the blocking pool, never on the actor's thread.
+
+use super::scheduler::signed_message;
+use crate::config::{QueueConfig, RtConfig};
+use crate::metrics::{Metrics, TaskOutcome};
+use crate::store::{RecordOutcome, StopOutcome, Store, StoreError, TaskRow};
+use actix::prelude::*;
+use elves_shared::bus::{BusMessage, Destination, SharedBus};
+use elves_shared::crypto::InstructionSigner;
+use elves_shared::time::now_unix_ms;
+use elves_shared::wire::{self, kind, routing, Cancel, Instruction, JobResult, TaskId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Look for ready tasks now (after a commit, or a result that may release dependents).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DispatchReady;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DispatchDone;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Tick;
+
+/// A result arrived on `center.result`; answers once it is stored.
+#[derive(Message)]
+#[rtype(result = "Result<RecordOutcome, StoreError>")]
+pub struct ResultReceived(pub JobResult);
+
+/// Stop a queue: waiting tasks become `stoped`, running ones are cancelled on their agents.
+#[derive(Message)]
+#[rtype(result = "Result<StopOutcome, StoreError>")]
+pub struct StopQueue {
+    pub queue_id: TaskId,
+}
+
+/// Where to send the result of a task submitted through `center.submit`.
+#[derive(Debug, Clone)]
+pub struct ReplyAddress {
+    pub reply_to: String,
+    pub correlation_id: Option<String>,
+    pub json: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReplyWhenDone {
+    pub task_id: TaskId,
+    pub address: ReplyAddress,
+}
+
+#[derive(Message)]
+#[rtype(result = "TaskQueueState")]
+pub struct GetState;
+
+#[derive(Debug, Clone, MessageResponse, serde::Serialize)]
+pub struct TaskQueueState {
+    pub dispatching: bool,
+    pub awaiting_submit_replies: usize,
+}
+
+pub struct TaskQueue {
+    store: Store,
+    bus: SharedBus,
+    signer: Arc<InstructionSigner>,
+    /// Names this center in `dispatched_by`.
+    instance: String,
+    queue: QueueConfig,
+    rt: RtConfig,
+    metrics: Arc<Metrics>,
+    dispatching: bool,
+    dispatch_again: bool,
+    replies: HashMap<TaskId, ReplyAddress>,
+}
+
+impl TaskQueue {
+    pub fn new(
+        store: Store,
+        bus: SharedBus,
+        signer: Arc<InstructionSigner>,
+        instance: String,
+        queue: QueueConfig,
+        rt: RtConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        TaskQueue {
+            store,
+            bus,
+            signer,
+            instance,
+            queue,
+            rt,
+            metrics,
+            dispatching: false,
+            dispatch_again: false,
+            replies: HashMap::new(),
+        }
+    }
+
+    fn deadline_allowance(&self) -> Duration {
+        Duration::from_secs(
+            u64::from(self.rt.kill_grace_s) + u64::from(self.rt.dispatch_allowance_s),
+        )
+    }
+}
+
+impl Actor for TaskQueue {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(
+            Duration::from_millis(self.queue.tick_ms.max(10)),
+            |_, ctx| ctx.notify(Tick),
+        );
+        // Work left by a previous run of this center (or committed elsewhere) starts now.
+        ctx.notify(DispatchReady);
+    }
+}
+
+impl Supervised for TaskQueue {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        log::warn!("task queue: restarting; state is in the database");
+        self.dispatching = false;
+        self.dispatch_again = false;
+    }
+}
+
+impl Handler<DispatchReady> for TaskQueue {
+    type Result = ();
+
+    fn handle(&mut self, _: DispatchReady, ctx: &mut Context<Self>) {
+        if self.dispatching {
+            self.dispatch_again = true;
+            return;
+        }
+        self.dispatching = true;
+        let round = DispatchRound {
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+            signer: self.signer.clone(),
+            instance: self.instance.clone(),
+            batch: self.queue.batch.max(1),
+            allowance: self.deadline_allowance(),
+        };
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            if let Err(err) = round.run().await {
+                log::error!("task queue: dispatch round failed: {err}");
+            }
+            me.do_send(DispatchDone);
+        });
+    }
+}
+
+impl Handler<DispatchDone> for TaskQueue {
+    type Result = ();
+
+    fn handle(&mut self, _: DispatchDone, ctx: &mut Context<Self>) {
+        self.dispatching = false;
+        if std::mem::take(&mut self.dispatch_again) {
+            ctx.notify(DispatchReady);
+        }
+    }
+}
+
+impl Handler<Tick> for TaskQueue {
+    type Result = ();
+
+    fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        ctx.notify(DispatchReady);
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        // A task is failed as lost only after its deadline plus a grace for a result in flight.
+        let cutoff = now_unix_ms().saturating_sub(self.queue.result_grace_ms);
+        actix_rt::spawn(async move {
+            match blocking(move || store.expire_overdue(cutoff)).await {
+                Ok(expired) => {
+                    for task in &expired {
+                        log::warn!(
+                            "task {}: no result from {} before its deadline",
+                            task.id,
+                            task.agent
+                        );
+                        metrics.record_task(TaskOutcome::Lost);
+                    }
+                }
+                Err(err) => log::error!("task queue: expiring overdue tasks: {err}"),
+            }
+        });
+    }
+}
+
+impl Handler<ResultReceived> for TaskQueue {
+    type Result = ResponseActFuture<Self, Result<RecordOutcome, StoreError>>;
+
+    fn handle(&mut self, msg: ResultReceived, _: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        let result = msg.0;
+        let for_reply = result.clone();
+        let record = async move {
+            let now = now_unix_ms();
+            blocking(move || store.record_result(&result, now)).await
+        };
+        Box::pin(record.into_actor(self).map(move |outcome, actor, ctx| {
+            if let Ok(recorded) = &outcome {
+                if recorded.applied {
+                    let task_outcome = if for_reply.error.is_empty() {
+                        TaskOutcome::from_worker_flag(for_reply.worker_flag)
+                    } else {
+                        TaskOutcome::Rejected
+                    };
+                    actor.metrics.record_task(task_outcome);
+                    ctx.notify(DispatchReady);
+                    if let Some(address) = actor.replies.remove(&for_reply.id) {
+                        actix_rt::spawn(send_submit_reply(actor.bus.clone(), address, for_reply));
+                    }
+                } else {
+                    log::info!("task {}: duplicate or late result ignored", for_reply.id);
+                }
+            }
+            outcome
+        }))
+    }
+}
+
+impl Handler<StopQueue> for TaskQueue {
+    type Result = ResponseFuture<Result<StopOutcome, StoreError>>;
+
+    fn handle(&mut self, msg: StopQueue, _: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        let bus = self.bus.clone();
+        let signer = self.signer.clone();
+        Box::pin(async move {
+            let queue_id = msg.queue_id;
+            let now = now_unix_ms();
+            let stop_store = store.clone();
+            let outcome = blocking(move || stop_store.stop_queue(&queue_id, now)).await?;
+            for task_id in &outcome.execing_task_ids {
+                let lookup_store = store.clone();
+                let id = task_id.clone();
+                let Some(task) = blocking(move || lookup_store.get_task(&id)).await? else {
+                    continue;
+                };
+                send_cancel(&bus, &signer, &task).await;
+            }
+            Ok(outcome)
+        })
+    }
+}
+
+impl Handler<ReplyWhenDone> for TaskQueue {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReplyWhenDone, _: &mut Context<Self>) {
+        self.replies.insert(msg.task_id, msg.address);
+    }
+}
+
+impl Handler<GetState> for TaskQueue {
+    type Result = TaskQueueState;
+
+    fn handle(&mut self, _: GetState, _: &mut Context<Self>) -> TaskQueueState {
+        TaskQueueState {
+            dispatching: self.dispatching,
+            awaiting_submit_replies: self.replies.len(),
+        }
+    }
+}
+
+/// One pass of claiming and sending, until fewer than a batch of tasks are ready.
+struct DispatchRound {
+    store: Store,
+    bus: SharedBus,
+    signer: Arc<InstructionSigner>,
+    instance: String,
+    batch: usize,
+    allowance: Duration,
+}
+
+impl DispatchRound {
+    async fn run(&self) -> Result<(), StoreError> {
+        loop {
+            let store = self.store.clone();
+            let instance = self.instance.clone();
+            let (batch, allowance) = (self.batch, self.allowance);
+            let claimed = blocking(move || {
+                store.claim_ready_tasks(&instance, now_unix_ms(), batch, allowance)
+            })
+            .await?;
+            let n_claimed = claimed.len();
+            let sends = claimed.iter().map(|task| self.send(task));
+            let failures: Vec<JobResult> = futures::future::join_all(sends)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            if !failures.is_empty() {
+                let store = self.store.clone();
+                blocking(move || {
+                    let now = now_unix_ms();
+                    for failure in &failures {
+                        store.record_result(failure, now)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            }
+            if n_claimed < self.batch {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends one claimed task; a task that cannot be sent is settled at once as undelivered
+    /// (so that its dependents are skipped rather than waiting for the deadline).
+    async fn send(&self, task: &TaskRow) -> Option<JobResult> {
+        let instruction = instruction_of(task);
+        let message = signed_message(&self.signer, &instruction, None);
+        let destination = Destination::Topic(routing::agent(&task.agent));
+        match self.bus.publish(&destination, message).await {
+            Ok(()) => {
+                log::debug!("task {}: sent to {}", task.id, task.agent);
+                None
+            }
+            Err(err) => {
+                log::warn!("task {}: could not send to {}: {err}", task.id, task.agent);
+                let now = now_unix_ms();
+                Some(JobResult {
+                    id: task.id.clone(),
+                    agent: task.agent.clone(),
+                    task_type: task.task_type,
+                    mode: task.mode,
+                    app: task.app.clone(),
+                    func: task.func.clone(),
+                    worker_flag: -1,
+                    worker_message: String::new(),
+                    worker_costtime: 0,
+                    started_at: now,
+                    finished_at: now,
+                    error: format!(
+                        "[410.1]could not send the job to agent {}: {err}",
+                        task.agent
+                    ),
+                })
+            }
+        }
+    }
+}
+
+pub fn instruction_of(task: &TaskRow) -> Instruction {
+    let issued_at = task.dispatched_at.unwrap_or_else(now_unix_ms);
+    Instruction {
+        id: task.id.clone(),
+        agent: task.agent.clone(),
+        task_type: task.task_type,
+        mode: task.mode,
+        app: task.app.clone(),
+        func: task.func.clone(),
+        param: task.param.clone(),
+        timeout: task.timeout_s,
+        proxy: task.proxy.clone(),
+        issued_at,
+        deadline: task.deadline.unwrap_or(issued_at),
+    }
+}
+
+async fn send_cancel(bus: &SharedBus, signer: &InstructionSigner, task: &TaskRow) {
+    let body = wire::encode(&Cancel {
+        id: task.id.clone(),
+    });
+    let mut message = BusMessage::msgpack(kind::CANCEL, body);
+    message.sig = Some(signer.sign(&message.body));
+    message.key_id = Some(signer.key_id().to_string());
+    message.message_id = Some(task.id.to_string());
+    let destination = Destination::Topic(routing::agent(&task.agent));
+    if let Err(err) = bus.publish(&destination, message).await {
+        // The task is already `stoped` in the database; its late result will be ignored.
+        log::warn!(
+            "task {}: cancel not delivered to {}: {err}",
+            task.id,
+            task.agent
+        );
+    }
+}
+
+async fn send_submit_reply(bus: SharedBus, address: ReplyAddress, result: JobResult) {
+    let envelope = elves_shared::wire::Envelope::ok(result);
+    let message = crate::submit::reply_message(&envelope, &address);
+    if let Err(err) = bus
+        .publish(&Destination::Queue(address.reply_to.clone()), message)
+        .await
+    {
+        log::warn!("submit reply to {} not delivered: {err}", address.reply_to);
+    }
+}
+
+/// Runs blocking store work on the blocking pool.
+pub async fn blocking<T, F>(work: F) -> Result<T, StoreError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(outcome) => outcome,
+        Err(err) => Err(StoreError::Corrupt(format!("store task panicked: {err}"))),
+    }
+}

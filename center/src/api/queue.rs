@@ -1,0 +1,321 @@
+//! `/api/v2/queue/*`: queues of tasks with dependencies, run asynchronously; poll the result.
+//! The handlers write the queue and its tasks; the TaskQueue actor dispatches and records.
+
+use super::error::ApiError;
+use super::request::{self, Caller, Params};
+use super::{audit, resolve_agent, respond, ApiState, V2Call};
+use crate::actors::task_queue::{blocking, DispatchReady, StopQueue};
+use crate::store::{NewTask, TaskRow};
+use actix_web::{web, HttpRequest, HttpResponse};
+use elves_shared::time::now_unix_ms;
+use elves_shared::wire::{AgentId, Mode, TaskId, TaskType};
+use serde_json::{json, Map, Value};
+
+pub async fn create(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    let outcome = async {
+        let call = V2Call::authenticate(&req, &body, &state)?;
+        let app = request::app_name(&call.params)?;
+        let queue_id = TaskId::random();
+        let store = state.store.clone();
+        let (id, auth_id) = (queue_id.clone(), call.caller.auth_id.clone());
+        let created = blocking(move || store.create_queue(&id, &app, &auth_id, now_unix_ms()))
+            .await
+            .map_err(ApiError::from)
+            .map(|()| json!({ "id": queue_id }));
+        audit(
+            &state,
+            &call.caller,
+            "queue/create",
+            queue_id.as_str(),
+            None,
+            &created,
+        );
+        created
+    }
+    .await;
+    respond(&state, "queue/create", outcome)
+}
+
+/// A task as the caller described it, validated but not yet stored.
+pub struct TaskRequest {
+    pub address: String,
+    pub func: String,
+    pub param: String,
+    pub timeout_s: u32,
+    pub proxy: String,
+    pub mode: Mode,
+}
+
+impl TaskRequest {
+    /// Validates in table order: 403.1 ip, 403.2 param, 403.4 mode, 403.7 func, 403.8 timeout.
+    fn from_params(params: &Params, default_timeout_s: u32) -> Result<Self, ApiError> {
+        let address = request::agent_address(params)?;
+        let param = request::json_param(params)?;
+        let proxy = request::proxy(params)?;
+        let mode = request::mode(params)?;
+        let func = request::func_name(params)?;
+        let timeout_s = request::timeout_s(params, default_timeout_s)?;
+        Ok(TaskRequest {
+            address,
+            func,
+            param,
+            timeout_s,
+            proxy,
+            mode,
+        })
+    }
+
+    fn into_new_task(
+        self,
+        queue_id: &TaskId,
+        agent: AgentId,
+        app: &str,
+        depend: Option<TaskId>,
+    ) -> NewTask {
+        NewTask {
+            id: TaskId::random(),
+            queue_id: Some(queue_id.clone()),
+            task_type: TaskType::Queue,
+            agent,
+            app: app.to_string(),
+            func: self.func,
+            param: self.param,
+            timeout_s: self.timeout_s,
+            proxy: self.proxy,
+            mode: self.mode,
+            depend_task_id: depend,
+            created_at: now_unix_ms(),
+        }
+    }
+}
+
+pub async fn add_task(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    let outcome = async {
+        let call = V2Call::authenticate(&req, &body, &state)?;
+        let queue_id = request::task_id(&call.params, "queue_id", ApiError::BadQueueId)?;
+        let task = TaskRequest::from_params(&call.params, state.config.rt.default_timeout_s)?;
+        let depend = match call.params.get_or_empty("depend_task_id") {
+            "" => None,
+            text => Some(TaskId::parse(text).map_err(|_| {
+                ApiError::DependencyNotFound(format!("dependency task {text:?} not found"))
+            })?),
+        };
+        let agent = match resolve_agent(&state, &task.address).await? {
+            // An offline agent's durable queue keeps the instruction until it is back or expired.
+            super::AgentStatus::Online(agent) | super::AgentStatus::Offline { agent, .. } => agent,
+        };
+        let store = state.store.clone();
+        let lookup_id = queue_id.clone();
+        let queue = blocking(move || store.get_queue(&lookup_id))
+            .await?
+            .ok_or_else(|| ApiError::QueueNotFound(queue_id.to_string()))?;
+        let new_task = task.into_new_task(&queue_id, agent.clone(), &queue.app, depend);
+        let task_id = new_task.id.clone();
+        let store = state.store.clone();
+        let added = blocking(move || store.add_task(&new_task))
+            .await
+            .map_err(ApiError::from)
+            .map(|()| json!({ "id": task_id }));
+        audit(
+            &state,
+            &call.caller,
+            "queue/addtask",
+            queue_id.as_str(),
+            Some(agent.as_str()),
+            &added,
+        );
+        added
+    }
+    .await;
+    respond(&state, "queue/addtask", outcome)
+}
+
+pub async fn commit(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    let outcome = async {
+        let call = V2Call::authenticate(&req, &body, &state)?;
+        let queue_id = request::task_id(&call.params, "queue_id", ApiError::BadQueueId)?;
+        let committed = commit_queue(&state, &queue_id).await.map(|()| Value::Null);
+        audit(
+            &state,
+            &call.caller,
+            "queue/commit",
+            queue_id.as_str(),
+            None,
+            &committed,
+        );
+        committed
+    }
+    .await;
+    respond(&state, "queue/commit", outcome)
+}
+
+async fn commit_queue(state: &ApiState, queue_id: &TaskId) -> Result<(), ApiError> {
+    let store = state.store.clone();
+    let id = queue_id.clone();
+    blocking(move || store.commit_queue(&id, now_unix_ms())).await?;
+    state.children.task_queue.do_send(DispatchReady);
+    Ok(())
+}
+
+pub async fn stop(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
+    let outcome = async {
+        let call = V2Call::authenticate(&req, &body, &state)?;
+        let queue_id = request::task_id(&call.params, "queue_id", ApiError::BadQueueId)?;
+        let stopped = async {
+            state
+                .children
+                .task_queue
+                .send(StopQueue {
+                    queue_id: queue_id.clone(),
+                })
+                .await
+                .map_err(|err| ApiError::StopFailed(format!("queue actor unavailable: {err}")))??;
+            let tasks = queue_tasks(&state, &queue_id).await?;
+            let statuses: Map<String, Value> = tasks
+                .iter()
+                .map(|task| (task.id.to_string(), json!(task.status.as_str())))
+                .collect();
+            Ok(Value::Object(statuses))
+        }
+        .await;
+        audit(
+            &state,
+            &call.caller,
+            "queue/stop",
+            queue_id.as_str(),
+            None,
+            &stopped,
+        );
+        stopped
+    }
+    .await;
+    respond(&state, "queue/stop", outcome)
+}
+
+async fn queue_tasks(state: &ApiState, queue_id: &TaskId) -> Result<Vec<TaskRow>, ApiError> {
+    let store = state.store.clone();
+    let id = queue_id.clone();
+    let tasks = blocking(move || {
+        if store.get_queue(&id)?.is_none() {
+            return Err(crate::store::StoreError::QueueNotFound(id));
+        }
+        store.queue_tasks(&id)
+    })
+    .await?;
+    Ok(tasks)
+}
+
+pub async fn result(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    let outcome = async {
+        let call = V2Call::authenticate(&req, &body, &state)?;
+        let queue_id = request::task_id(&call.params, "queue_id", ApiError::BadQueueId)?;
+        let tasks = queue_tasks(&state, &queue_id).await?;
+        let results: Map<String, Value> = tasks
+            .iter()
+            .map(|task| (task.id.to_string(), task_result(task)))
+            .collect();
+        Ok(Value::Object(results))
+    }
+    .await;
+    respond(&state, "queue/result", outcome)
+}
+
+/// One task in the original result shape: a task without a result shows empty strings and 0.
+pub fn task_result(task: &TaskRow) -> Value {
+    json!({
+        "id": task.id,
+        "status": task.status.as_str(),
+        "depend_task_id": task.depend_task_id.as_ref().map(TaskId::to_string).unwrap_or_default(),
+        "flag": task.flag,
+        "error": task.error,
+        "worker_flag": task.worker_flag.map(|flag| flag.to_string()).unwrap_or_default(),
+        "worker_message": task.worker_message.clone().unwrap_or_default(),
+        "worker_costtime": task.worker_costtime.unwrap_or(0),
+    })
+}
+
+pub async fn quick_queue(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    let outcome = async {
+        let call = V2Call::authenticate(&req, &body, &state)?;
+        let (queue_id, task_id) = run_single_task_queue(&state, &call.caller, &call.params).await?;
+        Ok(json!({ "id": queue_id, "task_id": task_id }))
+    }
+    .await;
+    respond(&state, "queue/qksqueue", outcome)
+}
+
+/// A one-task queue, committed at once: `qksqueue` and bus submissions. `before_commit` runs
+/// once the task exists and before it can be dispatched.
+pub async fn run_single_task_queue(
+    state: &ApiState,
+    caller: &Caller,
+    params: &Params,
+) -> Result<(TaskId, TaskId), ApiError> {
+    run_single_task_queue_then(state, caller, params, |_| {}).await
+}
+
+pub async fn run_single_task_queue_then(
+    state: &ApiState,
+    caller: &Caller,
+    params: &Params,
+    before_commit: impl FnOnce(&TaskId),
+) -> Result<(TaskId, TaskId), ApiError> {
+    let outcome = async {
+        // Table order: 403.1 ip, 403.2 param, 403.3 app, 403.4 mode, 403.7 func, 403.8 timeout.
+        let address = request::agent_address(params)?;
+        request::json_param(params)?;
+        let app = request::app_name(params)?;
+        let task = TaskRequest::from_params(params, state.config.rt.default_timeout_s)?;
+        let agent = match resolve_agent(state, &address).await? {
+            super::AgentStatus::Online(agent) | super::AgentStatus::Offline { agent, .. } => agent,
+        };
+        let queue_id = TaskId::random();
+        let new_task = task.into_new_task(&queue_id, agent.clone(), &app, None);
+        let task_id = new_task.id.clone();
+        let store = state.store.clone();
+        let (id, auth_id) = (queue_id.clone(), caller.auth_id.clone());
+        blocking(move || {
+            store.create_queue(&id, &app, &auth_id, now_unix_ms())?;
+            store.add_task(&new_task)
+        })
+        .await?;
+        before_commit(&task_id);
+        commit_queue(state, &queue_id).await?;
+        Ok((queue_id, task_id, agent))
+    }
+    .await;
+    let logged = outcome
+        .as_ref()
+        .map(|(queue_id, task_id, _)| json!({ "id": queue_id, "task_id": task_id }))
+        .map_err(Clone::clone);
+    let agent = outcome.as_ref().ok().map(|(_, _, agent)| agent.to_string());
+    audit(
+        state,
+        caller,
+        "queue/qksqueue",
+        "",
+        agent.as_deref(),
+        &logged,
+    );
+    outcome.map(|(queue_id, task_id, _)| (queue_id, task_id))
+}
