@@ -27,6 +27,61 @@ pub enum BusKind {
     Rabbit,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+/// Which bus and which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setup {
+    pub bus: BusKind,
+    pub db: DbKind,
+}
+
+/// The PostgreSQL server of the PostgreSQL runs; required like the broker.
+pub fn pg_url() -> String {
+    std::env::var("ELVES_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!("ELVES_TEST_PG_URL must be set for the PostgreSQL runs (scripts/test sets it)")
+    })
+}
+
+/// Generates one test per setup (in-process bus + SQLite, RabbitMQ + SQLite,
+/// RabbitMQ + PostgreSQL) for each async fn `name(Setup)` listed.
+#[macro_export]
+macro_rules! on_every_setup {
+    ($($name:ident),* $(,)?) => {
+        mod inproc_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    use $crate::harness::{BusKind, DbKind, Setup};
+                    super::$name(Setup { bus: BusKind::InProc, db: DbKind::Sqlite }).await
+                }
+            )*
+        }
+        mod rabbit_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    use $crate::harness::{BusKind, DbKind, Setup};
+                    super::$name(Setup { bus: BusKind::Rabbit, db: DbKind::Sqlite }).await
+                }
+            )*
+        }
+        mod rabbit_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    use $crate::harness::{BusKind, DbKind, Setup};
+                    super::$name(Setup { bus: BusKind::Rabbit, db: DbKind::Postgres }).await
+                }
+            )*
+        }
+    };
+}
+
 /// The broker of the RabbitMQ runs. Required: a run that cannot reach RabbitMQ fails loudly
 /// rather than skipping (`scripts/test` sets it).
 pub fn amqp_url() -> String {
@@ -66,6 +121,7 @@ pub struct TestAgent {
 
 pub struct TestEnv {
     pub kind: BusKind,
+    pub setup: Setup,
     pub namespace: String,
     pub bus: SharedBus,
     pub center: Option<CenterHandle>,
@@ -73,24 +129,36 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub agents: BTreeMap<String, TestAgent>,
     http: reqwest::Client,
+    /// Dropped after the center (field order): the database outlives its users.
+    pub database: elves_center::store::testing::TestDatabase,
 }
 
 impl TestEnv {
     pub async fn start(kind: BusKind) -> TestEnv {
+        Self::start_with(Setup {
+            bus: kind,
+            db: DbKind::Sqlite,
+        })
+        .await
+    }
+
+    pub async fn start_with(setup: Setup) -> TestEnv {
+        let kind = setup.bus;
         let namespace = format!("elves-test-{:016x}", rand::random::<u64>());
         let bus = Self::open_bus(kind, &namespace);
         let dir = tempfile::tempdir().unwrap();
-        let config = center_config(dir.path(), &kind, &namespace);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let center_bus = bus.clone();
-        let center =
-            tokio::task::spawn_blocking(move || elves_center::start(config, listener, center_bus))
-                .await
-                .unwrap()
-                .unwrap();
+        let database = match setup.db {
+            DbKind::Sqlite => elves_center::store::testing::TestDatabase::sqlite().unwrap(),
+            DbKind::Postgres => {
+                elves_center::store::testing::TestDatabase::postgres(&pg_url()).unwrap()
+            }
+        };
+        let config = center_config(dir.path(), &kind, &namespace, &database.url);
+        let center = start_center(config, bus.clone()).await;
         let base_url = format!("http://{}", center.http_addr);
         TestEnv {
             kind,
+            setup,
             namespace,
             bus,
             center: Some(center),
@@ -98,7 +166,19 @@ impl TestEnv {
             dir,
             agents: BTreeMap::new(),
             http: reqwest::Client::new(),
+            database,
         }
+    }
+
+    /// The configuration of this env's center (same bus namespace, database and key), for a
+    /// second center or a restart.
+    pub fn config(&self) -> CenterConfig {
+        center_config(
+            self.dir.path(),
+            &self.kind,
+            &self.namespace,
+            &self.database.url,
+        )
     }
 
     fn open_bus(kind: BusKind, namespace: &str) -> SharedBus {
@@ -289,7 +369,21 @@ impl Drop for TestEnv {
     }
 }
 
-pub fn center_config(data_dir: &Path, kind: &BusKind, namespace: &str) -> CenterConfig {
+/// Starts a center on its own thread (its start blocks briefly).
+pub async fn start_center(config: CenterConfig, bus: SharedBus) -> CenterHandle {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    tokio::task::spawn_blocking(move || elves_center::start(config, listener, bus))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+pub fn center_config(
+    data_dir: &Path,
+    kind: &BusKind,
+    namespace: &str,
+    database_url: &str,
+) -> CenterConfig {
     let url = match kind {
         BusKind::InProc => "inproc".to_string(),
         BusKind::Rabbit => amqp_url(),
@@ -301,6 +395,9 @@ pub fn center_config(data_dir: &Path, kind: &BusKind, namespace: &str) -> Center
         ("ELVES_BUS__URL".to_string(), url),
         ("ELVES_BUS__NAMESPACE".to_string(), namespace.to_string()),
         ("ELVES_HTTP__WORKERS".to_string(), "1".to_string()),
+        ("ELVES_DATABASE__URL".to_string(), database_url.to_string()),
+        // Fast rounds keep the tests quick; production uses the defaults.
+        ("ELVES_QUEUE__TICK_MS".to_string(), "100".to_string()),
     ];
     let config: CenterConfig = elves_shared::config::load(None, env).unwrap();
     config.validate().unwrap();

@@ -37,6 +37,7 @@ mod dispatch;
 mod models;
 mod queues;
 mod schema;
+pub mod testing;
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,6 @@
 //! in `sqlite::` and in `postgres::`.
 
 use super::*;
-use diesel::{Connection, RunQueryDsl};
 use elves_shared::wire::{AgentId, JobResult, Mode, TaskType};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Barrier};
@@ -51,95 +50,32 @@ on_both_backends!(
     agents_round_trip,
 );
 
-/// `ELVES_TEST_PG_URL`, which CI must set.
-fn pg_url() -> Option<String> {
-    let url = std::env::var("ELVES_TEST_PG_URL")
-        .ok()
-        .filter(|url| !url.is_empty());
-    if url.is_none() && std::env::var_os("CI").is_some() {
-        panic!("ELVES_TEST_PG_URL must be set on CI");
-    }
-    url
-}
-
 /// A store on a database of its own. Fields drop in order: the store (and its pool) first,
 /// then the database.
 struct TestDb {
     store: Store,
-    _cleanup: Cleanup,
-}
-
-enum Cleanup {
-    Sqlite {
-        _dir: tempfile::TempDir,
-    },
-    Postgres {
-        maintenance_url: String,
-        database: String,
-    },
+    _database: testing::TestDatabase,
 }
 
 impl TestDb {
     fn sqlite() -> TestDb {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data").join("elves.db");
-        let store = Store::open(&format!("sqlite://{}", path.display())).unwrap();
+        let database = testing::TestDatabase::sqlite().unwrap();
+        let store = Store::open(&database.url).unwrap();
         assert_eq!(store.backend(), Backend::Sqlite);
         TestDb {
             store,
-            _cleanup: Cleanup::Sqlite { _dir: dir },
+            _database: database,
         }
     }
 
-    /// A fresh database `elves_t_<random>` on the server of `ELVES_TEST_PG_URL`, so that tests
-    /// run in parallel; dropped at the end.
     fn postgres() -> Option<TestDb> {
-        let base_url = pg_url()?;
-        let (mut maintenance, maintenance_url) = connect_maintenance(&base_url);
-        let database = format!("elves_t_{:016x}", rand::random::<u64>());
-        diesel::sql_query(format!("CREATE DATABASE {database}"))
-            .execute(&mut maintenance)
-            .unwrap();
-        let mut url = url::Url::parse(&base_url).unwrap();
-        url.set_path(&format!("/{database}"));
-        let store = Store::open(url.as_str()).unwrap();
+        let database = testing::TestDatabase::postgres(&testing::pg_url()?).unwrap();
+        let store = Store::open(&database.url).unwrap();
         assert_eq!(store.backend(), Backend::Postgres);
         Some(TestDb {
             store,
-            _cleanup: Cleanup::Postgres {
-                maintenance_url,
-                database,
-            },
+            _database: database,
         })
-    }
-}
-
-/// A connection to the server for CREATE and DROP DATABASE: the URL's own database, or else
-/// the `postgres` database of the same server (the URL's database need not exist).
-fn connect_maintenance(base_url: &str) -> (diesel::PgConnection, String) {
-    if let Ok(conn) = diesel::PgConnection::establish(base_url) {
-        return (conn, base_url.to_string());
-    }
-    let mut url = url::Url::parse(base_url).unwrap();
-    url.set_path("/postgres");
-    let conn = diesel::PgConnection::establish(url.as_str())
-        .unwrap_or_else(|err| panic!("connecting to ELVES_TEST_PG_URL {base_url}: {err}"));
-    (conn, url.to_string())
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Cleanup::Postgres {
-            maintenance_url,
-            database,
-        } = self
-        {
-            if let Ok(mut conn) = diesel::PgConnection::establish(maintenance_url) {
-                let _ =
-                    diesel::sql_query(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                        .execute(&mut conn);
-            }
-        }
     }
 }
 

@@ -1,0 +1,594 @@
+//! Queue tasks end to end: dependencies, fan-out, failures, stop, submissions, on every setup.
+
+use crate::harness::{error_code, wait_until, Setup, TestEnv};
+use crate::on_every_setup;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+on_every_setup!(
+    endpoints_answer_with_the_original_codes,
+    dependency_chain_runs_in_order,
+    fan_out_runs_across_agents,
+    failure_skips_dependents_and_the_queue_completes,
+    stop_cancels_the_running_task_and_stops_the_rest,
+    quick_queue_runs_one_task,
+    submission_runs_and_replies,
+    submission_with_a_bad_signature_is_refused_and_runs_nothing,
+);
+
+const TERMINAL: [&str; 3] = ["finish", "skipped", "stoped"];
+
+async fn env_with_agents(setup: Setup, agents: &[&str]) -> TestEnv {
+    let mut env = TestEnv::start_with(setup).await;
+    for agent in agents {
+        env.start_agent(agent).await;
+    }
+    env
+}
+
+fn ok_result(answer: &Value) -> &Value {
+    assert_eq!(answer["flag"], "true", "call failed: {answer}");
+    &answer["result"]
+}
+
+async fn create_queue(env: &TestEnv) -> String {
+    let answer = env.call("queue/create", &[("app", "elvestest")]).await;
+    ok_result(&answer)["id"].as_str().unwrap().to_string()
+}
+
+async fn add_task(
+    env: &TestEnv,
+    queue_id: &str,
+    ip: &str,
+    func: &str,
+    param: &str,
+    depend: &str,
+) -> String {
+    let answer = env
+        .call(
+            "queue/addtask",
+            &[
+                ("queue_id", queue_id),
+                ("ip", ip),
+                ("func", func),
+                ("param", param),
+                ("depend_task_id", depend),
+            ],
+        )
+        .await;
+    ok_result(&answer)["id"].as_str().unwrap().to_string()
+}
+
+async fn commit(env: &TestEnv, queue_id: &str) {
+    let answer = env.call("queue/commit", &[("queue_id", queue_id)]).await;
+    ok_result(&answer);
+}
+
+async fn results(env: &TestEnv, queue_id: &str) -> Map<String, Value> {
+    let answer = env.call("queue/result", &[("queue_id", queue_id)]).await;
+    ok_result(&answer).as_object().unwrap().clone()
+}
+
+async fn wait_finished(env: &TestEnv, queue_id: &str) -> Map<String, Value> {
+    wait_until("queue finished", Duration::from_secs(60), || async {
+        results(env, queue_id)
+            .await
+            .values()
+            .all(|task| TERMINAL.contains(&task["status"].as_str().unwrap()))
+    })
+    .await;
+    results(env, queue_id).await
+}
+
+fn log_param(file: &std::path::Path, line: &str) -> String {
+    json!({ "file": file, "line": line }).to_string()
+}
+
+fn read_lines(file: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+async fn endpoints_answer_with_the_original_codes(setup: Setup) {
+    let env = env_with_agents(setup, &["a1"]).await;
+    let code = |answer: Value| error_code(&answer);
+    assert_eq!(
+        code(env.call("queue/create", &[("app", "bad/app")]).await),
+        "403.3"
+    );
+    assert_eq!(
+        code(env.call("queue/commit", &[("queue_id", "nothex")]).await),
+        "403.6"
+    );
+    assert_eq!(
+        code(
+            env.call("queue/result", &[("queue_id", "0123456789ABCDEF")])
+                .await
+        ),
+        "403.6"
+    );
+    assert_eq!(
+        code(env.call("queue/stop", &[("queue_id", "")]).await),
+        "403.6"
+    );
+    let unknown = "00000000000000aa";
+    assert_eq!(
+        code(env.call("queue/commit", &[("queue_id", unknown)]).await),
+        "412.1"
+    );
+    assert_eq!(
+        code(env.call("queue/result", &[("queue_id", unknown)]).await),
+        "412.1"
+    );
+    assert_eq!(
+        code(env.call("queue/stop", &[("queue_id", unknown)]).await),
+        "412.1"
+    );
+    assert_eq!(
+        code(
+            env.call(
+                "queue/addtask",
+                &[("queue_id", unknown), ("ip", "ip-a1"), ("func", "ok")]
+            )
+            .await
+        ),
+        "412.1"
+    );
+
+    let queue_id = create_queue(&env).await;
+    let q = queue_id.as_str();
+    // Committing an empty queue is not allowed.
+    assert_eq!(
+        code(env.call("queue/commit", &[("queue_id", q)]).await),
+        "412.2"
+    );
+    assert_eq!(
+        code(
+            env.call(
+                "queue/addtask",
+                &[("queue_id", q), ("ip", "nobody"), ("func", "ok")]
+            )
+            .await
+        ),
+        "414.1"
+    );
+    assert_eq!(
+        code(
+            env.call(
+                "queue/addtask",
+                &[("queue_id", q), ("ip", "ip-a1"), ("func", "")]
+            )
+            .await
+        ),
+        "403.7"
+    );
+    assert_eq!(
+        code(
+            env.call(
+                "queue/addtask",
+                &[
+                    ("queue_id", q),
+                    ("ip", "ip-a1"),
+                    ("func", "ok"),
+                    ("mode", "Q")
+                ]
+            )
+            .await
+        ),
+        "403.4"
+    );
+    assert_eq!(
+        code(
+            env.call(
+                "queue/addtask",
+                &[
+                    ("queue_id", q),
+                    ("ip", "ip-a1"),
+                    ("func", "ok"),
+                    ("timeout", "1.5")
+                ]
+            )
+            .await
+        ),
+        "403.8"
+    );
+    assert_eq!(
+        code(
+            env.call(
+                "queue/addtask",
+                &[
+                    ("queue_id", q),
+                    ("ip", "ip-a1"),
+                    ("func", "ok"),
+                    ("depend_task_id", unknown)
+                ]
+            )
+            .await
+        ),
+        "412.4"
+    );
+    // A task of another queue is not a dependency this queue can have.
+    let other = create_queue(&env).await;
+    let foreign = add_task(&env, &other, "ip-a1", "ok", "", "").await;
+    assert_eq!(
+        code(
+            env.call(
+                "queue/addtask",
+                &[
+                    ("queue_id", q),
+                    ("ip", "ip-a1"),
+                    ("func", "ok"),
+                    ("depend_task_id", &foreign)
+                ]
+            )
+            .await
+        ),
+        "412.4"
+    );
+
+    let task = add_task(&env, q, "ip-a1", "ok", "", "").await;
+    let before = results(&env, q).await;
+    assert_eq!(
+        before[&task],
+        json!({"id": task, "status": "pendding", "depend_task_id": "", "flag": "", "error": "",
+               "worker_flag": "", "worker_message": "", "worker_costtime": 0})
+    );
+    commit(&env, q).await;
+    assert_eq!(
+        code(env.call("queue/commit", &[("queue_id", q)]).await),
+        "412.2"
+    );
+    assert_eq!(
+        code(
+            env.call(
+                "queue/addtask",
+                &[("queue_id", q), ("ip", "ip-a1"), ("func", "ok")]
+            )
+            .await
+        ),
+        "412.2"
+    );
+    let done = wait_finished(&env, q).await;
+    assert_eq!(done[&task]["status"], "finish");
+    assert_eq!(done[&task]["flag"], "true");
+    assert_eq!(done[&task]["worker_flag"], "1");
+    assert_eq!(done[&task]["worker_message"], "ok");
+}
+
+async fn dependency_chain_runs_in_order(setup: Setup) {
+    let env = env_with_agents(setup, &["a1", "a2"]).await;
+    let file = env.dir.path().join("chain.log");
+    let q = create_queue(&env).await;
+    let t1 = add_task(&env, &q, "ip-a1", "log", &log_param(&file, "one"), "").await;
+    let t2 = add_task(&env, &q, "ip-a2", "log", &log_param(&file, "two"), &t1).await;
+    let t3 = add_task(&env, &q, "ip-a1", "log", &log_param(&file, "three"), &t2).await;
+    commit(&env, &q).await;
+    let done = wait_finished(&env, &q).await;
+    for (task, line) in [(&t1, "one"), (&t2, "two"), (&t3, "three")] {
+        assert_eq!(done[task]["status"], "finish");
+        assert_eq!(done[task]["worker_message"], line);
+    }
+    assert_eq!(done[&t2]["depend_task_id"], t1.as_str());
+    assert_eq!(
+        read_lines(&file),
+        ["one", "two", "three"],
+        "each task ran once, in order"
+    );
+}
+
+async fn fan_out_runs_across_agents(setup: Setup) {
+    let env = env_with_agents(setup, &["a1", "a2"]).await;
+    let file = env.dir.path().join("fan.log");
+    let q = create_queue(&env).await;
+    let root = add_task(&env, &q, "ip-a1", "log", &log_param(&file, "root"), "").await;
+    let mut leaves = Vec::new();
+    for n in 0..6 {
+        let agent = if n % 2 == 0 { "ip-a1" } else { "ip-a2" };
+        leaves.push(
+            add_task(
+                &env,
+                &q,
+                agent,
+                "log",
+                &log_param(&file, &format!("leaf{n}")),
+                &root,
+            )
+            .await,
+        );
+    }
+    commit(&env, &q).await;
+    let done = wait_finished(&env, &q).await;
+    assert!(done
+        .values()
+        .all(|task| task["status"] == "finish" && task["worker_flag"] == "1"));
+    let lines = read_lines(&file);
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    assert_eq!(lines[0], "root");
+    assert!(env.stats("a1").ran >= 1 && env.stats("a2").ran >= 1);
+}
+
+async fn failure_skips_dependents_and_the_queue_completes(setup: Setup) {
+    let env = env_with_agents(setup, &["a1"]).await;
+    let file = env.dir.path().join("skip.log");
+    let q = create_queue(&env).await;
+    let failing = add_task(&env, &q, "ip-a1", "false", "", "").await;
+    let child = add_task(
+        &env,
+        &q,
+        "ip-a1",
+        "log",
+        &log_param(&file, "child"),
+        &failing,
+    )
+    .await;
+    let grandchild = add_task(
+        &env,
+        &q,
+        "ip-a1",
+        "log",
+        &log_param(&file, "grandchild"),
+        &child,
+    )
+    .await;
+    let independent = add_task(
+        &env,
+        &q,
+        "ip-a1",
+        "log",
+        &log_param(&file, "independent"),
+        "",
+    )
+    .await;
+    commit(&env, &q).await;
+    let done = wait_finished(&env, &q).await;
+    assert_eq!(done[&failing]["status"], "finish");
+    assert_eq!(done[&failing]["worker_flag"], "0");
+    for skipped in [&child, &grandchild] {
+        let task = &done[skipped];
+        assert_eq!(task["status"], "skipped");
+        assert_eq!(task["worker_flag"], "");
+        assert_eq!(task["worker_costtime"], 0);
+        assert!(
+            task["error"].as_str().unwrap().contains(failing.as_str()),
+            "{task}"
+        );
+    }
+    assert_eq!(done[&independent]["status"], "finish");
+    assert_eq!(read_lines(&file), ["independent"]);
+}
+
+async fn stop_cancels_the_running_task_and_stops_the_rest(setup: Setup) {
+    let env = env_with_agents(setup, &["a1"]).await;
+    let pidfile = env.dir.path().join("stop.pid");
+    let q = create_queue(&env).await;
+    let long = add_task(
+        &env,
+        &q,
+        "ip-a1",
+        "sleep",
+        &json!({ "pidfile": pidfile }).to_string(),
+        "",
+    )
+    .await;
+    let waiting = add_task(&env, &q, "ip-a1", "ok", "", &long).await;
+    commit(&env, &q).await;
+    wait_until("long task running", Duration::from_secs(20), || async {
+        pidfile.exists() && results(&env, &q).await[&long]["status"] == "execing"
+    })
+    .await;
+    let answer = env.call("queue/stop", &[("queue_id", &q)]).await;
+    let statuses = ok_result(&answer);
+    assert_eq!(statuses[&long], "stoped");
+    assert_eq!(statuses[&waiting], "stoped");
+    // The agent killed the running worker's whole process group.
+    let grandchild: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_until("grandchild killed", Duration::from_secs(20), || async {
+        unsafe { libc::kill(grandchild, 0) != 0 }
+    })
+    .await;
+    assert_eq!(
+        error_code(
+            &env.call(
+                "queue/addtask",
+                &[("queue_id", &q), ("ip", "ip-a1"), ("func", "ok")]
+            )
+            .await
+        ),
+        "412.2"
+    );
+    assert_eq!(
+        error_code(&env.call("queue/commit", &[("queue_id", &q)]).await),
+        "412.2"
+    );
+    let after = results(&env, &q).await;
+    assert_eq!(after[&long]["status"], "stoped");
+    assert_eq!(after[&waiting]["status"], "stoped");
+}
+
+async fn quick_queue_runs_one_task(setup: Setup) {
+    let env = env_with_agents(setup, &["a1"]).await;
+    let answer = env
+        .call(
+            "queue/qksqueue",
+            &[
+                ("ip", "ip-a1"),
+                ("app", "elvestest"),
+                ("func", "echo"),
+                ("param", "{\"a\":1}"),
+            ],
+        )
+        .await;
+    let result = ok_result(&answer);
+    let (q, task) = (
+        result["id"].as_str().unwrap(),
+        result["task_id"].as_str().unwrap(),
+    );
+    let done = wait_finished(&env, q).await;
+    assert_eq!(done[task]["worker_message"], "{\"a\":1}");
+    assert_eq!(
+        error_code(
+            &env.call(
+                "queue/qksqueue",
+                &[
+                    ("ip", "ip-a1"),
+                    ("app", "elvestest"),
+                    ("func", "ok"),
+                    ("param", "{x")
+                ]
+            )
+            .await
+        ),
+        "403.2"
+    );
+}
+
+fn submit_message(
+    env: &TestEnv,
+    func: &str,
+    auth_key: &str,
+    json_encoding: bool,
+) -> elves_shared::bus::BusMessage {
+    use elves_shared::sign::{self, SignType};
+    let mut submit = elves_shared::wire::Submit {
+        auth_id: crate::harness::AUTH_ID.into(),
+        timestamp: crate::harness::unix_now_s(),
+        sign_type: "HMAC-SHA256".into(),
+        sign: String::new(),
+        agent: "ip-a1".into(),
+        app: "elvestest".into(),
+        func: func.into(),
+        param: "{\"k\":\"v\"}".into(),
+        timeout: 30,
+        proxy: String::new(),
+        mode: "NP".into(),
+    };
+    let fields = elves_center::submit::signed_fields(&submit);
+    let text = sign::sign_string(
+        "/submit",
+        fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    submit.sign = sign::compute(SignType::HmacSha256, &text, auth_key);
+    let _ = env;
+    let mut message = if json_encoding {
+        let mut message = elves_shared::bus::BusMessage::msgpack(
+            elves_shared::wire::kind::SUBMIT,
+            serde_json::to_vec(&submit).unwrap(),
+        );
+        message.content_type = elves_shared::bus::CONTENT_TYPE_JSON.into();
+        message
+    } else {
+        elves_shared::bus::BusMessage::msgpack(
+            elves_shared::wire::kind::SUBMIT,
+            elves_shared::wire::encode(&submit),
+        )
+    };
+    message.correlation_id = Some("corr-1".into());
+    message
+}
+
+/// Declares a private reply queue on the bus and returns its consumer and name.
+async fn reply_queue(
+    env: &TestEnv,
+) -> (
+    elves_shared::bus::Consumer,
+    String,
+    elves_shared::bus::SharedBus,
+) {
+    let bus = env.participant_bus();
+    let name = bus.queue_name(&format!("test.reply.{:08x}", rand::random::<u32>()));
+    let consumer = bus
+        .consume(
+            elves_shared::bus::QueueSpec {
+                name: name.clone(),
+                bindings: Vec::new(),
+                durable: false,
+            },
+            8,
+        )
+        .await
+        .unwrap();
+    (consumer, name, bus)
+}
+
+async fn next_reply(consumer: &mut elves_shared::bus::Consumer) -> elves_shared::bus::BusMessage {
+    let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+        .await
+        .expect("a reply within 30 s")
+        .unwrap();
+    let message = delivery.message.clone();
+    delivery.ack().await;
+    message
+}
+
+async fn submission_runs_and_replies(setup: Setup) {
+    let env = env_with_agents(setup, &["a1"]).await;
+    let (mut consumer, reply_to, bus) = reply_queue(&env).await;
+    let destination =
+        elves_shared::bus::Destination::Topic(elves_shared::wire::routing::CENTER_SUBMIT.into());
+    for json_encoding in [false, true] {
+        let mut message = submit_message(&env, "echo", crate::harness::AUTH_KEY, json_encoding);
+        message.reply_to = Some(reply_to.clone());
+        bus.publish(&destination, message).await.unwrap();
+        let reply = next_reply(&mut consumer).await;
+        assert_eq!(reply.kind, "submit_reply");
+        assert_eq!(reply.correlation_id.as_deref(), Some("corr-1"));
+        assert_eq!(
+            reply.is_json(),
+            json_encoding,
+            "the reply uses the request's encoding"
+        );
+        let envelope: elves_shared::wire::Envelope<elves_shared::wire::JobResult> = if json_encoding
+        {
+            serde_json::from_slice(&reply.body).unwrap()
+        } else {
+            elves_shared::wire::decode(&reply.body).unwrap()
+        };
+        assert_eq!(envelope.flag, "true");
+        assert_eq!(envelope.result.worker_flag, 1);
+        assert_eq!(envelope.result.worker_message, "{\"k\":\"v\"}");
+    }
+}
+
+async fn submission_with_a_bad_signature_is_refused_and_runs_nothing(setup: Setup) {
+    let env = env_with_agents(setup, &["a1"]).await;
+    let (mut consumer, reply_to, bus) = reply_queue(&env).await;
+    let destination =
+        elves_shared::bus::Destination::Topic(elves_shared::wire::routing::CENTER_SUBMIT.into());
+    let mut message = submit_message(&env, "ok", "not-the-key-at-all", false);
+    message.reply_to = Some(reply_to.clone());
+    bus.publish(&destination, message).await.unwrap();
+    let reply = next_reply(&mut consumer).await;
+    let envelope: elves_shared::wire::Envelope<Value> =
+        elves_shared::wire::decode(&reply.body).unwrap();
+    assert_eq!(envelope.flag, "false");
+    assert!(envelope.error.starts_with("[401.5]"), "{}", envelope.error);
+    // Garbage on the submit queue gets a reply too, and the center keeps serving.
+    let mut garbage = elves_shared::bus::BusMessage::msgpack("submit", b"\xc1garbage".to_vec());
+    garbage.reply_to = Some(reply_to.clone());
+    bus.publish(&destination, garbage).await.unwrap();
+    let reply = next_reply(&mut consumer).await;
+    let envelope: elves_shared::wire::Envelope<Value> =
+        elves_shared::wire::decode(&reply.body).unwrap();
+    assert!(envelope.error.starts_with("[403.2]"), "{}", envelope.error);
+    assert_eq!(
+        env.stats("a1").ran,
+        0,
+        "a refused submission never reaches the agent"
+    );
+    let answer = env
+        .call(
+            "queue/qksqueue",
+            &[("ip", "ip-a1"), ("app", "elvestest"), ("func", "ok")],
+        )
+        .await;
+    let q = ok_result(&answer)["id"].as_str().unwrap().to_string();
+    wait_finished(&env, &q).await;
+    assert_eq!(env.stats("a1").ran, 1);
+}
