@@ -20,6 +20,11 @@ struct Cli {
 enum Command {
     /// Center and a local agent in one process: in-process bus, apps from ./apps, HTTP on localhost.
     Up(up::UpArgs),
+    /// A center of a distributed deployment (the same as the `elves-center` binary).
+    Center {
+        #[arg(long, default_value = "config/center.toml")]
+        config: std::path::PathBuf,
+    },
     /// Sign and send a v2 API call, e.g. `elves call rt/exec ip=127.0.0.1 app=apptest func=helloword`.
     Call(call::CallArgs),
 }
@@ -30,6 +35,7 @@ fn main() {
     let outcome = match cli.command {
         Command::Up(args) => up::run(args),
         Command::Call(args) => call::run(args),
+        Command::Center { config } => elves_center::run_until_signal(&config),
     };
     if let Err(err) = outcome {
         eprintln!("elves: {err:#}");

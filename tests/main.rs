@@ -4,6 +4,7 @@
 // A failed unwrap is how a test reports an unexpected error.
 #![allow(clippy::unwrap_used)]
 
+mod durability;
 mod harness;
 mod queue;
 mod rt;

@@ -26,17 +26,17 @@ async fn env_with_agents(setup: Setup, agents: &[&str]) -> TestEnv {
     env
 }
 
-fn ok_result(answer: &Value) -> &Value {
+pub fn ok_result(answer: &Value) -> &Value {
     assert_eq!(answer["flag"], "true", "call failed: {answer}");
     &answer["result"]
 }
 
-async fn create_queue(env: &TestEnv) -> String {
+pub async fn create_queue(env: &TestEnv) -> String {
     let answer = env.call("queue/create", &[("app", "elvestest")]).await;
     ok_result(&answer)["id"].as_str().unwrap().to_string()
 }
 
-async fn add_task(
+pub async fn add_task(
     env: &TestEnv,
     queue_id: &str,
     ip: &str,
@@ -59,17 +59,17 @@ async fn add_task(
     ok_result(&answer)["id"].as_str().unwrap().to_string()
 }
 
-async fn commit(env: &TestEnv, queue_id: &str) {
+pub async fn commit(env: &TestEnv, queue_id: &str) {
     let answer = env.call("queue/commit", &[("queue_id", queue_id)]).await;
     ok_result(&answer);
 }
 
-async fn results(env: &TestEnv, queue_id: &str) -> Map<String, Value> {
+pub async fn results(env: &TestEnv, queue_id: &str) -> Map<String, Value> {
     let answer = env.call("queue/result", &[("queue_id", queue_id)]).await;
     ok_result(&answer).as_object().unwrap().clone()
 }
 
-async fn wait_finished(env: &TestEnv, queue_id: &str) -> Map<String, Value> {
+pub async fn wait_finished(env: &TestEnv, queue_id: &str) -> Map<String, Value> {
     wait_until("queue finished", Duration::from_secs(60), || async {
         results(env, queue_id)
             .await
@@ -80,11 +80,11 @@ async fn wait_finished(env: &TestEnv, queue_id: &str) -> Map<String, Value> {
     results(env, queue_id).await
 }
 
-fn log_param(file: &std::path::Path, line: &str) -> String {
+pub fn log_param(file: &std::path::Path, line: &str) -> String {
     json!({ "file": file, "line": line }).to_string()
 }
 
-fn read_lines(file: &std::path::Path) -> Vec<String> {
+pub fn read_lines(file: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(file)
         .unwrap_or_default()
         .lines()

@@ -142,10 +142,18 @@ async fn serve(
         )
         .await
         .context("consuming submissions")?;
-    let root =
-        actors::root::Root::start(&config, bus.clone(), signer, metrics.clone(), store.clone())
-            .await
-            .context("connecting to the bus")?;
+    let instance =
+        load_or_create_instance(&config.data_dir).context("reading the center's instance id")?;
+    let root = actors::root::Root::start(
+        &config,
+        bus.clone(),
+        signer,
+        metrics.clone(),
+        store.clone(),
+        instance,
+    )
+    .await
+    .context("connecting to the bus")?;
     let children = root
         .send(actors::root::GetChildren)
         .await
@@ -168,4 +176,52 @@ async fn serve(
             .context("listening for http")?
             .run();
     Ok((server, public_key_hex))
+}
+
+/// This center's name in `dispatched_by`: stable across restarts (kept in the data directory),
+/// so that a restarted center finds the tasks it had claimed.
+fn load_or_create_instance(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join("instance");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+        _ => {
+            std::fs::create_dir_all(data_dir)?;
+            let instance = elves_shared::wire::TaskId::random().to_string();
+            std::fs::write(&path, &instance)?;
+            Ok(instance)
+        }
+    }
+}
+
+/// Runs a center from a configuration file until SIGINT or SIGTERM: the `elves-center` binary
+/// and `elves center`.
+pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
+    let config = config::CenterConfig::load(Some(config_path))?;
+    let bus = elves_shared::bus::open(&config.bus.url, &config.bus.namespace)?;
+    let listener = TcpListener::bind(&config.http.listen)
+        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+    let center = start(config, listener, bus)?;
+    eprintln!("elves-center: listening on http://{}", center.http_addr);
+    eprintln!(
+        "elves-center: instruction key {} {}",
+        center.key_id, center.public_key_hex
+    );
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the signal runtime")?;
+    signals.block_on(wait_for_stop_signal())?;
+    log::info!("center: stopping");
+    center.stop();
+    Ok(())
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    Ok(())
 }

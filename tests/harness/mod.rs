@@ -129,6 +129,10 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub agents: BTreeMap<String, TestAgent>,
     http: reqwest::Client,
+    pub key_id: String,
+    pub public_key_hex: String,
+    /// A center running as a child process (the durability tests), instead of `center`.
+    pub child_center: Option<std::process::Child>,
     /// Dropped after the center (field order): the database outlives its users.
     pub database: elves_center::store::testing::TestDatabase,
 }
@@ -156,6 +160,7 @@ impl TestEnv {
         let config = center_config(dir.path(), &kind, &namespace, &database.url);
         let center = start_center(config, bus.clone()).await;
         let base_url = format!("http://{}", center.http_addr);
+        let (key_id, public_key_hex) = (center.key_id.clone(), center.public_key_hex.clone());
         TestEnv {
             kind,
             setup,
@@ -166,8 +171,98 @@ impl TestEnv {
             dir,
             agents: BTreeMap::new(),
             http: reqwest::Client::new(),
+            key_id,
+            public_key_hex,
+            child_center: None,
             database,
         }
+    }
+
+    /// Like `start_with`, but the center is the `elves center` binary in a child process, so
+    /// that a test can kill it with SIGKILL. RabbitMQ only: the in-process bus dies with its
+    /// process.
+    pub async fn start_with_child_center(setup: Setup) -> TestEnv {
+        assert_eq!(setup.bus, BusKind::Rabbit);
+        let namespace = format!("elves-test-{:016x}", rand::random::<u64>());
+        let bus = Self::open_bus(setup.bus, &namespace);
+        let dir = tempfile::tempdir().unwrap();
+        let database = match setup.db {
+            DbKind::Sqlite => elves_center::store::testing::TestDatabase::sqlite().unwrap(),
+            DbKind::Postgres => {
+                elves_center::store::testing::TestDatabase::postgres(&pg_url()).unwrap()
+            }
+        };
+        // The key exists before the center starts, so that agents can be configured from it.
+        let signer = elves_shared::crypto::InstructionSigner::load_or_create(
+            "center",
+            &dir.path().join("center.key"),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut env = TestEnv {
+            kind: setup.bus,
+            setup,
+            namespace,
+            bus,
+            center: None,
+            base_url: format!("http://127.0.0.1:{port}"),
+            dir,
+            agents: BTreeMap::new(),
+            http: reqwest::Client::new(),
+            key_id: signer.key_id().to_string(),
+            public_key_hex: signer.public_key_hex(),
+            child_center: None,
+            database,
+        };
+        env.start_child_center().await;
+        env
+    }
+
+    /// (Re)starts the child center on the same port, data directory, bus and database.
+    pub async fn start_child_center(&mut self) {
+        let port = self.base_url.rsplit(':').next().unwrap().to_string();
+        let config_path = self.dir.path().join("center.toml");
+        let toml = format!(
+            "data_dir = {data:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\n\
+             [bus]\nurl = {bus:?}\nnamespace = {ns:?}\n[auth]\nauth_id = {id:?}\nauth_key = {key:?}\n\
+             [database]\nurl = {db:?}\n[queue]\ntick_ms = 100\nresult_grace_ms = 500\n[rt]\ndispatch_allowance_s = 5\n",
+            data = self.dir.path().display().to_string(),
+            bus = amqp_url(),
+            ns = self.namespace,
+            id = AUTH_ID,
+            key = AUTH_KEY,
+            db = self.database.url,
+        );
+        std::fs::write(&config_path, toml).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_elves"))
+            .arg("center")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child_center = Some(child);
+        wait_until("child center answers", Duration::from_secs(30), || async {
+            self.http
+                .get(format!("{}/healthz", self.base_url))
+                .send()
+                .await
+                .is_ok()
+        })
+        .await;
+    }
+
+    /// SIGKILL: no shutdown code of the center runs.
+    pub fn kill_child_center(&mut self) {
+        let mut child = self.child_center.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     /// The configuration of this env's center (same bus namespace, database and key), for a
@@ -212,8 +307,8 @@ impl TestEnv {
         config.spool_dir = self.dir.path().join(format!("spool-{id}"));
         config.heartbeat_interval_ms = 200;
         config.exec.kill_grace_ms = 500;
-        config.center.key_id = self.center().key_id.clone();
-        config.center.public_key = self.center().public_key_hex.clone();
+        config.center.key_id = self.key_id.clone();
+        config.center.public_key = self.public_key_hex.clone();
         config
     }
 
@@ -362,6 +457,10 @@ impl Drop for TestEnv {
                 let _ = stop.send(());
             }
         }
+        if let Some(mut child) = self.child_center.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         if let Some(center) = self.center.take() {
             // Stopping blocks on the center's own thread; keep it off the test's runtime.
             let _ = std::thread::spawn(move || center.stop()).join();
@@ -398,6 +497,15 @@ pub fn center_config(
         ("ELVES_DATABASE__URL".to_string(), database_url.to_string()),
         // Fast rounds keep the tests quick; production uses the defaults.
         ("ELVES_QUEUE__TICK_MS".to_string(), "100".to_string()),
+        // Short deadlines so that the lost-task tests finish in seconds.
+        (
+            "ELVES_RT__DISPATCH_ALLOWANCE_S".to_string(),
+            "5".to_string(),
+        ),
+        (
+            "ELVES_QUEUE__RESULT_GRACE_MS".to_string(),
+            "500".to_string(),
+        ),
     ];
     let config: CenterConfig = elves_shared::config::load(None, env).unwrap();
     config.validate().unwrap();

@@ -66,11 +66,11 @@ impl Root {
         signer: Arc<InstructionSigner>,
         metrics: Arc<Metrics>,
         store: Store,
+        instance: String,
     ) -> Result<Addr<Root>, elves_shared::bus::BusError> {
         // Each center instance has its own reply queue so that an RT result comes back to the
         // center whose caller is waiting, even when several centers share one broker.
-        let instance = TaskId::random();
-        let reply_queue = bus.queue_name(&format!("center.reply.{instance}"));
+        let reply_queue = bus.queue_name(&format!("center.reply.{}", TaskId::random()));
         let replies = bus
             .consume(
                 QueueSpec {
@@ -111,7 +111,7 @@ impl Root {
         let scheduler_signer = signer.clone();
         let scheduler_metrics = metrics.clone();
         let scheduler_store = store.clone();
-        let scheduler_instance = instance.to_string();
+        let scheduler_instance = instance.clone();
         let scheduler = Supervisor::start(move |_| {
             Scheduler::new(
                 scheduler_bus,
@@ -131,7 +131,7 @@ impl Root {
                 queue_store,
                 bus,
                 signer,
-                instance.to_string(),
+                instance,
                 queue_config,
                 rt,
                 metrics,

@@ -107,6 +107,17 @@ impl TaskQueue {
         }
     }
 
+    fn round(&self) -> DispatchRound {
+        DispatchRound {
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+            signer: self.signer.clone(),
+            instance: self.instance.clone(),
+            batch: self.queue.batch.max(1),
+            allowance: self.deadline_allowance(),
+        }
+    }
+
     fn deadline_allowance(&self) -> Duration {
         Duration::from_secs(
             u64::from(self.rt.kill_grace_s) + u64::from(self.rt.dispatch_allowance_s),
@@ -122,8 +133,18 @@ impl Actor for TaskQueue {
             Duration::from_millis(self.queue.tick_ms.max(10)),
             |_, ctx| ctx.notify(Tick),
         );
-        // Work left by a previous run of this center (or committed elsewhere) starts now.
-        ctx.notify(DispatchReady);
+        // Tasks this center claimed before it last stopped may never have been sent: send
+        // them again (agents drop ids they have seen), then go on with the ready ones.
+        let round = self.round();
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            match round.resend_unfinished().await {
+                Ok(0) => {}
+                Ok(n) => log::info!("task queue: sent {n} unfinished tasks again after a restart"),
+                Err(err) => log::error!("task queue: resending unfinished tasks: {err}"),
+            }
+            me.do_send(DispatchReady);
+        });
     }
 }
 
@@ -144,14 +165,7 @@ impl Handler<DispatchReady> for TaskQueue {
             return;
         }
         self.dispatching = true;
-        let round = DispatchRound {
-            store: self.store.clone(),
-            bus: self.bus.clone(),
-            signer: self.signer.clone(),
-            instance: self.instance.clone(),
-            batch: self.queue.batch.max(1),
-            allowance: self.deadline_allowance(),
-        };
+        let round = self.round();
         let me = ctx.address();
         actix_rt::spawn(async move {
             if let Err(err) = round.run().await {
@@ -288,6 +302,14 @@ struct DispatchRound {
 }
 
 impl DispatchRound {
+    async fn resend_unfinished(&self) -> Result<usize, StoreError> {
+        let store = self.store.clone();
+        let instance = self.instance.clone();
+        let unfinished = blocking(move || store.execing_queue_tasks_of(&instance)).await?;
+        self.send_all(&unfinished).await?;
+        Ok(unfinished.len())
+    }
+
     async fn run(&self) -> Result<(), StoreError> {
         loop {
             let store = self.store.clone();
@@ -297,28 +319,32 @@ impl DispatchRound {
                 store.claim_ready_tasks(&instance, now_unix_ms(), batch, allowance)
             })
             .await?;
-            let n_claimed = claimed.len();
-            let sends = claimed.iter().map(|task| self.send(task));
-            let failures: Vec<JobResult> = futures::future::join_all(sends)
-                .await
-                .into_iter()
-                .flatten()
-                .collect();
-            if !failures.is_empty() {
-                let store = self.store.clone();
-                blocking(move || {
-                    let now = now_unix_ms();
-                    for failure in &failures {
-                        store.record_result(failure, now)?;
-                    }
-                    Ok(())
-                })
-                .await?;
-            }
-            if n_claimed < self.batch {
+            self.send_all(&claimed).await?;
+            if claimed.len() < self.batch {
                 return Ok(());
             }
         }
+    }
+
+    async fn send_all(&self, tasks: &[TaskRow]) -> Result<(), StoreError> {
+        let sends = tasks.iter().map(|task| self.send(task));
+        let failures: Vec<JobResult> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if !failures.is_empty() {
+            let store = self.store.clone();
+            blocking(move || {
+                let now = now_unix_ms();
+                for failure in &failures {
+                    store.record_result(failure, now)?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Sends one claimed task; a task that cannot be sent is settled at once as undelivered

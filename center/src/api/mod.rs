@@ -171,7 +171,8 @@ pub fn audit(
     };
     let store = state.store.clone();
     actix_rt::spawn(async move {
-        if let Err(err) = crate::actors::task_queue::blocking(move || store.audit(&entry)).await {
+        let outcome = crate::actors::task_queue::blocking(move || store.audit(&entry)).await;
+        if let Err(err) = outcome {
             log::error!("audit log: {err}");
         }
     });

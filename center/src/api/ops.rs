@@ -1,19 +1,37 @@
 //! `/healthz` and `/metrics`: unsigned, and they show no secrets.
 
 use super::ApiState;
-use crate::actors::heartbeat::{GetState as HeartbeatGetState, HeartbeatState};
+use crate::actors::heartbeat::{is_online, GetState as HeartbeatGetState, HeartbeatState};
 use crate::actors::scheduler::GetState as SchedulerGetState;
 use actix_web::{web, HttpResponse};
 use elves_shared::time::now_unix_ms;
 use serde_json::json;
 
+/// This center's registry merged with the agents other centers recorded in the database
+/// (each heartbeat reaches only one of the centers sharing a broker).
 async fn heartbeat_state(state: &ApiState) -> Option<HeartbeatState> {
-    state
+    let now = now_unix_ms();
+    let mut merged = state
         .children
         .heartbeat
-        .send(HeartbeatGetState { now: now_unix_ms() })
+        .send(HeartbeatGetState { now })
         .await
-        .ok()
+        .ok()?;
+    let store = state.store.clone();
+    match crate::actors::task_queue::blocking(move || store.list_agents()).await {
+        Ok(rows) => {
+            let missed_beats = state.config.heartbeat.offline_after_missed_beats;
+            for row in rows {
+                if is_online(row.last_heartbeat_at, row.interval_ms, missed_beats, now) {
+                    merged.online.entry(row.id.to_string()).or_insert(row.apps);
+                }
+            }
+            merged.agents_online = merged.online.len();
+            merged.agents_known = merged.agents_known.max(merged.online.len());
+        }
+        Err(err) => log::warn!("healthz: agents from the database: {err}"),
+    }
+    Some(merged)
 }
 
 pub async fn healthz(state: web::Data<ApiState>) -> HttpResponse {

@@ -2,10 +2,8 @@
 
 use super::error::ApiError;
 use super::{request, respond, ApiState, V2Call};
-use crate::actors::heartbeat::{AgentLookup, LookupAgent};
 use crate::actors::scheduler::{DispatchError, RunInstant};
 use actix_web::{web, HttpRequest, HttpResponse};
-use elves_shared::time::now_unix_ms;
 use serde_json::json;
 
 pub async fn exec(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
@@ -19,6 +17,26 @@ async fn run(
     state: &ApiState,
 ) -> Result<serde_json::Value, ApiError> {
     let call = V2Call::authenticate(req, body, state)?;
+    let outcome = run_authenticated(&call, state).await;
+    let task_id = outcome
+        .as_ref()
+        .ok()
+        .and_then(|result| result["id"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let agent = call.params.get("ip").map(str::to_string);
+    super::audit(
+        state,
+        &call.caller,
+        "rt/exec",
+        &task_id,
+        agent.as_deref(),
+        &outcome,
+    );
+    outcome
+}
+
+async fn run_authenticated(call: &V2Call, state: &ApiState) -> Result<serde_json::Value, ApiError> {
     let params = &call.params;
     // Validation order follows the error-code table: 403.1 ip, 403.2 param, 403.3 app, 403.4 mode,
     // 403.7 func, 403.8 timeout.
@@ -30,25 +48,7 @@ async fn run(
     let func = request::func_name(params)?;
     let timeout_s = request::timeout_s(params, state.config.rt.default_timeout_s)?;
 
-    let lookup = state
-        .children
-        .heartbeat
-        .send(LookupAgent {
-            address: address.clone(),
-            now: now_unix_ms(),
-        })
-        .await
-        .map_err(|err| ApiError::Internal(format!("heartbeat registry: {err}")))?;
-    let agent = match lookup {
-        AgentLookup::Unknown => return Err(ApiError::AgentNotFound(address)),
-        AgentLookup::Offline { agent, last_seen } => {
-            return Err(ApiError::AgentUnreachable(format!(
-                "agent {agent} is offline (last heartbeat {} s ago)",
-                now_unix_ms().saturating_sub(last_seen) / 1000
-            )))
-        }
-        AgentLookup::Online { agent } => agent,
-    };
+    let agent = super::resolve_agent(state, &address).await?.online()?;
 
     let result = state
         .children

@@ -128,6 +128,23 @@ impl Store {
         Ok(())
     }
 
+    /// Queue tasks that `center_instance` claimed and that are still `execing`: after a
+    /// restart the center sends them again, because it may have died between the claim and the
+    /// publish. Agents drop an instruction id they have already seen, so nothing runs twice.
+    pub fn execing_queue_tasks_of(
+        &self,
+        center_instance: &str,
+    ) -> Result<Vec<TaskRow>, StoreError> {
+        let records = tasks::table
+            .filter(tasks::status.eq(TaskStatus::Executing.as_str()))
+            .filter(tasks::dispatched_by.eq(center_instance))
+            .filter(tasks::task_type.eq(TaskType::Queue.as_str()))
+            .order((tasks::created_at, tasks::id))
+            .select(TaskRecord::as_select())
+            .load(&mut *self.conn()?)?;
+        records.into_iter().map(TaskRow::try_from).collect()
+    }
+
     pub fn get_task(&self, id: &TaskId) -> Result<Option<TaskRow>, StoreError> {
         let record = tasks::table
             .find(id.as_str())
