@@ -22,7 +22,9 @@ struct Args {
     config: PathBuf,
 }
 
-#[tokio::main]
+// One thread is enough: the agent waits on the broker and on child processes, and the workers
+// are separate processes. Fewer threads keep the idle footprint small on every managed host.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
