@@ -63,6 +63,20 @@ pub struct AgentConfig {
     /// Interpreter allow-list, name → path; empty means the defaults (python3, python, bash, sh).
     #[serde(default)]
     pub interpreters: BTreeMap<String, String>,
+    /// Agent-local crons in the original ELVES `cron.json` format; a missing file means none.
+    #[serde(default = "default_cron_file")]
+    pub cron_file: PathBuf,
+    /// The zone the local cron rules are read in (IANA name).
+    #[serde(default = "default_cron_time_zone")]
+    pub cron_time_zone: String,
+}
+
+fn default_cron_file() -> PathBuf {
+    PathBuf::from("config/cron.json")
+}
+
+fn default_cron_time_zone() -> String {
+    "UTC".to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,6 +97,10 @@ pub struct CenterConfig {
     /// The center's Ed25519 public key, 64 hex characters.
     #[serde(default)]
     pub public_key: String,
+    /// Where to download app packages from (`http://host:port`), replacing the address in
+    /// the center's links; empty means use the links as they come.
+    #[serde(default)]
+    pub download_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +175,7 @@ impl Default for CenterConfig {
         CenterConfig {
             key_id: default_key_id(),
             public_key: String::new(),
+            download_url: String::new(),
         }
     }
 }
@@ -188,6 +207,8 @@ impl AgentConfig {
             center: CenterConfig::default(),
             exec: ExecConfig::default(),
             interpreters: BTreeMap::new(),
+            cron_file: default_cron_file(),
+            cron_time_zone: default_cron_time_zone(),
         }
     }
 
@@ -247,6 +268,9 @@ impl AgentConfig {
                     format!("entry {name:?} needs a name and a path"),
                 ));
             }
+        }
+        if let Err(why) = elves_shared::quartz::parse_time_zone(&self.cron_time_zone) {
+            return Err(invalid("cron_time_zone", why));
         }
         if self.center.key_id.is_empty() {
             return Err(invalid("center.key_id", "must not be empty"));
@@ -332,6 +356,8 @@ mod tests {
         assert_eq!(config.exec.stdout_cap, 1024 * 1024);
         assert_eq!(config.exec.stderr_cap, 64 * 1024);
         assert!(config.interpreters.is_empty());
+        assert_eq!(config.cron_file, PathBuf::from("config/cron.json"));
+        assert_eq!(config.cron_time_zone, "UTC");
     }
 
     #[test]

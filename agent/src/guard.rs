@@ -10,7 +10,7 @@
 
 use elves_shared::bus::BusMessage;
 use elves_shared::crypto::{InstructionVerifier, VerifyError};
-use elves_shared::wire::{self, AgentId, Cancel, Instruction, TaskId};
+use elves_shared::wire::{self, AgentId, AppSet, Cancel, Instruction, TaskId};
 use std::collections::{BTreeSet, HashMap};
 
 /// What to do with one received instruction.
@@ -89,6 +89,26 @@ impl InstructionGuard {
     pub fn check_cancel(&self, message: &BusMessage) -> Result<Cancel, Refusal> {
         self.verify(message)?;
         wire::decode(&message.body).map_err(|err| Refusal::Undecodable(err.to_string()))
+    }
+
+    /// Verifies and decodes an `app_set` message: signed like an instruction and addressed to
+    /// this agent. `Ok(None)` for a set past its deadline (stale: ignored, the next heartbeat
+    /// brings a fresh one).
+    pub fn check_app_set(
+        &self,
+        message: &BusMessage,
+        now_ms: u64,
+    ) -> Result<Option<AppSet>, Refusal> {
+        self.verify(message)?;
+        let set: AppSet =
+            wire::decode(&message.body).map_err(|err| Refusal::Undecodable(err.to_string()))?;
+        if set.agent != self.agent_id {
+            return Err(Refusal::WrongAgent(set.agent));
+        }
+        if set.deadline < now_ms {
+            return Ok(None);
+        }
+        Ok(Some(set))
     }
 
     /// How many ids are remembered now (for tests and ops).
@@ -287,6 +307,39 @@ mod tests {
             guard.check(&signed(&signer, &long), later),
             Verdict::Replayed(long.id.clone())
         );
+    }
+
+    #[test]
+    fn app_sets_are_verified_addressed_and_fresh() {
+        let (signer, guard) = setup();
+        let set = AppSet {
+            agent: AgentId::parse("host-1").unwrap(),
+            issued_at: NOW,
+            deadline: NOW + 1_000,
+            apps: Vec::new(),
+        };
+        let sign = |set: &AppSet, signer: &InstructionSigner| {
+            let mut message = BusMessage::msgpack(wire::kind::APP_SET, wire::encode(set));
+            message.sig = Some(signer.sign(&message.body));
+            message.key_id = Some("center".into());
+            message
+        };
+        assert_eq!(
+            guard.check_app_set(&sign(&set, &signer), NOW),
+            Ok(Some(set.clone()))
+        );
+        assert_eq!(
+            guard.check_app_set(&sign(&set, &signer), NOW + 2_000),
+            Ok(None)
+        );
+        let forger = InstructionSigner::generate("center");
+        assert!(guard.check_app_set(&sign(&set, &forger), NOW).is_err());
+        let mut other = set.clone();
+        other.agent = AgentId::parse("host-2").unwrap();
+        assert!(matches!(
+            guard.check_app_set(&sign(&other, &signer), NOW),
+            Err(Refusal::WrongAgent(_))
+        ));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 pub mod config;
 pub mod exec;
 pub mod guard;
+pub mod installer;
+pub mod local_cron;
 pub mod runtime;
 pub mod spool;
 pub mod stats;

@@ -55,6 +55,10 @@ struct Agent {
     running: Mutex<HashMap<TaskId, oneshot::Sender<()>>>,
     /// Becomes true when shutdown starts; retry loops give up on it.
     stopping: watch::Receiver<bool>,
+    /// The latest app set from the center, for the installer.
+    app_sets: watch::Sender<Option<wire::AppSet>>,
+    /// Makes the heartbeat go out now (after an install, to report it).
+    beat_now: Arc<Notify>,
 }
 
 impl Agent {
@@ -102,6 +106,8 @@ pub async fn run(
         spool_wake: Arc::new(Notify::new()),
         running: Mutex::new(HashMap::new()),
         stopping,
+        app_sets: watch::channel(None).0,
+        beat_now: Arc::new(Notify::new()),
     });
     log::info!(
         "agent {agent_id}: starting, apps in {}, spool in {}",
@@ -116,6 +122,16 @@ pub async fn run(
         agent.stats.clone(),
         agent.spool_wake.clone(),
         stopped(agent.stopping.clone()),
+    ));
+    background.spawn(local_cron_loop(agent.clone()));
+    background.spawn(crate::installer::run(
+        crate::installer::Installer::new(
+            agent.config.apps_dir.clone(),
+            Some(agent.config.center.download_url.clone()),
+        ),
+        agent.app_sets.subscribe(),
+        agent.beat_now.clone(),
+        agent.stopping.clone(),
     ));
 
     tokio::pin!(shutdown);
@@ -313,6 +329,18 @@ async fn handle(
                 delivery.ack().await;
             }
             Err(refusal) => refuse(stats, &message_id, "cancel", refusal, delivery).await,
+        },
+        wire::kind::APP_SET => match guard.check_app_set(&delivery.message, now_unix_ms()) {
+            Ok(Some(set)) => {
+                log::info!("app set received: {} app(s)", set.apps.len());
+                agent.app_sets.send_replace(Some(set));
+                delivery.ack().await;
+            }
+            Ok(None) => {
+                log::info!("message {message_id}: stale app set dropped");
+                delivery.ack().await;
+            }
+            Err(refusal) => refuse(stats, &message_id, "app set", refusal, delivery).await,
         },
         other => {
             bump(&stats.undecodable);
@@ -551,6 +579,108 @@ async fn publish_to_processor(agent: &Agent, result: &JobResult) {
     }
 }
 
+/// Runs the agent-local crons of `cron_file` until shutdown.
+async fn local_cron_loop(agent: Arc<Agent>) {
+    let path = agent.config.cron_file.clone();
+    let loaded = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || crate::local_cron::load(&path))
+            .await
+            .unwrap_or_default()
+    };
+    for error in &loaded.errors {
+        log::error!("local cron {}: {error}", path.display());
+    }
+    if loaded.crons.is_empty() {
+        return;
+    }
+    log::info!(
+        "local cron: {} cron(s) from {} ({} disabled)",
+        loaded.crons.len(),
+        path.display(),
+        loaded.disabled
+    );
+    // `validate` checked the zone.
+    let zone = elves_shared::quartz::parse_time_zone(&agent.config.cron_time_zone)
+        .unwrap_or(chrono_tz::Tz::UTC);
+    let skipped_agent = agent.clone();
+    crate::local_cron::run(
+        loaded.crons,
+        zone,
+        agent.stopping.clone(),
+        |cron| run_local_cron(agent.clone(), cron),
+        move |cron| {
+            bump(&skipped_agent.stats.cron_skipped);
+            log::warn!("local cron {}: previous run still going, firing skipped", cron.id);
+        },
+    )
+    .await;
+}
+
+/// One firing of a local cron: runs the worker and reports like a center task of type cron
+/// (NP: `center.result`; P: also `processor.<app>`).
+async fn run_local_cron(agent: Arc<Agent>, cron: crate::local_cron::LocalCron) {
+    let task_id = TaskId::random();
+    bump(&agent.stats.cron_runs);
+    let _running = agent.stats.running_guard();
+    log::info!(
+        "task {task_id}: local cron {} fired, app {} func {} mode {}",
+        cron.id,
+        cron.app,
+        cron.func,
+        cron.mode
+    );
+    let timeout_s = if cron.timeout_s == 0 {
+        agent.config.exec.timeout_s
+    } else {
+        cron.timeout_s
+    };
+    let job = WorkerJob {
+        task_id: task_id.to_string(),
+        app: cron.app.clone(),
+        func: cron.func.clone(),
+        param: cron.param.clone(),
+        kind: TaskType::Cron.as_str().to_string(),
+        mode: cron.mode.as_str().to_string(),
+        timeout: Duration::from_secs(timeout_s),
+        proxy: cron.proxy.clone(),
+    };
+    let report = agent.runner.run(job).await;
+    if is_shutdown_refusal(&report) {
+        return;
+    }
+    if report.worker_flag != 1 {
+        bump(&agent.stats.cron_failures);
+    }
+    log::info!(
+        "task {task_id}: local cron {} done, worker_flag {}",
+        cron.id,
+        report.worker_flag
+    );
+    let result = JobResult {
+        id: task_id.clone(),
+        agent: agent.config.id.clone(),
+        task_type: TaskType::Cron,
+        mode: cron.mode,
+        app: cron.app,
+        func: cron.func,
+        worker_flag: report.worker_flag,
+        worker_message: report.worker_message,
+        worker_costtime: report.costtime_ms,
+        started_at: report.started_at,
+        finished_at: report.finished_at,
+        error: String::new(),
+    };
+    let outgoing = Outgoing {
+        destination: Destination::Topic(routing::CENTER_RESULT.to_string()),
+        correlation_id: Some(task_id.to_string()),
+        result,
+    };
+    if deliver(&agent, &outgoing).await && cron.mode == Mode::P {
+        publish_to_processor(&agent, &outgoing.result).await;
+    }
+}
+
 /// Beats at once, then every `heartbeat_interval_ms`, until shutdown.
 async fn heartbeat_loop(agent: Arc<Agent>) {
     let agent_id = agent.config.id.clone();
@@ -562,6 +692,7 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
         tokio::select! {
             _ = stopping.wait_for(|stopping| *stopping) => return,
             _ = ticker.tick() => {}
+            () = agent.beat_now.notified() => {}
         }
         match beat(&agent).await {
             Ok(()) => {
@@ -582,9 +713,14 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
 
 async fn beat(agent: &Agent) -> Result<(), BusError> {
     let apps_dir = agent.config.apps_dir.clone();
-    let apps = tokio::task::spawn_blocking(move || installed_apps(&apps_dir))
-        .await
-        .unwrap_or_default();
+    let (apps, packages) = tokio::task::spawn_blocking(move || {
+        (
+            installed_apps(&apps_dir),
+            crate::installer::installed_packages(&apps_dir),
+        )
+    })
+    .await
+    .unwrap_or_default();
     let heartbeat = Heartbeat {
         agent: agent.config.id.clone(),
         ip: agent.config.ip(),
@@ -593,6 +729,7 @@ async fn beat(agent: &Agent) -> Result<(), BusError> {
         apps,
         sent_at: now_unix_ms(),
         interval_ms: agent.config.heartbeat_interval_ms,
+        packages,
     };
     let mut message = BusMessage::msgpack(wire::kind::HEARTBEAT, wire::encode(&heartbeat));
     message.expiration_ms = Some(

@@ -24,6 +24,61 @@ pub struct CenterConfig {
     pub database: DatabaseConfig,
     #[serde(default)]
     pub queue: QueueConfig,
+    #[serde(default)]
+    pub apps: AppsConfig,
+    #[serde(default)]
+    pub cron: CronConfig,
+}
+
+/// App packages and their distribution (SPEC §5, §11 "Packages").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppsConfig {
+    /// Packages by SHA-256; relative paths are under `data_dir`. Centers that share a database
+    /// must share this directory too (any center may be asked for any package).
+    #[serde(default = "default_package_dir")]
+    pub package_dir: PathBuf,
+    /// The base URL agents download packages from; empty means `http://<the HTTP listener>`.
+    #[serde(default)]
+    pub public_url: String,
+    /// How long a download link in an app set stays valid.
+    #[serde(default = "default_download_ttl_s")]
+    pub download_ttl_s: u64,
+    /// How often apps, auth ids and bindings are reloaded from the database, so that changes
+    /// made through another center apply here too.
+    #[serde(default = "default_refresh_ms")]
+    pub refresh_ms: u64,
+    /// An agent whose packages still differ gets the app set again after this long.
+    #[serde(default = "default_resend_ms")]
+    pub resend_ms: u64,
+    #[serde(default)]
+    pub limits: elves_shared::package::Limits,
+}
+
+impl Default for AppsConfig {
+    fn default() -> Self {
+        AppsConfig {
+            package_dir: default_package_dir(),
+            public_url: String::new(),
+            download_ttl_s: default_download_ttl_s(),
+            refresh_ms: default_refresh_ms(),
+            resend_ms: default_resend_ms(),
+            limits: elves_shared::package::Limits::default(),
+        }
+    }
+}
+
+fn default_package_dir() -> PathBuf {
+    PathBuf::from("packages")
+}
+fn default_download_ttl_s() -> u64 {
+    600
+}
+fn default_refresh_ms() -> u64 {
+    2_000
+}
+fn default_resend_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -113,6 +168,9 @@ impl Default for BusConfig {
 pub enum AuthMode {
     /// One auth id with all rights, from this file.
     Simple,
+    /// Auth ids, apps and bindings from the database; the auth id of this file is the
+    /// bootstrap admin.
+    Supervisor,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +274,15 @@ impl CenterConfig {
         if self.rt.default_timeout_s == 0 || self.rt.default_timeout_s > 86_400 {
             return Err(bad("rt.default_timeout_s", "must be between 1 and 86400"));
         }
+        if let Err(why) = elves_shared::quartz::parse_time_zone(&self.cron.time_zone) {
+            return Err(bad("cron.time_zone", &why));
+        }
+        if self.cron.refresh_ms < 100 {
+            return Err(bad("cron.refresh_ms", "must be at least 100"));
+        }
+        if self.cron.prepare_ahead_ms < 50 || self.cron.prepare_ahead_ms > 60_000 {
+            return Err(bad("cron.prepare_ahead_ms", "must be between 50 and 60000"));
+        }
         Ok(())
     }
 
@@ -225,6 +292,14 @@ impl CenterConfig {
             format!("sqlite://{}", self.data_dir.join("elves.db").display())
         } else {
             self.database.url.clone()
+        }
+    }
+
+    pub fn package_dir(&self) -> PathBuf {
+        if self.apps.package_dir.is_absolute() {
+            self.apps.package_dir.clone()
+        } else {
+            self.data_dir.join(&self.apps.package_dir)
         }
     }
 
@@ -277,6 +352,72 @@ fn default_dispatch_allowance() -> u32 {
     60
 }
 
+/// `[cron]`: center-defined crons (API and definition files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CronConfig {
+    /// When false the cron endpoints answer 402.2 and nothing fires.
+    #[serde(default = "default_cron_enabled")]
+    pub enabled: bool,
+    /// Definition files `*.toml`; a relative path is taken as given (from the working directory).
+    #[serde(default = "default_cron_dir")]
+    pub dir: PathBuf,
+    /// The zone rules are read in and API times are shown in (IANA name).
+    #[serde(default = "default_cron_time_zone")]
+    pub time_zone: String,
+    /// A firing missed (no center running) by less than this still runs, once; older ones are
+    /// skipped and logged.
+    #[serde(default = "default_cron_misfire_threshold_s")]
+    pub misfire_threshold_s: u64,
+    /// How often each center reloads the crons from the database (changes made through other
+    /// centers, firings they claimed).
+    #[serde(default = "default_cron_refresh_ms")]
+    pub refresh_ms: u64,
+    /// Firings are claimed, stored and signed this long before their time, then published on
+    /// time.
+    #[serde(default = "default_cron_prepare_ahead_ms")]
+    pub prepare_ahead_ms: u64,
+}
+
+impl Default for CronConfig {
+    fn default() -> Self {
+        CronConfig {
+            enabled: default_cron_enabled(),
+            dir: default_cron_dir(),
+            time_zone: default_cron_time_zone(),
+            misfire_threshold_s: default_cron_misfire_threshold_s(),
+            refresh_ms: default_cron_refresh_ms(),
+            prepare_ahead_ms: default_cron_prepare_ahead_ms(),
+        }
+    }
+}
+
+impl CronConfig {
+    /// The configured zone (`validate` has checked the name).
+    pub fn zone(&self) -> chrono_tz::Tz {
+        elves_shared::quartz::parse_time_zone(&self.time_zone).unwrap_or(chrono_tz::Tz::UTC)
+    }
+}
+
+fn default_cron_enabled() -> bool {
+    true
+}
+fn default_cron_dir() -> PathBuf {
+    PathBuf::from("config/cron.d")
+}
+fn default_cron_time_zone() -> String {
+    "UTC".to_string()
+}
+fn default_cron_misfire_threshold_s() -> u64 {
+    60
+}
+fn default_cron_refresh_ms() -> u64 {
+    2_000
+}
+fn default_cron_prepare_ahead_ms() -> u64 {
+    1_000
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,12 +433,27 @@ mod tests {
         assert_eq!(config.rt.default_timeout_s, 90);
         assert_eq!(config.bus.url, "inproc");
         assert_eq!(config.signing_key_path(), PathBuf::from("data/center.key"));
+        assert_eq!(config.cron.dir, PathBuf::from("config/cron.d"));
+        assert_eq!(config.cron.zone(), chrono_tz::Tz::UTC);
+        assert_eq!(config.cron.misfire_threshold_s, 60);
     }
 
     #[test]
     fn missing_auth_is_named() {
         let err = elves_shared::config::load::<CenterConfig, _>(None, Vec::new()).unwrap_err();
         assert!(err.to_string().contains("auth"), "{err}");
+    }
+
+    #[test]
+    fn bad_cron_time_zone_is_named() {
+        let env = vec![
+            ("ELVES_AUTH__AUTH_ID".to_string(), "admin".to_string()),
+            ("ELVES_AUTH__AUTH_KEY".to_string(), "0123456789".to_string()),
+            ("ELVES_CRON__TIME_ZONE".to_string(), "Nowhere/Land".to_string()),
+        ];
+        let config: CenterConfig = elves_shared::config::load(None, env).unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("cron.time_zone"), "{err}");
     }
 
     #[test]

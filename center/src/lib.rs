@@ -6,6 +6,7 @@
 pub mod actors;
 pub mod api;
 pub mod config;
+pub mod cron_files;
 pub mod metrics;
 pub mod store;
 pub mod submit;
@@ -124,6 +125,14 @@ async fn serve(
     bus: SharedBus,
     signer: Arc<InstructionSigner>,
 ) -> anyhow::Result<(actix_web::dev::Server, String)> {
+    let mut config = config;
+    if config.apps.public_url.is_empty() {
+        // Agents download packages from here unless `apps.public_url` names another address.
+        let local = listener
+            .local_addr()
+            .context("reading the listener's address")?;
+        config.apps.public_url = format!("http://{local}");
+    }
     let metrics = Arc::new(metrics::Metrics::default());
     let public_key_hex = signer.public_key_hex();
     let database_url = config.database_url();
@@ -158,6 +167,7 @@ async fn serve(
         .send(actors::root::GetChildren)
         .await
         .context("asking root for its children")?;
+    actors::cron::reload_on_sighup(children.cron.clone());
     let workers = config.http.workers;
     let state = web::Data::new(api::ApiState {
         root,
@@ -197,6 +207,7 @@ fn load_or_create_instance(data_dir: &std::path::Path) -> std::io::Result<String
 /// and `elves center`.
 pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = config::CenterConfig::load(Some(config_path))?;
+    actors::cron::enable_sighup_reload();
     let bus = elves_shared::bus::open(&config.bus.url, &config.bus.namespace)?;
     let listener = TcpListener::bind(&config.http.listen)
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;

@@ -7,7 +7,7 @@
 use crate::actors::task_queue::{ReplyAddress, ReplyWhenDone};
 use crate::api::error::ApiError;
 use crate::api::queue::run_single_task_queue_then;
-use crate::api::request::{authenticate, Params};
+use crate::api::request::Params;
 use crate::api::ApiState;
 use actix_web::web;
 use elves_shared::bus::{BusMessage, Consumer, Destination, CONTENT_TYPE_JSON};
@@ -64,7 +64,7 @@ async fn handle(
     .map_err(|err| ApiError::BadParam(format!("undecodable submission: {err}")))?;
     let signed = Params::from_owned(signed_fields(&submit));
     let now_s = i64::try_from(now_unix_ms() / 1000).unwrap_or(i64::MAX);
-    let caller = authenticate(&state.config.auth, SUBMIT_PATH, &signed, now_s)?;
+    let caller = state.authenticate(SUBMIT_PATH, &signed, now_s)?;
     let params = Params::from_owned(submit_params(&submit));
     let task_queue = state.children.task_queue.clone();
     run_single_task_queue_then(state, &caller, &params, |task_id| {

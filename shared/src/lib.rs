@@ -1,12 +1,14 @@
 //! Everything that both the center and the agent must agree on:
 //! the wire types and their MessagePack codec, API request signing,
-//! instruction signing, and the `Bus` with its RabbitMQ and in-process implementations.
+//! instruction signing, app packages (zip rules), and the `Bus` with its RabbitMQ and in-process implementations.
 //!
 //! Nothing here knows about actors, HTTP or databases.
 
 pub mod bus;
 pub mod config;
 pub mod crypto;
+pub mod package;
+pub mod quartz;
 pub mod sign;
 pub mod time;
 pub mod wire;

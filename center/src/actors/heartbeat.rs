@@ -181,6 +181,7 @@ mod tests {
             apps: BTreeMap::new(),
             sent_at: 0,
             interval_ms: 100,
+            packages: BTreeMap::new(),
         };
         let unknown = addr
             .send(LookupAgent {

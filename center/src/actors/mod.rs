@@ -1,5 +1,7 @@
 //! The center's actors. `root` starts and supervises the others; see ARCHITECTURE.md.
 
+pub mod app_store;
+pub mod cron;
 pub mod heartbeat;
 pub mod root;
 pub mod scheduler;

@@ -3,10 +3,12 @@
 //! It starts the bus consumers' queues first, then Heartbeat and Scheduler under actix
 //! `Supervisor`s (an actor that stops is rebuilt through `restarting()` with the same address,
 //! so nobody holding an `Addr` notices), then feeds them from the bus.
-//! Queue and Cron will be started here as their siblings.
+//! TaskQueue, Cron and AppStore are their siblings.
 //! Shutdown runs in reverse: consumers stop first (their deliveries go back to the broker),
 //! then the actors with the actix system.
 
+use super::app_store::{AgentReported, AppRegistry, AppStore};
+use super::cron::Cron;
 use super::heartbeat::{Heartbeat, HeartbeatReceived};
 use super::scheduler::{ReplyReceived, Scheduler};
 use super::task_queue::{blocking, ResultReceived, TaskQueue};
@@ -31,6 +33,10 @@ pub struct Children {
     pub heartbeat: Addr<Heartbeat>,
     pub scheduler: Addr<Scheduler>,
     pub task_queue: Addr<TaskQueue>,
+    pub cron: Addr<Cron>,
+    pub app_store: Addr<AppStore>,
+    /// Apps, auth ids and bindings, read by the API for every authentication.
+    pub apps: AppRegistry,
 }
 
 pub struct Root {
@@ -123,6 +129,38 @@ impl Root {
                 scheduler_instance,
             )
         });
+        let (cron_store, cron_bus, cron_signer) = (store.clone(), bus.clone(), signer.clone());
+        let (cron_instance, cron_config, cron_rt) =
+            (instance.clone(), config.cron.clone(), config.rt.clone());
+        let cron = Supervisor::start(move |_| {
+            Cron::new(
+                cron_store,
+                cron_bus,
+                cron_signer,
+                cron_instance,
+                cron_config,
+                cron_rt,
+            )
+        });
+        let apps = AppRegistry::new(&config.auth, signer.clone());
+        let (apps_store, apps_bus, apps_signer, apps_config, apps_registry) = (
+            store.clone(),
+            bus.clone(),
+            signer.clone(),
+            config.apps.clone(),
+            apps.clone(),
+        );
+        let app_store = Supervisor::start(move |_| {
+            let base_url = apps_config.public_url.clone();
+            AppStore::new(
+                apps_store,
+                apps_bus,
+                apps_signer,
+                apps_config,
+                base_url,
+                apps_registry,
+            )
+        });
         let queue_config = config.queue.clone();
         let rt = config.rt.clone();
         let queue_store = store.clone();
@@ -138,7 +176,12 @@ impl Root {
             )
         });
 
-        actix_rt::spawn(feed_heartbeats(heartbeats, heartbeat.clone(), store));
+        actix_rt::spawn(feed_heartbeats(
+            heartbeats,
+            heartbeat.clone(),
+            app_store.clone(),
+            store,
+        ));
         actix_rt::spawn(feed_replies(replies, scheduler.clone()));
         actix_rt::spawn(feed_results(results, task_queue.clone()));
 
@@ -146,12 +189,20 @@ impl Root {
             heartbeat,
             scheduler,
             task_queue,
+            cron,
+            app_store,
+            apps,
         };
         Ok(Root { children }.start())
     }
 }
 
-async fn feed_heartbeats(mut consumer: Consumer, heartbeat: Addr<Heartbeat>, store: Store) {
+async fn feed_heartbeats(
+    mut consumer: Consumer,
+    heartbeat: Addr<Heartbeat>,
+    app_store: Addr<AppStore>,
+    store: Store,
+) {
     while let Some(delivery) = consumer.next().await {
         let message = &delivery.message;
         if message.kind != kind::HEARTBEAT {
@@ -171,6 +222,13 @@ async fn feed_heartbeats(mut consumer: Consumer, heartbeat: Addr<Heartbeat>, sto
                 if let Err(err) = blocking(move || store.upsert_agent(&row)).await {
                     log::warn!("agent {}: heartbeat not stored: {err}", decoded.agent);
                 }
+                // AppStore compares what the agent has with what it should have.
+                app_store.do_send(AgentReported {
+                    agent: decoded.agent.clone(),
+                    packages: decoded.packages.clone(),
+                    interval_ms: decoded.interval_ms,
+                    received_at,
+                });
                 heartbeat.do_send(HeartbeatReceived {
                     heartbeat: decoded,
                     received_at,

@@ -22,6 +22,15 @@ pub enum ApiError {
     BadQueueId(String),
     BadFunc(String),
     BadTimeout(String),
+    BadCronRule(String),
+    BadCronId(String),
+    CronDisabled,
+    CronNotFound(String),
+    SupervisorDisabled(String),
+    AuthIdNotFound(String),
+    AppNotFound(String),
+    PackageRefused(String),
+    VersionConflict(String),
     AgentUnreachable(String),
     QueueNotFound(String),
     QueueStatus(String),
@@ -49,6 +58,15 @@ impl ApiError {
             ApiError::BadQueueId(_) => "403.6",
             ApiError::BadFunc(_) => "403.7",
             ApiError::BadTimeout(_) => "403.8",
+            ApiError::BadCronRule(_) => "403.5",
+            ApiError::BadCronId(_) => "403.9",
+            ApiError::CronDisabled => "402.2",
+            ApiError::CronNotFound(_) => "411.1",
+            ApiError::SupervisorDisabled(_) => "402.1",
+            ApiError::AuthIdNotFound(_) => "413.1",
+            ApiError::AppNotFound(_) => "413.2",
+            ApiError::PackageRefused(_) => "415.1",
+            ApiError::VersionConflict(_) => "415.2",
             ApiError::AgentUnreachable(_) => "410.1",
             ApiError::QueueNotFound(_) => "412.1",
             ApiError::QueueStatus(_) => "412.2",
@@ -79,7 +97,18 @@ impl ApiError {
             | ApiError::BadMode(why)
             | ApiError::BadQueueId(why)
             | ApiError::BadFunc(why)
-            | ApiError::BadTimeout(why) => why.clone(),
+            | ApiError::BadTimeout(why)
+            | ApiError::BadCronRule(why)
+            | ApiError::BadCronId(why) => why.clone(),
+            ApiError::CronDisabled => "the cron component is not enabled on this center".to_string(),
+            ApiError::CronNotFound(cron_id) => format!("cron {cron_id} not found"),
+            ApiError::SupervisorDisabled(what) => {
+                format!("{what} needs the supervisor component (auth.mode = \"supervisor\")")
+            }
+            ApiError::AuthIdNotFound(auth_id) => format!("auth id {auth_id} not found"),
+            ApiError::AppNotFound(why) => why.clone(),
+            ApiError::PackageRefused(why) => format!("package refused: {why}"),
+            ApiError::VersionConflict(why) => why.clone(),
             ApiError::AgentUnreachable(why)
             | ApiError::QueueStatus(why)
             | ApiError::StopFailed(why)
@@ -102,6 +131,14 @@ impl From<crate::store::StoreError> for ApiError {
             StoreError::QueueNotFound(queue_id) => ApiError::QueueNotFound(queue_id.to_string()),
             StoreError::QueueStatusDoesNotAllow { .. } => ApiError::QueueStatus(err.to_string()),
             StoreError::DependencyNotFound { .. } => ApiError::DependencyNotFound(err.to_string()),
+            StoreError::CronNotFound(cron_id) => ApiError::CronNotFound(cron_id.to_string()),
+            StoreError::CronDefinedInFile { .. } => ApiError::BadCronId(err.to_string()),
+            StoreError::AppNotFound(_) | StoreError::AppVersionNotFound { .. } => {
+                ApiError::AppNotFound(err.to_string())
+            }
+            StoreError::VersionConflict { .. } => ApiError::VersionConflict(err.to_string()),
+            StoreError::AuthIdNotFound(auth_id) => ApiError::AuthIdNotFound(auth_id),
+            StoreError::AuthIdExists(_) => ApiError::BadParam(err.to_string()),
             other => ApiError::Internal(format!("store: {other}")),
         }
     }

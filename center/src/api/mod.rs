@@ -2,7 +2,13 @@
 //! Handlers authenticate, validate in the order of the error-code table, then ask an actor.
 //! They never block: anything slow is an actor message or a bus call.
 
+pub mod cron;
+pub mod access;
+pub mod apps;
+pub mod auth_ids;
 pub mod error;
+mod info;
+mod info_apps;
 mod ops;
 pub mod queue;
 pub mod request;
@@ -28,7 +34,32 @@ pub struct ApiState {
     pub bus: elves_shared::bus::SharedBus,
 }
 
+impl ApiState {
+    /// Verifies a signed call to `path`: keys come from the configuration (simple mode) or the
+    /// AppStore's registry (supervisor mode, where revoked ids are unknown).
+    pub fn authenticate(
+        &self,
+        path: &str,
+        params: &Params,
+        now_unix_s: i64,
+    ) -> Result<Caller, ApiError> {
+        let registry = self.children.apps.clone();
+        request::authenticate_with(
+            |auth_id| registry.read().key_of(auth_id),
+            self.config.auth.timestamp_window_s,
+            path,
+            params,
+            now_unix_s,
+        )
+    }
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    cron::routes(cfg);
+    info::routes(cfg);
+    apps::routes(cfg);
+    auth_ids::routes(cfg);
+    info_apps::routes(cfg);
     cfg.route("/api/v2/rt/exec", web::route().to(rt::exec))
         .route("/api/v2/queue/create", web::route().to(queue::create))
         .route("/api/v2/queue/addtask", web::route().to(queue::add_task))
@@ -62,7 +93,7 @@ impl V2Call {
             .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
         let params = Params::from_request(req.query_string(), body, is_form);
         let now_s = i64::try_from(elves_shared::time::now_unix_ms() / 1000).unwrap_or(i64::MAX);
-        let caller = request::authenticate(&state.config.auth, req.path(), &params, now_s)?;
+        let caller = state.authenticate(req.path(), &params, now_s)?;
         Ok(V2Call { params, caller })
     }
 }

@@ -19,6 +19,7 @@ pub async fn create(
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
         let app = request::app_name(&call.params)?;
+        super::access::require_app(&state, &call.caller, &app)?;
         let queue_id = TaskId::random();
         let store = state.store.clone();
         let (id, auth_id) = (queue_id.clone(), call.caller.auth_id.clone());
@@ -117,6 +118,7 @@ pub async fn add_task(
         let queue = blocking(move || store.get_queue(&lookup_id))
             .await?
             .ok_or_else(|| ApiError::QueueNotFound(queue_id.to_string()))?;
+        super::access::require_task(&state, &call.caller, &queue.app, &agent)?;
         let new_task = task.into_new_task(&queue_id, agent.clone(), &queue.app, depend);
         let task_id = new_task.id.clone();
         let store = state.store.clone();
@@ -146,6 +148,7 @@ pub async fn commit(
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
         let queue_id = request::task_id(&call.params, "queue_id", ApiError::BadQueueId)?;
+        authorize_queue(&state, &call.caller, &queue_id).await?;
         let committed = commit_queue(&state, &queue_id).await.map(|()| Value::Null);
         audit(
             &state,
@@ -161,6 +164,23 @@ pub async fn commit(
     respond(&state, "queue/commit", outcome)
 }
 
+/// The caller holds the app of the queue (supervisor mode); an unknown queue is 412.1.
+async fn authorize_queue(
+    state: &ApiState,
+    caller: &Caller,
+    queue_id: &TaskId,
+) -> Result<(), ApiError> {
+    if state.children.apps.read().mode() == crate::config::AuthMode::Simple {
+        return Ok(());
+    }
+    let store = state.store.clone();
+    let id = queue_id.clone();
+    let queue = blocking(move || store.get_queue(&id))
+        .await?
+        .ok_or_else(|| ApiError::QueueNotFound(queue_id.to_string()))?;
+    super::access::require_app(state, caller, &queue.app)
+}
+
 async fn commit_queue(state: &ApiState, queue_id: &TaskId) -> Result<(), ApiError> {
     let store = state.store.clone();
     let id = queue_id.clone();
@@ -173,6 +193,7 @@ pub async fn stop(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
         let queue_id = request::task_id(&call.params, "queue_id", ApiError::BadQueueId)?;
+        authorize_queue(&state, &call.caller, &queue_id).await?;
         let stopped = async {
             state
                 .children
@@ -225,6 +246,7 @@ pub async fn result(
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
         let queue_id = request::task_id(&call.params, "queue_id", ApiError::BadQueueId)?;
+        authorize_queue(&state, &call.caller, &queue_id).await?;
         let tasks = queue_tasks(&state, &queue_id).await?;
         let results: Map<String, Value> = tasks
             .iter()
@@ -286,9 +308,11 @@ pub async fn run_single_task_queue_then(
         request::json_param(params)?;
         let app = request::app_name(params)?;
         let task = TaskRequest::from_params(params, state.config.rt.default_timeout_s)?;
+        super::access::require_app(state, caller, &app)?;
         let agent = match resolve_agent(state, &address).await? {
             super::AgentStatus::Online(agent) | super::AgentStatus::Offline { agent, .. } => agent,
         };
+        super::access::require_bound(state, &app, &agent)?;
         let queue_id = TaskId::random();
         let new_task = task.into_new_task(&queue_id, agent.clone(), &app, None);
         let task_id = new_task.id.clone();

@@ -69,9 +69,29 @@ pub struct Caller {
     pub auth_id: String,
 }
 
-/// Checks the signature of a request to `path` (SPEC §11 "Signing"), 401.x codes in table order.
+/// Checks the signature of a request to `path` (SPEC §11 "Signing"), 401.x codes in table order,
+/// against the single auth id of the configuration (simple mode).
 pub fn authenticate(
     auth: &AuthConfig,
+    path: &str,
+    params: &Params,
+    now_unix_s: i64,
+) -> Result<Caller, ApiError> {
+    let auth_keys: HashMap<&str, &str> = [(auth.auth_id.as_str(), auth.auth_key.as_str())].into();
+    authenticate_with(
+        |auth_id| auth_keys.get(auth_id).map(|key| key.to_string()),
+        auth.timestamp_window_s,
+        path,
+        params,
+        now_unix_s,
+    )
+}
+
+/// Like [`authenticate`], with the auth key of an auth id given by `key_of` (`None`: unknown
+/// or revoked, 401.2). Supervisor mode looks keys up in the AppStore's registry.
+pub fn authenticate_with(
+    key_of: impl Fn(&str) -> Option<String>,
+    timestamp_window_s: i64,
     path: &str,
     params: &Params,
     now_unix_s: i64,
@@ -82,10 +102,10 @@ pub fn authenticate(
         }
     }
     let auth_id = params.get_or_empty("auth_id");
-    let auth_keys: HashMap<&str, &str> = [(auth.auth_id.as_str(), auth.auth_key.as_str())].into();
-    let Some(auth_key) = auth_keys.get(auth_id) else {
+    let Some(auth_key) = key_of(auth_id) else {
         return Err(ApiError::UnknownAuthId(auth_id.to_string()));
     };
+    let auth_key = auth_key.as_str();
     let sign_type_text = params.get_or_empty("sign_type");
     let sign_type = SignType::parse(sign_type_text)
         .ok_or_else(|| ApiError::BadSignType(sign_type_text.to_string()))?;
@@ -98,7 +118,7 @@ pub fn authenticate(
         .parse()
         .map_err(|_| ApiError::TimestampNotNumber(timestamp_text.to_string()))?;
     let skew = timestamp.saturating_sub(now_unix_s);
-    if skew.abs() > auth.timestamp_window_s {
+    if skew.abs() > timestamp_window_s {
         return Err(ApiError::TimestampOutOfWindow(skew));
     }
     let expected = sign::compute(sign_type, &sign::sign_string(path, params.iter()), auth_key);

@@ -48,7 +48,10 @@ async fn run_authenticated(call: &V2Call, state: &ApiState) -> Result<serde_json
     let func = request::func_name(params)?;
     let timeout_s = request::timeout_s(params, state.config.rt.default_timeout_s)?;
 
+    super::access::require_app(state, &call.caller, &app)?;
+
     let agent = super::resolve_agent(state, &address).await?.online()?;
+    super::access::require_bound(state, &app, &agent)?;
 
     let result = state
         .children

@@ -32,7 +32,9 @@
 //! map [`StoreError`] variants to `ApiError`.
 
 mod agents;
+mod apps;
 mod connection;
+mod crons;
 mod dispatch;
 mod models;
 mod queues;
@@ -42,7 +44,11 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
+pub use apps::{AppRow, AppVersionRow, AuthIdRow, NewAppVersion, Registry, Role, VersionAdded};
 pub use connection::Backend;
+pub use crons::{
+    ClaimOutcome, CronDefinition, CronRow, CronSource, FileCron, FiringClaim, SyncOutcome,
+};
 pub use dispatch::DEADLINE_MESSAGE;
 pub use models::{
     AgentRow, AuditEntry, AuditRow, Dispatch, NewTask, QueueRow, QueueStatus, TaskRow, TaskStatus,
@@ -75,6 +81,24 @@ pub enum StoreError {
         queue_id: TaskId,
         depend_task_id: TaskId,
     },
+    #[error("cron {0} not found")]
+    CronNotFound(TaskId),
+    #[error("cron {cron_id} is defined by entry {entry:?} of {file}: change it there and reload")]
+    CronDefinedInFile {
+        cron_id: TaskId,
+        file: String,
+        entry: String,
+    },
+    #[error("app {0} not found")]
+    AppNotFound(String),
+    #[error("app {app} has no version {version}")]
+    AppVersionNotFound { app: String, version: String },
+    #[error("app {app} version {version} exists with different content")]
+    VersionConflict { app: String, version: String },
+    #[error("auth id {0} not found")]
+    AuthIdNotFound(String),
+    #[error("auth id {0} already exists")]
+    AuthIdExists(String),
     #[error("id {0} is already taken")]
     DuplicateId(TaskId),
     #[error("task {task_id}: {reason}")]

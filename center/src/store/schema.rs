@@ -68,3 +68,88 @@ diesel::table! {
 
 diesel::joinable!(tasks -> queues (queue_id));
 diesel::allow_tables_to_appear_in_same_query!(queues, tasks, audit_log, agents);
+
+diesel::table! {
+    crons (id) {
+        id -> Text,
+        ip -> Text,
+        app -> Text,
+        func -> Text,
+        param -> Text,
+        rule -> Text,
+        mode -> Text,
+        timeout_s -> BigInt,
+        proxy -> Text,
+        enabled -> Integer,
+        source -> Text,
+        file -> Nullable<Text>,
+        entry -> Nullable<Text>,
+        auth_id -> Text,
+        revision -> BigInt,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        schedule_from -> BigInt,
+        last_fire_time -> Nullable<BigInt>,
+        last_exec_time -> Nullable<BigInt>,
+        last_exec_result -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    cron_firings (cron_id, fire_time) {
+        cron_id -> Text,
+        fire_time -> BigInt,
+        task_id -> Text,
+        center_instance -> Text,
+        claimed_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    apps (name) {
+        name -> Text,
+        display_name -> Text,
+        online_version -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    app_versions (app, version) {
+        app -> Text,
+        version -> Text,
+        sha256 -> Text,
+        size -> BigInt,
+        uploaded_by -> Text,
+        uploaded_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    auth_ids (auth_id) {
+        auth_id -> Text,
+        auth_key -> Text,
+        role -> Text,
+        comment -> Text,
+        created_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    app_auth_ids (app, auth_id) {
+        app -> Text,
+        auth_id -> Text,
+    }
+}
+
+diesel::table! {
+    app_agents (app, agent) {
+        app -> Text,
+        agent -> Text,
+    }
+}
+
+diesel::joinable!(app_versions -> apps (app));
+diesel::allow_tables_to_appear_in_same_query!(apps, app_versions);

@@ -48,6 +48,7 @@ on_both_backends!(
     rt_and_cron_tasks_are_stored_dispatched,
     audit_log_round_trip,
     agents_round_trip,
+    apps_versions_and_bindings,
 );
 
 /// A store on a database of its own. Fields drop in order: the store (and its pool) first,
@@ -821,6 +822,7 @@ fn agents_round_trip(store: &Store) {
         apps: BTreeMap::from([("demo".to_string(), "1.0".to_string())]),
         sent_at: 999,
         interval_ms: 5_000,
+        packages: BTreeMap::new(),
     };
     let first = AgentRow::from_heartbeat(&heartbeat, 1_000);
     assert_eq!(first.last_heartbeat_at, 1_000);
@@ -900,4 +902,8 @@ fn postgres_open_fails_fast_with_the_reason() {
 fn store_is_a_clone_send_sync_handle() {
     fn assert_handle<T: Clone + Send + Sync + 'static>() {}
     assert_handle::<Store>();
+}
+
+fn apps_versions_and_bindings(store: &Store) {
+    super::apps::tests::apps_versions_and_bindings(store);
 }

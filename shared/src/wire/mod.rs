@@ -163,6 +163,36 @@ pub struct Heartbeat {
     pub sent_at: u64,
     /// How often this agent beats, so the center can judge when it went quiet.
     pub interval_ms: u64,
+    /// Apps installed from a center package: name → the package's SHA-256. The center compares
+    /// it with what the agent should have and sends an [`AppSet`] when they differ.
+    #[serde(default)]
+    pub packages: BTreeMap<String, String>,
+}
+
+/// Center → agent: the complete set of centrally managed apps this agent should have. Signed
+/// by the center like an instruction. The agent installs what is missing or different, and
+/// sets aside the center-installed apps that are no longer listed; apps installed by hand are
+/// left alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSet {
+    pub agent: AgentId,
+    pub issued_at: u64,
+    /// After this instant (unix ms) the agent ignores the set: a replayed old set cannot roll
+    /// an agent back for long, and the next heartbeat brings a fresh one.
+    pub deadline: u64,
+    pub apps: Vec<AppPackage>,
+}
+
+/// One app of an [`AppSet`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppPackage {
+    pub name: String,
+    pub version: String,
+    /// Lowercase hex SHA-256 of the zip; the agent refuses a download that does not match.
+    pub sha256: String,
+    pub size: u64,
+    /// Where to download the zip (an absolute http(s) URL carrying an expiring token).
+    pub url: String,
 }
 
 /// External producer → center: a signed job submission (SPEC §7.2).
@@ -284,12 +314,62 @@ mod tests {
             apps: [("apptest".to_string(), "1.0".to_string())].into(),
             sent_at: 5,
             interval_ms: 1000,
+            packages: [("apptest".to_string(), "ab".repeat(32))].into(),
         };
         assert_eq!(decode::<Heartbeat>(&encode(&heartbeat)).unwrap(), heartbeat);
         let cancel = Cancel {
             id: TaskId::parse("00000000000000ff").unwrap(),
         };
         assert_eq!(decode::<Cancel>(&encode(&cancel)).unwrap(), cancel);
+    }
+
+    fn sample_app_set() -> AppSet {
+        AppSet {
+            agent: AgentId::parse("agent-1").unwrap(),
+            issued_at: 1_700_000_000_000,
+            deadline: 1_700_000_300_000,
+            apps: vec![AppPackage {
+                name: "apptest".into(),
+                version: "1.0.2".into(),
+                sha256: "0f".repeat(32),
+                size: 1234,
+                url: "http://center:8080/api/v2/app/download/0f?agent=agent-1".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn app_set_round_trips_and_matches_its_fixture() {
+        let set = sample_app_set();
+        let bytes = encode(&set);
+        assert_eq!(decode::<AppSet>(&bytes).unwrap(), set);
+        let fixture = include_bytes!("fixtures/app_set.msgpack");
+        assert_eq!(hex::encode(&bytes), hex::encode(fixture));
+    }
+
+    #[test]
+    fn a_heartbeat_from_an_older_agent_has_no_packages() {
+        #[derive(Serialize)]
+        struct OldHeartbeat {
+            agent: String,
+            ip: String,
+            asset: String,
+            version: String,
+            apps: BTreeMap<String, String>,
+            sent_at: u64,
+            interval_ms: u64,
+        }
+        let old = OldHeartbeat {
+            agent: "a".into(),
+            ip: "10.0.0.1".into(),
+            asset: String::new(),
+            version: "0.1.0".into(),
+            apps: BTreeMap::new(),
+            sent_at: 1,
+            interval_ms: 1000,
+        };
+        let decoded: Heartbeat = decode(&encode(&old)).unwrap();
+        assert!(decoded.packages.is_empty());
     }
 
     #[test]
