@@ -4,6 +4,8 @@
 // A failed unwrap is how a test reports an unexpected error.
 #![allow(clippy::unwrap_used)]
 
+mod apps_lifecycle;
+mod cron;
 mod durability;
 mod harness;
 mod queue;

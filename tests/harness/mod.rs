@@ -147,6 +147,14 @@ impl TestEnv {
     }
 
     pub async fn start_with(setup: Setup) -> TestEnv {
+        Self::start_configured(setup, |_| {}).await
+    }
+
+    /// Like `start_with`, with the center's configuration adjusted by `configure` first.
+    pub async fn start_configured(
+        setup: Setup,
+        configure: impl FnOnce(&mut CenterConfig),
+    ) -> TestEnv {
         let kind = setup.bus;
         let namespace = format!("elves-test-{:016x}", rand::random::<u64>());
         let bus = Self::open_bus(kind, &namespace);
@@ -157,7 +165,8 @@ impl TestEnv {
                 elves_center::store::testing::TestDatabase::postgres(&pg_url()).unwrap()
             }
         };
-        let config = center_config(dir.path(), &kind, &namespace, &database.url);
+        let mut config = center_config(dir.path(), &kind, &namespace, &database.url);
+        configure(&mut config);
         let center = start_center(config, bus.clone()).await;
         let base_url = format!("http://{}", center.http_addr);
         let (key_id, public_key_hex) = (center.key_id.clone(), center.public_key_hex.clone());
@@ -506,6 +515,12 @@ pub fn center_config(
             "ELVES_QUEUE__RESULT_GRACE_MS".to_string(),
             "500".to_string(),
         ),
+        // Each test's own cron definition files; quick refreshes for the multi-center tests.
+        (
+            "ELVES_CRON__DIR".to_string(),
+            data_dir.join("cron.d").display().to_string(),
+        ),
+        ("ELVES_CRON__REFRESH_MS".to_string(), "300".to_string()),
     ];
     let config: CenterConfig = elves_shared::config::load(None, env).unwrap();
     config.validate().unwrap();

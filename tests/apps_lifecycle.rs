@@ -1,0 +1,489 @@
+//! App lifecycle: upload → the agent installs within a heartbeat → rt runs it; upgrade and
+//! rollback; hostile packages refused with nothing stored; the supervisor-mode permission
+//! matrix. Each runs on every setup (in-process + SQLite, RabbitMQ + SQLite, RabbitMQ +
+//! PostgreSQL).
+
+use crate::harness::{error_code, unix_now_s, wait_until, Setup, TestEnv, AUTH_ID, AUTH_KEY};
+use elves_center::config::AuthMode;
+use elves_shared::package::testing::{app_zip, zip_of, Entry};
+use elves_shared::sign::{self, SignType};
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+crate::on_every_setup!(
+    upload_installs_then_upgrade_and_rollback,
+    hostile_packages_are_refused_and_nothing_is_stored,
+    permission_matrix_in_supervisor_mode,
+);
+
+const HEARTBEAT: Duration = Duration::from_millis(200);
+
+/// A signed v2 call as `auth_id`.
+async fn call_as(
+    env: &TestEnv,
+    auth_id: &str,
+    key: &str,
+    endpoint: &str,
+    params: &[(&str, &str)],
+) -> Value {
+    let path = format!("/api/v2/{endpoint}");
+    let mut pairs: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    pairs.push(("auth_id".into(), auth_id.into()));
+    pairs.push(("timestamp".into(), unix_now_s().to_string()));
+    let signed = sign::sign_params(&path, pairs, SignType::Md5, key);
+    env.post_form(&path, &signed).await
+}
+
+/// `POST /api/v2/app/upload` with the auth parameters in the query string and the zip as the
+/// multipart field `file`.
+async fn upload_as(
+    env: &TestEnv,
+    auth_id: &str,
+    key: &str,
+    file_name: &str,
+    bytes: &[u8],
+    extra: &[(&str, &str)],
+) -> Value {
+    let path = "/api/v2/app/upload";
+    let mut pairs: Vec<(String, String)> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    pairs.push(("auth_id".into(), auth_id.into()));
+    pairs.push(("timestamp".into(), unix_now_s().to_string()));
+    let signed = sign::sign_params(path, pairs, SignType::HmacSha256, key);
+    let boundary = format!("elves{:016x}", rand::random::<u64>());
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\nContent-Type: application/zip\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    reqwest::Client::new()
+        .post(format!("{}{path}", env.base_url))
+        .query(&signed)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn upload(env: &TestEnv, file_name: &str, bytes: &[u8]) -> Value {
+    upload_as(env, AUTH_ID, AUTH_KEY, file_name, bytes, &[]).await
+}
+
+async fn rt(env: &TestEnv, ip: &str, app: &str) -> Value {
+    env.call(
+        "rt/exec",
+        &[("ip", ip), ("app", app), ("func", "f"), ("timeout", "20")],
+    )
+    .await
+}
+
+/// Waits until rt on `ip` answers `expected` from `app`; returns how long that took.
+async fn wait_runnable(env: &TestEnv, ip: &str, app: &str, expected: &str) -> Duration {
+    let started = Instant::now();
+    wait_until(
+        &format!("{app} answering {expected} on {ip}"),
+        HEARTBEAT + Duration::from_secs(2),
+        || async {
+            let answer = rt(env, ip, app).await;
+            answer["result"]["worker_message"] == expected
+        },
+    )
+    .await;
+    started.elapsed()
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().unwrap().is_dir() {
+            found.extend(files_under(&entry.path()));
+        } else {
+            found.push(entry.path().display().to_string());
+        }
+    }
+    found
+}
+
+async fn upload_installs_then_upgrade_and_rollback(setup: Setup) {
+    let mut env = TestEnv::start_with(setup).await;
+    env.start_agent("a1").await;
+    let apps_dir = env.dir.path().join("apps-a1");
+
+    let first = upload(&env, "demoapp_1.0.zip", &app_zip("v1")).await;
+    assert_eq!(first["flag"], "true", "{first}");
+    assert_eq!(first["result"]["app"], "demoapp");
+    assert_eq!(first["result"]["version"], "1.0");
+    assert_eq!(first["result"]["sha256"].as_str().unwrap().len(), 64);
+    let took = wait_runnable(&env, "ip-a1", "demoapp", "v1").await;
+    eprintln!("upload → runnable on the agent: {took:?}");
+    assert_eq!(
+        std::fs::read_to_string(apps_dir.join("demoapp/VERSION"))
+            .unwrap()
+            .trim(),
+        "1.0"
+    );
+
+    // The identical package again changes nothing; other bytes under the same version: 415.2.
+    let again = upload(&env, "demoapp_1.0.zip", &app_zip("v1")).await;
+    assert_eq!(again["flag"], "true", "{again}");
+    let conflict = upload(&env, "demoapp_1.0.zip", &app_zip("other")).await;
+    assert_eq!(error_code(&conflict), "415.2", "{conflict}");
+
+    let second = upload(&env, "demoapp_2.0.zip", &app_zip("v2")).await;
+    assert_eq!(second["flag"], "true", "{second}");
+    wait_runnable(&env, "ip-a1", "demoapp", "v2").await;
+    assert!(
+        apps_dir.join(".demoapp.previous").is_dir(),
+        "previous version kept"
+    );
+
+    // An upload with online=false does not move agents.
+    let third = upload_as(
+        &env,
+        AUTH_ID,
+        AUTH_KEY,
+        "demoapp_3.0.zip",
+        &app_zip("v3"),
+        &[("online", "false")],
+    )
+    .await;
+    assert_eq!(third["flag"], "true", "{third}");
+
+    let rollback = env
+        .call("app/online", &[("app", "demoapp"), ("version", "1.0")])
+        .await;
+    assert_eq!(rollback["flag"], "true", "{rollback}");
+    wait_runnable(&env, "ip-a1", "demoapp", "v1").await;
+    assert_eq!(
+        rt(&env, "ip-a1", "demoapp").await["result"]["worker_message"],
+        "v1"
+    );
+
+    let versions = env.call("app/versions", &[("app", "demoapp")]).await;
+    assert_eq!(versions["result"]["online_version"], "1.0", "{versions}");
+    assert_eq!(versions["result"]["versions"].as_array().unwrap().len(), 3);
+
+    let info = env.call("info/apps", &[]).await;
+    let listed = info["result"].as_array().unwrap();
+    let demo = listed.iter().find(|app| app["app"] == "demoapp").unwrap();
+    assert_eq!(demo["app_ver"], "1.0", "{info}");
+
+    // A second agent started later gets the online version at its first heartbeat.
+    env.start_agent("a2").await;
+    wait_runnable(&env, "ip-a2", "demoapp", "v1").await;
+
+    let audit = {
+        let store = elves_center::store::Store::open(&env.database.url).unwrap();
+        store.recent_audit(50).unwrap()
+    };
+    let actions: Vec<&str> = audit.iter().map(|row| row.entry.action.as_str()).collect();
+    assert!(
+        actions.contains(&"app/upload") && actions.contains(&"app/online"),
+        "{actions:?}"
+    );
+}
+
+async fn hostile_packages_are_refused_and_nothing_is_stored(setup: Setup) {
+    let mut env = TestEnv::start_configured(setup, |config| {
+        config.apps.limits.max_compressed_bytes = 256 * 1024;
+        config.apps.limits.max_entries = 50;
+    })
+    .await;
+    env.start_agent("a1").await;
+    let apps_dir = env.dir.path().join("apps-a1");
+    let before: Vec<String> = files_under(&apps_dir);
+    let zeros = vec![0u8; 8 * 1024 * 1024];
+    let noise: Vec<u8> = (0..300 * 1024).map(|_| rand::random::<u8>()).collect();
+    let many: Vec<String> = (0..60).map(|n| format!("f{n}")).collect();
+    let many_entries: Vec<Entry<'_>> = many
+        .iter()
+        .map(|name| Entry::File(name, b"x", 0o644))
+        .collect();
+    let cases: Vec<(&str, String, Vec<u8>)> = vec![
+        (
+            "absolute path",
+            "evil_1.zip".into(),
+            zip_of(&[Entry::File("/etc/evil", b"x", 0o644)]),
+        ),
+        (
+            "dot-dot",
+            "evil_1.zip".into(),
+            zip_of(&[Entry::File("../evil", b"x", 0o644)]),
+        ),
+        (
+            "nested dot-dot",
+            "evil_1.zip".into(),
+            zip_of(&[Entry::File("a/../../evil", b"x", 0o644)]),
+        ),
+        (
+            "symlink escape",
+            "evil_1.zip".into(),
+            zip_of(&[Entry::Symlink("out", "../../etc")]),
+        ),
+        (
+            "absolute symlink",
+            "evil_1.zip".into(),
+            zip_of(&[Entry::Symlink("out", "/etc/passwd")]),
+        ),
+        (
+            "zip bomb",
+            "evil_1.zip".into(),
+            zip_of(&[Entry::File("zeros", &zeros, 0o644)]),
+        ),
+        (
+            "too many entries",
+            "evil_1.zip".into(),
+            zip_of(&many_entries),
+        ),
+        (
+            "too large",
+            "evil_1.zip".into(),
+            zip_of(&[Entry::Stored("noise", &noise)]),
+        ),
+        (
+            "not a zip",
+            "evil_1.zip".into(),
+            b"this is not a zip".to_vec(),
+        ),
+        ("bad name", "evil.zip".into(), app_zip("x")),
+        ("bad version", "evil_1 0.zip".into(), app_zip("x")),
+        ("bad app name", "-evil_1.zip".into(), app_zip("x")),
+    ];
+    for (what, file_name, bytes) in &cases {
+        let answer = upload(&env, file_name, bytes).await;
+        assert_eq!(error_code(&answer), "415.1", "{what}: {answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("package refused"),
+            "{what}: {answer}"
+        );
+    }
+    // A sha256 parameter that does not match the body.
+    let mismatch = upload_as(
+        &env,
+        AUTH_ID,
+        AUTH_KEY,
+        "good_1.zip",
+        &app_zip("x"),
+        &[("sha256", &"0".repeat(64))],
+    )
+    .await;
+    assert_eq!(error_code(&mismatch), "415.1", "{mismatch}");
+
+    let stored = files_under(&env.dir.path().join("packages"));
+    assert!(stored.is_empty(), "nothing stored: {stored:?}");
+    let apps = env.call("app/list", &[]).await;
+    assert_eq!(apps["result"], serde_json::json!([]), "{apps}");
+    // The agent got nothing either (give a heartbeat's time for anything to arrive).
+    tokio::time::sleep(HEARTBEAT * 3).await;
+    assert_eq!(files_under(&apps_dir), before);
+    assert!(!apps_dir.join("evil").exists());
+}
+
+async fn permission_matrix_in_supervisor_mode(setup: Setup) {
+    let mut env = TestEnv::start_configured(setup, |config| {
+        config.auth.mode = AuthMode::Supervisor;
+    })
+    .await;
+    env.start_agent("a1").await;
+    env.start_agent("a2").await;
+
+    let create = |id: &'static str, role: &'static str| {
+        let env = &env;
+        async move {
+            let answer = env.call("auth/create", &[("id", id), ("role", role)]).await;
+            assert_eq!(answer["flag"], "true", "{answer}");
+            answer["result"]["auth_key"].as_str().unwrap().to_string()
+        }
+    };
+    let alice = create("alice", "normal").await;
+    let bob = create("bob", "normal").await;
+    let boss = create("boss", "admin").await;
+
+    // An admin other than the bootstrap one uploads; a normal id may not.
+    let refused = upload_as(&env, "alice", &alice, "demo_1.0.zip", &app_zip("hi"), &[]).await;
+    assert_eq!(error_code(&refused), "401.6", "{refused}");
+    let uploaded = upload_as(&env, "boss", &boss, "demo_1.0.zip", &app_zip("hi"), &[]).await;
+    assert_eq!(uploaded["flag"], "true", "{uploaded}");
+    let bound = call_as(
+        &env,
+        "boss",
+        &boss,
+        "app/bind",
+        &[("app", "demo"), ("ip", "ip-a1")],
+    )
+    .await;
+    assert_eq!(bound["flag"], "true", "{bound}");
+    assert_eq!(bound["result"]["agent"], "a1", "bound by agent id");
+    let granted = call_as(
+        &env,
+        "boss",
+        &boss,
+        "auth/grant",
+        &[("id", "alice"), ("app", "demo")],
+    )
+    .await;
+    assert_eq!(granted["flag"], "true", "{granted}");
+
+    // Only the bound agent gets the package.
+    wait_until("demo installed on a1", Duration::from_secs(5), || async {
+        env.dir.path().join("apps-a1/demo/app-worker").exists()
+    })
+    .await;
+
+    let rt_as = |auth_id: &'static str, key: String, ip: &'static str, app: &'static str| {
+        let env = &env;
+        async move {
+            call_as(
+                env,
+                auth_id,
+                &key,
+                "rt/exec",
+                &[("ip", ip), ("app", app), ("func", "f")],
+            )
+            .await
+        }
+    };
+    let ok = rt_as("alice", alice.clone(), "ip-a1", "demo").await;
+    assert_eq!(ok["flag"], "true", "{ok}");
+    assert_eq!(ok["result"]["worker_message"], "hi");
+    assert_eq!(
+        error_code(&rt_as("alice", alice.clone(), "ip-a2", "demo").await),
+        "401.6",
+        "not bound"
+    );
+    assert_eq!(
+        error_code(&rt_as("bob", bob.clone(), "ip-a1", "demo").await),
+        "401.6",
+        "not granted"
+    );
+    assert_eq!(
+        error_code(&rt_as("alice", alice.clone(), "ip-a1", "nope").await),
+        "413.2",
+        "unknown app"
+    );
+    assert_eq!(
+        error_code(&rt_as("alice", alice.clone(), "ip-a1", "apptest").await),
+        "413.2",
+        "installed by hand, unknown to the center"
+    );
+    assert_eq!(
+        rt_as("boss", boss.clone(), "ip-a1", "demo").await["flag"],
+        "true",
+        "admins hold every app"
+    );
+    assert_eq!(
+        error_code(&rt_as("boss", boss.clone(), "ip-a2", "demo").await),
+        "401.6",
+        "admins too need the binding"
+    );
+
+    // Queue endpoints.
+    let quick = call_as(
+        &env,
+        "bob",
+        &bob,
+        "queue/qksqueue",
+        &[("ip", "ip-a1"), ("app", "demo"), ("func", "f")],
+    )
+    .await;
+    assert_eq!(error_code(&quick), "401.6", "{quick}");
+    let queue = call_as(&env, "alice", &alice, "queue/create", &[("app", "demo")]).await;
+    assert_eq!(queue["flag"], "true", "{queue}");
+    let queue_id = queue["result"]["id"].as_str().unwrap().to_string();
+    let add = call_as(
+        &env,
+        "alice",
+        &alice,
+        "queue/addtask",
+        &[("queue_id", &queue_id), ("ip", "ip-a2"), ("func", "f")],
+    )
+    .await;
+    assert_eq!(error_code(&add), "401.6", "{add}");
+    let peek = call_as(
+        &env,
+        "bob",
+        &bob,
+        "queue/result",
+        &[("queue_id", &queue_id)],
+    )
+    .await;
+    assert_eq!(error_code(&peek), "401.6", "{peek}");
+    assert_eq!(
+        error_code(&call_as(&env, "bob", &bob, "queue/create", &[("app", "demo")]).await),
+        "401.6"
+    );
+
+    // Admin endpoints for a normal id; info endpoints answer from the bindings.
+    assert_eq!(
+        error_code(&call_as(&env, "alice", &alice, "auth/list", &[]).await),
+        "401.6"
+    );
+    assert_eq!(
+        error_code(
+            &call_as(
+                &env,
+                "alice",
+                &alice,
+                "app/online",
+                &[("app", "demo"), ("version", "1.0")]
+            )
+            .await
+        ),
+        "401.6"
+    );
+    let agents = call_as(&env, "alice", &alice, "info/agents", &[]).await;
+    assert_eq!(agents["result"], serde_json::json!(["ip-a1"]), "{agents}");
+    let agents = call_as(&env, "bob", &bob, "info/agents", &[]).await;
+    assert_eq!(agents["result"], serde_json::json!([]), "{agents}");
+    let apps = call_as(&env, "alice", &alice, "info/apps", &[]).await;
+    assert_eq!(apps["result"][0]["app"], "demo", "{apps}");
+    assert_eq!(apps["result"][0]["app_ver"], "1.0", "{apps}");
+    let listed = env.call("auth/list", &[]).await;
+    assert_eq!(listed["result"].as_array().unwrap().len(), 3, "{listed}");
+
+    // Revoked: the key stops working at once.
+    let revoked = env.call("auth/revoke", &[("id", "alice")]).await;
+    assert_eq!(revoked["flag"], "true", "{revoked}");
+    assert_eq!(
+        error_code(&rt_as("alice", alice.clone(), "ip-a1", "demo").await),
+        "401.2"
+    );
+    assert_eq!(
+        error_code(&env.call("auth/revoke", &[("id", "alice")]).await),
+        "413.1"
+    );
+
+    // Unbinding takes the app away from the agent.
+    let unbound = env
+        .call("app/unbind", &[("app", "demo"), ("ip", "a1")])
+        .await;
+    assert_eq!(unbound["result"]["removed"], true, "{unbound}");
+    wait_until("demo set aside on a1", Duration::from_secs(5), || async {
+        !env.dir.path().join("apps-a1/demo").exists()
+    })
+    .await;
+    assert!(
+        !env.dir.path().join("apps-a2/demo").exists(),
+        "never installed on a2"
+    );
+}
