@@ -1,7 +1,9 @@
 //! The `elves` command: `elves up` runs a complete system in one process (the embedded default),
 //! `elves call` makes a signed v2 API call and prints the JSON answer.
 
+mod app;
 mod call;
+mod cron;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +29,12 @@ enum Command {
     },
     /// Sign and send a v2 API call, e.g. `elves call rt/exec ip=127.0.0.1 app=apptest func=helloword`.
     Call(call::CallArgs),
+    /// App packages: `elves app pack <dir>`, `elves app push <zip>`, online, versions, bind…
+    App(app::AppArgs),
+    /// Auth ids (supervisor mode): `elves auth create|list|revoke|grant|ungrant`.
+    Auth(app::AuthArgs),
+    /// Center cron definition files: `elves cron reload` (signed call to `cron/reload`).
+    Cron(cron::CronArgs),
 }
 
 fn main() {
@@ -35,6 +43,9 @@ fn main() {
     let outcome = match cli.command {
         Command::Up(args) => up::run(args),
         Command::Call(args) => call::run(args),
+        Command::App(args) => app::run_app(args),
+        Command::Auth(args) => app::run_auth(args),
+        Command::Cron(args) => cron::run(args),
         Command::Center { config } => elves_center::run_until_signal(&config),
     };
     if let Err(err) = outcome {
