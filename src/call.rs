@@ -11,20 +11,20 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct CallArgs {
     /// The endpoint under /api/v2, e.g. `rt/exec` (a leading `/api/v2/` is accepted too).
-    endpoint: String,
+    pub(crate) endpoint: String,
     /// Parameters as key=value (auth_id, timestamp and sign are added).
-    params: Vec<String>,
+    pub(crate) params: Vec<String>,
     #[arg(long, env = "ELVES_URL")]
-    url: Option<String>,
+    pub(crate) url: Option<String>,
     #[arg(long, env = "ELVES_AUTH_ID")]
-    auth_id: Option<String>,
+    pub(crate) auth_id: Option<String>,
     #[arg(long, env = "ELVES_AUTH_KEY", hide_env_values = true)]
-    auth_key: Option<String>,
+    pub(crate) auth_key: Option<String>,
     /// MD5 or HMAC-SHA256.
     #[arg(long, default_value = "HMAC-SHA256")]
-    sign_type: String,
+    pub(crate) sign_type: String,
     #[arg(long, default_value = "data")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
 }
 
 pub fn run(args: CallArgs) -> anyhow::Result<()> {

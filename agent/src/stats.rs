@@ -27,6 +27,12 @@ pub struct AgentStats {
     /// Accepted instructions not finished yet, waiting for a worker slot or running (a gauge,
     /// not a counter).
     pub running: AtomicU64,
+    /// Agent-local cron firings whose worker was started.
+    pub cron_runs: AtomicU64,
+    /// Agent-local cron runs whose worker_flag was not 1.
+    pub cron_failures: AtomicU64,
+    /// Agent-local cron firings skipped because the previous run was still going.
+    pub cron_skipped: AtomicU64,
 }
 
 /// A copy of the counters at one instant.
@@ -41,6 +47,12 @@ pub struct StatsSnapshot {
     pub results_spooled: u64,
     pub results_published: u64,
     pub running: u64,
+    #[serde(default)]
+    pub cron_runs: u64,
+    #[serde(default)]
+    pub cron_failures: u64,
+    #[serde(default)]
+    pub cron_skipped: u64,
 }
 
 /// Adds one to a counter.
@@ -65,6 +77,9 @@ impl AgentStats {
             results_spooled: read(&self.results_spooled),
             results_published: read(&self.results_published),
             running: read(&self.running),
+            cron_runs: read(&self.cron_runs),
+            cron_failures: read(&self.cron_failures),
+            cron_skipped: read(&self.cron_skipped),
         }
     }
 

@@ -223,7 +223,13 @@ impl Handler<ResultReceived> for TaskQueue {
         let for_reply = result.clone();
         let record = async move {
             let now = now_unix_ms();
-            blocking(move || store.record_result(&result, now)).await
+            blocking(move || {
+                let outcome = store.record_result(&result, now)?;
+                // A cron firing's result is also the cron's last result.
+                super::cron::note_result(&store, &result);
+                Ok(outcome)
+            })
+            .await
         };
         Box::pin(record.into_actor(self).map(move |outcome, actor, ctx| {
             if let Ok(recorded) = &outcome {

@@ -1,0 +1,2 @@
+DROP TABLE cron_firings;
+DROP TABLE crons;
