@@ -103,15 +103,28 @@ impl Bench {
     }
 
     async fn online_apps(&self) -> serde_json::Map<String, Value> {
-        let health: Value = self
+        let response = self
             .http
             .get(format!("{}/healthz", self.base_url))
             .send()
-            .await
-            .expect("healthz")
-            .json()
-            .await
-            .expect("json");
+            .await;
+        let health: Value = match response {
+            Ok(response) => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                match serde_json::from_str(&text) {
+                    Ok(health) => health,
+                    Err(err) => {
+                        eprintln!("healthz: status {status}, {err}: {text:?}");
+                        return serde_json::Map::new();
+                    }
+                }
+            }
+            Err(err) => {
+                eprintln!("healthz: {err}");
+                return serde_json::Map::new();
+            }
+        };
         health["heartbeat"]["online"]
             .as_object()
             .cloned()

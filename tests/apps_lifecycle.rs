@@ -15,6 +15,8 @@ crate::on_every_setup!(
     upload_installs_then_upgrade_and_rollback,
     hostile_packages_are_refused_and_nothing_is_stored,
     permission_matrix_in_supervisor_mode,
+    processors_get_p_mode_results_of_rt_queue_and_cron,
+    an_http_processor_gets_a_post,
 );
 
 const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -486,4 +488,193 @@ async fn permission_matrix_in_supervisor_mode(setup: Setup) {
         !env.dir.path().join("apps-a2/demo").exists(),
         "never installed on a2"
     );
+}
+
+/// Takes the next result from a processor queue.
+async fn next_processed(
+    consumer: &mut elves_shared::bus::Consumer,
+) -> elves_shared::wire::JobResult {
+    let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+        .await
+        .expect("a processor result in time")
+        .expect("the bus is open");
+    let result = elves_shared::wire::decode(&delivery.message.body).unwrap();
+    delivery.ack().await;
+    result
+}
+
+async fn processors_get_p_mode_results_of_rt_queue_and_cron(setup: Setup) {
+    let mut env = TestEnv::start_with(setup).await;
+    env.start_agent("a1").await;
+    let uploaded = upload(&env, "proc_1.0.zip", &app_zip("processed")).await;
+    assert_eq!(uploaded["flag"], "true", "{uploaded}");
+    wait_runnable(&env, "ip-a1", "proc", "processed").await;
+    // The processor declares its queue, bound to `processor.<app>`.
+    let bus = env.participant_bus();
+    let mut processor = bus
+        .consume(
+            elves_shared::bus::QueueSpec {
+                name: bus.queue_name("processor.proc"),
+                bindings: vec![elves_shared::wire::routing::processor("proc")],
+                durable: false,
+            },
+            16,
+        )
+        .await
+        .unwrap();
+
+    // NP results do not go to the processor; P results do, whatever started the task.
+    let np = env
+        .call(
+            "rt/exec",
+            &[("ip", "ip-a1"), ("app", "proc"), ("func", "np")],
+        )
+        .await;
+    assert_eq!(np["flag"], "true", "{np}");
+    let rt = env
+        .call(
+            "rt/exec",
+            &[
+                ("ip", "ip-a1"),
+                ("app", "proc"),
+                ("func", "f"),
+                ("mode", "P"),
+            ],
+        )
+        .await;
+    assert_eq!(rt["flag"], "true", "{rt}");
+    let processed = next_processed(&mut processor).await;
+    assert_eq!(processed.id.as_str(), rt["result"]["id"].as_str().unwrap());
+    assert_eq!(processed.task_type, elves_shared::wire::TaskType::Rt);
+    assert_eq!(processed.worker_message, "processed");
+
+    let queued = env
+        .call(
+            "queue/qksqueue",
+            &[
+                ("ip", "ip-a1"),
+                ("app", "proc"),
+                ("func", "q"),
+                ("mode", "P"),
+            ],
+        )
+        .await;
+    assert_eq!(queued["flag"], "true", "{queued}");
+    let processed = next_processed(&mut processor).await;
+    assert_eq!(
+        processed.id.as_str(),
+        queued["result"]["task_id"].as_str().unwrap()
+    );
+    assert_eq!(processed.task_type, elves_shared::wire::TaskType::Queue);
+
+    let cron = env
+        .call(
+            "cron/add",
+            &[
+                ("ip", "ip-a1"),
+                ("app", "proc"),
+                ("func", "c"),
+                ("mode", "P"),
+                ("rule", "* * * * * ?"),
+            ],
+        )
+        .await;
+    assert_eq!(cron["flag"], "true", "{cron}");
+    let processed = next_processed(&mut processor).await;
+    assert_eq!(processed.task_type, elves_shared::wire::TaskType::Cron);
+    assert_eq!(processed.func, "c");
+    assert_eq!(processed.worker_flag, 1);
+    let cron_id = cron["result"]["id"].as_str().unwrap();
+    env.call("cron/delete", &[("cron_id", cron_id)]).await;
+}
+
+/// A one-shot HTTP server: answers 200 to every request and hands over each body.
+async fn http_sink() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/results", listener.local_addr().unwrap());
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..end]).to_string();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|line| {
+                            let (name, value) = line.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if buffer.len() < end + 4 + length {
+                        continue;
+                    }
+                    let body = buffer[end + 4..end + 4 + length].to_vec();
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    let _ = sender.send((head, body));
+                    return;
+                }
+            });
+        }
+    });
+    (url, receiver)
+}
+
+async fn an_http_processor_gets_a_post(setup: Setup) {
+    let mut env = TestEnv::start_with(setup).await;
+    env.start_agent("a1").await;
+    let (url, mut posts) = http_sink().await;
+    let appcfg = format!(r#"{{"Processor": {{"Url": "{url}", "Timeout": 5}}}}"#);
+    let script =
+        "#!/bin/sh\necho '<ElvesWFlag>true</ElvesWFlag><ElvesWResult>hooked</ElvesWResult>'\n";
+    let bytes = zip_of(&[
+        Entry::File("app-worker", script.as_bytes(), 0o755),
+        Entry::File("appcfg.json", appcfg.as_bytes(), 0o644),
+    ]);
+    let uploaded = upload(&env, "hooked_1.0.zip", &bytes).await;
+    assert_eq!(uploaded["flag"], "true", "{uploaded}");
+    wait_runnable(&env, "ip-a1", "hooked", "hooked").await;
+    let rt = env
+        .call(
+            "rt/exec",
+            &[
+                ("ip", "ip-a1"),
+                ("app", "hooked"),
+                ("func", "f"),
+                ("mode", "P"),
+            ],
+        )
+        .await;
+    assert_eq!(rt["flag"], "true", "{rt}");
+    let (head, body) = tokio::time::timeout(Duration::from_secs(20), posts.recv())
+        .await
+        .expect("a POST in time")
+        .unwrap();
+    assert!(head.starts_with("POST /results"), "{head}");
+    let posted: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(posted["id"], rt["result"]["id"], "{posted}");
+    assert_eq!(posted["type"], "rt");
+    assert_eq!(posted["mode"], "P");
+    assert_eq!(posted["app"], "hooked");
+    assert_eq!(posted["worker_flag"], 1);
+    assert_eq!(posted["worker_message"], "hooked");
 }

@@ -12,6 +12,7 @@ pub mod exec;
 pub mod guard;
 pub mod installer;
 pub mod local_cron;
+pub mod processor;
 pub mod runtime;
 pub mod spool;
 pub mod stats;

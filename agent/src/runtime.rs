@@ -59,6 +59,8 @@ struct Agent {
     app_sets: watch::Sender<Option<wire::AppSet>>,
     /// Makes the heartbeat go out now (after an install, to report it).
     beat_now: Arc<Notify>,
+    /// Posts P-mode results to the processors that `appcfg.json` names.
+    processor_http: reqwest::Client,
 }
 
 impl Agent {
@@ -108,6 +110,7 @@ pub async fn run(
         stopping,
         app_sets: watch::channel(None).0,
         beat_now: Arc::new(Notify::new()),
+        processor_http: reqwest::Client::new(),
     });
     log::info!(
         "agent {agent_id}: starting, apps in {}, spool in {}",
@@ -558,6 +561,17 @@ async fn deliver(agent: &Agent, outgoing: &Outgoing) -> bool {
 /// P mode: the app's processor gets the result too. Best effort: the center already has it,
 /// and a processor that is not running must not hold up the agent.
 async fn publish_to_processor(agent: &Agent, result: &JobResult) {
+    let app_dir = agent.config.apps_dir.join(&result.app);
+    let target = tokio::task::spawn_blocking(move || crate::processor::target_of(&app_dir))
+        .await
+        .unwrap_or(crate::processor::ProcessorTarget::Bus);
+    if let crate::processor::ProcessorTarget::Http { url, timeout } = target {
+        match crate::processor::post(&agent.processor_http, &url, timeout, result).await {
+            Ok(()) => log::debug!("task {}: result posted to {url}", result.id),
+            Err(err) => log::warn!("task {}: result not posted to {url}: {err}", result.id),
+        }
+        return;
+    }
     let destination = Destination::Topic(routing::processor(&result.app));
     let message = BusMessage::msgpack(wire::kind::RESULT, wire::encode(result));
     match agent.bus.publish(&destination, message).await {
