@@ -435,6 +435,23 @@ async fn permission_matrix_in_supervisor_mode(setup: Setup) {
         "401.6"
     );
 
+    // The RabbitMQ entry point: the same rules.
+    assert_eq!(
+        submit_as(&env, "bob", &bob, "ip-a1").await,
+        "401.6",
+        "submit, not granted"
+    );
+    assert_eq!(
+        submit_as(&env, "alice", &alice, "ip-a2").await,
+        "401.6",
+        "submit, not bound"
+    );
+    assert_eq!(
+        submit_as(&env, "alice", &alice, "ip-a1").await,
+        "",
+        "submit allowed"
+    );
+
     // Admin endpoints for a normal id; info endpoints answer from the bindings.
     assert_eq!(
         error_code(&call_as(&env, "alice", &alice, "auth/list", &[]).await),
@@ -460,6 +477,25 @@ async fn permission_matrix_in_supervisor_mode(setup: Setup) {
     let apps = call_as(&env, "alice", &alice, "info/apps", &[]).await;
     assert_eq!(apps["result"][0]["app"], "demo", "{apps}");
     assert_eq!(apps["result"][0]["app_ver"], "1.0", "{apps}");
+    let detail = call_as(
+        &env,
+        "alice",
+        &alice,
+        "info/agents/detail",
+        &[("ip", "ip-a1")],
+    )
+    .await;
+    assert_eq!(detail["result"]["apps"]["demo"], "1.0", "{detail}");
+    assert_eq!(detail["result"]["online"], true, "{detail}");
+    let detail = call_as(
+        &env,
+        "alice",
+        &alice,
+        "info/agents/detail",
+        &[("ip", "ip-a2")],
+    )
+    .await;
+    assert_eq!(error_code(&detail), "401.6", "{detail}");
     let listed = env.call("auth/list", &[]).await;
     assert_eq!(listed["result"].as_array().unwrap().len(), 3, "{listed}");
 
@@ -677,4 +713,59 @@ async fn an_http_processor_gets_a_post(setup: Setup) {
     assert_eq!(posted["app"], "hooked");
     assert_eq!(posted["worker_flag"], 1);
     assert_eq!(posted["worker_message"], "hooked");
+}
+
+/// Publishes a signed Submit of `demo` on `ip` as `auth_id` and returns the reply's error code.
+async fn submit_as(env: &TestEnv, auth_id: &str, key: &str, ip: &str) -> String {
+    let bus = env.participant_bus();
+    let reply_to = bus.queue_name(&format!("test.reply.{:08x}", rand::random::<u32>()));
+    let mut replies = bus
+        .consume(
+            elves_shared::bus::QueueSpec {
+                name: reply_to.clone(),
+                bindings: Vec::new(),
+                durable: false,
+            },
+            4,
+        )
+        .await
+        .unwrap();
+    let mut submit = elves_shared::wire::Submit {
+        auth_id: auth_id.into(),
+        timestamp: unix_now_s(),
+        sign_type: "MD5".into(),
+        sign: String::new(),
+        agent: ip.into(),
+        app: "demo".into(),
+        func: "f".into(),
+        param: String::new(),
+        timeout: 20,
+        proxy: String::new(),
+        mode: "NP".into(),
+    };
+    let fields = elves_center::submit::signed_fields(&submit);
+    let text = sign::sign_string(
+        "/submit",
+        fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    submit.sign = sign::compute(SignType::Md5, &text, key);
+    let mut message = elves_shared::bus::BusMessage::msgpack(
+        elves_shared::wire::kind::SUBMIT,
+        elves_shared::wire::encode(&submit),
+    );
+    message.reply_to = Some(reply_to);
+    bus.publish(
+        &elves_shared::bus::Destination::Topic(elves_shared::wire::routing::CENTER_SUBMIT.into()),
+        message,
+    )
+    .await
+    .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(30), replies.next())
+        .await
+        .expect("a submit reply in time")
+        .unwrap();
+    let envelope: elves_shared::wire::Envelope<Value> =
+        elves_shared::wire::decode(&delivery.message.body).unwrap();
+    delivery.ack().await;
+    error_code(&serde_json::to_value(&envelope).unwrap())
 }

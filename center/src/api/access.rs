@@ -71,3 +71,18 @@ pub fn require_supervisor(state: &ApiState, what: &str) -> Result<(), ApiError> 
         Err(ApiError::SupervisorDisabled(what.to_string()))
     }
 }
+
+/// The caller may send work to `agent`: in supervisor mode one of its apps is bound to it
+/// (admins may use every agent). 401.6 otherwise.
+pub fn require_agent(state: &ApiState, caller: &Caller, agent: &AgentId) -> Result<(), ApiError> {
+    let snapshot = state.children.apps.read();
+    if snapshot.role_of(&caller.auth_id) == Some(crate::store::Role::Admin) {
+        return Ok(());
+    }
+    match snapshot.agents_of(&caller.auth_id) {
+        Some(allowed) if !allowed.contains(agent.as_str()) => Err(ApiError::Forbidden(format!(
+            "no app of this auth id is bound to agent {agent}"
+        ))),
+        _ => Ok(()),
+    }
+}

@@ -32,6 +32,7 @@ pub async fn agent_detail(
             AgentStatus::Online(agent) => (agent, true),
             AgentStatus::Offline { agent, .. } => (agent, false),
         };
+        super::access::require_agent(&state, &call.caller, &agent)?;
         let store = state.store.clone();
         let id = agent.to_string();
         let row = blocking(move || store.get_agent_by_ip_or_id(&id))
@@ -49,7 +50,14 @@ pub async fn agent_detail(
         });
         if show_cron {
             let crons = crons_of_agent(&state, &address).await?;
-            let list: Vec<Value> = crons.iter().map(|cron| cron_detail(cron, zone)).collect();
+            // Only the crons of apps this auth id holds.
+            let list: Vec<Value> = crons
+                .iter()
+                .filter(|cron| {
+                    super::access::require_app(&state, &call.caller, &cron.definition.app).is_ok()
+                })
+                .map(|cron| cron_detail(cron, zone))
+                .collect();
             detail["cron_list"] = Value::Array(list);
         }
         Ok(detail)
