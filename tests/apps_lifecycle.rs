@@ -769,3 +769,81 @@ async fn submit_as(env: &TestEnv, auth_id: &str, key: &str, ip: &str) -> String 
     delivery.ack().await;
     error_code(&serde_json::to_value(&envelope).unwrap())
 }
+
+/// The Python processor SDK: its MessagePack decoder reads the wire's JobResult fixture, and
+/// the example processor, as the HTTP endpoint of an app's appcfg.json, records a P-mode
+/// result. (Its bus mode needs `pika`, which the test machines do not have.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_processor_sdk_decodes_results_and_serves_http() {
+    let root = crate::harness::repo_root();
+    let sdk = root.join("apps/sdk/python");
+    let decoded = tokio::process::Command::new("python3")
+        .arg(sdk.join("elves_processor.py"))
+        .arg("--decode")
+        .arg(root.join("shared/src/wire/fixtures/job_result.msgpack"))
+        .output()
+        .await
+        .unwrap();
+    assert!(decoded.status.success(), "{decoded:?}");
+    let result: Value = serde_json::from_slice(&decoded.stdout).unwrap();
+    assert_eq!(result["id"], "0123456789abcdef");
+    assert_eq!(result["type"], "queue");
+    assert_eq!(result["worker_flag"], -1);
+    assert_eq!(result["worker_message"], "app exec timeout");
+
+    let mut env = TestEnv::start(crate::harness::BusKind::InProc).await;
+    env.start_agent("a1").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = env.dir.path().join("results.jsonl");
+    let mut processor = tokio::process::Command::new("python3")
+        .arg(sdk.join("example_processor.py"))
+        .arg("--http")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--out")
+        .arg(&out)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until("the processor listens", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let appcfg = format!(r#"{{"Processor": {{"Url": "http://127.0.0.1:{port}/", "Timeout": 5}}}}"#);
+    let script =
+        "#!/bin/sh\necho '<ElvesWFlag>true</ElvesWFlag><ElvesWResult>to python</ElvesWResult>'\n";
+    let bytes = zip_of(&[
+        Entry::File("app-worker", script.as_bytes(), 0o755),
+        Entry::File("appcfg.json", appcfg.as_bytes(), 0o644),
+    ]);
+    assert_eq!(upload(&env, "pyproc_1.0.zip", &bytes).await["flag"], "true");
+    wait_runnable(&env, "ip-a1", "pyproc", "to python").await;
+    let rt = env
+        .call(
+            "rt/exec",
+            &[
+                ("ip", "ip-a1"),
+                ("app", "pyproc"),
+                ("func", "f"),
+                ("mode", "P"),
+            ],
+        )
+        .await;
+    let id = rt["result"]["id"].as_str().unwrap().to_string();
+    wait_until(
+        "the processor recorded the result",
+        Duration::from_secs(20),
+        || async { std::fs::read_to_string(&out).is_ok_and(|text| text.contains(&id)) },
+    )
+    .await;
+    let line = std::fs::read_to_string(&out).unwrap();
+    let recorded: Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    assert_eq!(recorded["worker_message"], "to python");
+    assert_eq!(recorded["type"], "rt");
+    processor.kill().await.unwrap();
+}
