@@ -140,6 +140,9 @@ pub struct Cron {
     refreshing: bool,
     last_prune: u64,
     counters: Arc<Counters>,
+    /// One claim transaction at a time from this center: concurrent writers on SQLite wait in
+    /// the busy handler's sleeps, which costs far more than taking turns.
+    claim_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Cron {
@@ -166,6 +169,7 @@ impl Cron {
             refreshing: false,
             last_prune: 0,
             counters: Arc::new(Counters::default()),
+            claim_turn: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -278,6 +282,7 @@ impl Cron {
             rt: self.rt.clone(),
             agents: self.agents.clone(),
             counters: self.counters.clone(),
+            claim_turn: self.claim_turn.clone(),
         }
     }
 
@@ -675,6 +680,7 @@ struct Preparer {
     rt: RtConfig,
     agents: Arc<HashMap<String, AgentId>>,
     counters: Arc<Counters>,
+    claim_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Preparer {
@@ -752,8 +758,18 @@ impl Preparer {
         let instance = self.instance.clone();
         let signer = self.signer.clone();
         // Claim and sign on the blocking pool: for thousands of firings both take a while.
+        let turn = self.claim_turn.clone().lock_owned().await;
         let prepared = blocking(move || {
-            let outcome = store.claim_cron_firings(&instance, &claims, now)?;
+            let claiming = std::time::Instant::now();
+            let outcome = store.claim_cron_firings(&instance, &claims, now);
+            drop(turn);
+            let outcome = outcome?;
+            log::debug!(
+                "cron: claimed {} of {} firing(s) in {:?}",
+                outcome.won.len(),
+                claims.len(),
+                claiming.elapsed()
+            );
             let n_lost = claims.len() - outcome.won.len();
             let messages: Vec<(Instruction, elves_shared::bus::BusMessage)> = outcome
                 .won

@@ -40,6 +40,21 @@ pub fn cron_rule(params: &Params, zone: Tz) -> Result<String, ApiError> {
     Ok(rule.as_str().to_string())
 }
 
+/// The cron `id` (411.1 when unknown), if the caller holds its app (401.6 otherwise).
+async fn authorize_cron(
+    state: &ApiState,
+    caller: &super::request::Caller,
+    id: &TaskId,
+) -> Result<CronRow, ApiError> {
+    let store = state.store.clone();
+    let target = id.clone();
+    let row = blocking(move || store.get_cron(&target))
+        .await?
+        .ok_or_else(|| ApiError::CronNotFound(id.to_string()))?;
+    super::access::require_app(state, caller, &row.definition.app)?;
+    Ok(row)
+}
+
 fn cron_id(params: &Params) -> Result<TaskId, ApiError> {
     request::task_id(params, "cron_id", ApiError::BadCronId)
 }
@@ -66,10 +81,16 @@ pub async fn add(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>)
         let rule = cron_rule(params, state.config.cron.zone())?;
         let func = request::func_name(params)?;
         let timeout_s = request::timeout_s(params, state.config.rt.default_timeout_s)?;
+        super::access::require_app(&state, &call.caller, &app)?;
         cron_enabled(&state)?;
         let added = async {
             // A never-seen agent is 414.1; an offline one may be back by the next firing.
-            resolve_agent(&state, &address).await?;
+            let agent = match resolve_agent(&state, &address).await? {
+                super::AgentStatus::Online(agent) | super::AgentStatus::Offline { agent, .. } => {
+                    agent
+                }
+            };
+            super::access::require_bound(&state, &app, &agent)?;
             let definition = CronDefinition {
                 ip: address.clone(),
                 app,
@@ -137,6 +158,7 @@ async fn set_enabled(
         let call = V2Call::authenticate(&req, &body, &state)?;
         let id = cron_id(&call.params)?;
         cron_enabled(&state)?;
+        authorize_cron(&state, &call.caller, &id).await?;
         let store = state.store.clone();
         let target = id.clone();
         let changed = blocking(move || store.set_cron_enabled(&target, enabled, now_unix_ms()))
@@ -170,6 +192,7 @@ pub async fn delete(
         let call = V2Call::authenticate(&req, &body, &state)?;
         let id = cron_id(&call.params)?;
         cron_enabled(&state)?;
+        authorize_cron(&state, &call.caller, &id).await?;
         let store = state.store.clone();
         let target = id.clone();
         let deleted = blocking(move || store.delete_cron(&target))
@@ -203,11 +226,7 @@ pub async fn detail(
         let call = V2Call::authenticate(&req, &body, &state)?;
         let id = cron_id(&call.params)?;
         cron_enabled(&state)?;
-        let store = state.store.clone();
-        let target = id.clone();
-        let row = blocking(move || store.get_cron(&target))
-            .await?
-            .ok_or_else(|| ApiError::CronNotFound(id.to_string()))?;
+        let row = authorize_cron(&state, &call.caller, &id).await?;
         Ok(cron_detail(&row, state.config.cron.zone()))
     }
     .await;
@@ -229,7 +248,14 @@ pub async fn list(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
             }
             Some(address) => crons_of_agent(&state, &address).await?,
         };
-        let ids: Vec<Value> = rows.iter().map(|row| json!(row.id)).collect();
+        // Only the crons of apps this auth id holds.
+        let ids: Vec<Value> = rows
+            .iter()
+            .filter(|row| {
+                super::access::require_app(&state, &call.caller, &row.definition.app).is_ok()
+            })
+            .map(|row| json!(row.id))
+            .collect();
         Ok(Value::Array(ids))
     }
     .await;
@@ -261,6 +287,7 @@ pub async fn reload(
 ) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
+        super::access::require_admin(&state, &call.caller)?;
         cron_enabled(&state)?;
         let reloaded = state
             .children
