@@ -173,10 +173,7 @@ pub async fn run<L, F>(
         .iter()
         .map(|cron| cron.rule.next_after_ms(now_unix_ms(), zone))
         .collect();
-    loop {
-        let Some(earliest) = next.iter().flatten().min().copied() else {
-            break;
-        };
+    while let Some(earliest) = next.iter().flatten().min().copied() {
         let wait = Duration::from_millis(earliest.saturating_sub(now_unix_ms()));
         tokio::select! {
             _ = stopping.wait_for(|stopping| *stopping) => break,

@@ -749,7 +749,7 @@ mod tests {
             // A firing is claimed once; a stale revision claims nothing.
             let first = claim(&started, 4_000);
             let outcome = store
-                .claim_cron_firings("a", &[first.clone()], 3_100)
+                .claim_cron_firings("a", std::slice::from_ref(&first), 3_100)
                 .unwrap();
             assert_eq!(outcome.won, vec![0]);
             let again = claim(&started, 4_000);
