@@ -625,7 +625,10 @@ async fn local_cron_loop(agent: Arc<Agent>) {
         |cron| run_local_cron(agent.clone(), cron),
         move |cron| {
             bump(&skipped_agent.stats.cron_skipped);
-            log::warn!("local cron {}: previous run still going, firing skipped", cron.id);
+            log::warn!(
+                "local cron {}: previous run still going, firing skipped",
+                cron.id
+            );
         },
     )
     .await;

@@ -449,7 +449,10 @@ mod tests {
         let env = vec![
             ("ELVES_AUTH__AUTH_ID".to_string(), "admin".to_string()),
             ("ELVES_AUTH__AUTH_KEY".to_string(), "0123456789".to_string()),
-            ("ELVES_CRON__TIME_ZONE".to_string(), "Nowhere/Land".to_string()),
+            (
+                "ELVES_CRON__TIME_ZONE".to_string(),
+                "Nowhere/Land".to_string(),
+            ),
         ];
         let config: CenterConfig = elves_shared::config::load(None, env).unwrap();
         let err = config.validate().unwrap_err().to_string();

@@ -100,7 +100,9 @@ impl ApiError {
             | ApiError::BadTimeout(why)
             | ApiError::BadCronRule(why)
             | ApiError::BadCronId(why) => why.clone(),
-            ApiError::CronDisabled => "the cron component is not enabled on this center".to_string(),
+            ApiError::CronDisabled => {
+                "the cron component is not enabled on this center".to_string()
+            }
             ApiError::CronNotFound(cron_id) => format!("cron {cron_id} not found"),
             ApiError::SupervisorDisabled(what) => {
                 format!("{what} needs the supervisor component (auth.mode = \"supervisor\")")

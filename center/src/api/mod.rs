@@ -2,10 +2,10 @@
 //! Handlers authenticate, validate in the order of the error-code table, then ask an actor.
 //! They never block: anything slow is an actor message or a bus call.
 
-pub mod cron;
 pub mod access;
 pub mod apps;
 pub mod auth_ids;
+pub mod cron;
 pub mod error;
 mod info;
 mod info_apps;
