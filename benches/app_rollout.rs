@@ -190,6 +190,8 @@ async fn rollout(n_agents: usize, package_mb: u64, heartbeat_ms: u64) {
         config.center.key_id = center.key_id.clone();
         config.center.public_key = center.public_key_hex.clone();
         config.interpreters = [("sh".to_string(), "/bin/sh".to_string())].into();
+        config.package_limits.max_compressed_bytes = 1 << 30;
+        config.package_limits.max_uncompressed_bytes = 1 << 31;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         stops.push(stop);
         tasks.push(tokio::spawn(elves_agent::run(

@@ -63,6 +63,10 @@ pub struct AgentConfig {
     /// Interpreter allow-list, name → path; empty means the defaults (python3, python, bash, sh).
     #[serde(default)]
     pub interpreters: BTreeMap<String, String>,
+    /// What an app package from the center may be (checked again when installing); keep it in
+    /// step with the center's `[apps.limits]`.
+    #[serde(default)]
+    pub package_limits: elves_shared::package::Limits,
     /// Agent-local crons in the original ELVES `cron.json` format; a missing file means none.
     #[serde(default = "default_cron_file")]
     pub cron_file: PathBuf,
@@ -207,6 +211,7 @@ impl AgentConfig {
             center: CenterConfig::default(),
             exec: ExecConfig::default(),
             interpreters: BTreeMap::new(),
+            package_limits: elves_shared::package::Limits::default(),
             cron_file: default_cron_file(),
             cron_time_zone: default_cron_time_zone(),
         }

@@ -91,7 +91,7 @@ pub struct Installer {
 }
 
 impl Installer {
-    pub fn new(apps_dir: PathBuf, download_base: Option<String>) -> Installer {
+    pub fn new(apps_dir: PathBuf, limits: Limits, download_base: Option<String>) -> Installer {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(DOWNLOAD_TIMEOUT)
@@ -99,7 +99,7 @@ impl Installer {
             .unwrap_or_else(|_| reqwest::Client::new());
         Installer {
             apps_dir,
-            limits: Limits::default(),
+            limits,
             http,
             download_base: download_base.filter(|base| !base.is_empty()),
         }

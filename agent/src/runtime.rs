@@ -130,6 +130,7 @@ pub async fn run(
     background.spawn(crate::installer::run(
         crate::installer::Installer::new(
             agent.config.apps_dir.clone(),
+            agent.config.package_limits,
             Some(agent.config.center.download_url.clone()),
         ),
         agent.app_sets.subscribe(),

@@ -439,6 +439,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_at_the_repo_root_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/center.toml");
+        let config = CenterConfig::load(Some(&path)).unwrap();
+        assert_eq!(config.apps.limits, elves_shared::package::Limits::default());
+        assert_eq!(config.auth.mode, AuthMode::Simple);
+        let supervisor: CenterConfig = elves_shared::config::load(
+            Some(&path),
+            vec![("ELVES_AUTH__MODE".to_string(), "supervisor".to_string())],
+        )
+        .unwrap();
+        assert_eq!(supervisor.auth.mode, AuthMode::Supervisor);
+    }
+
+    #[test]
     fn missing_auth_is_named() {
         let err = elves_shared::config::load::<CenterConfig, _>(None, Vec::new()).unwrap_err();
         assert!(err.to_string().contains("auth"), "{err}");
