@@ -1145,6 +1145,7 @@ async fn simulated_heartbeats(id: AgentId, bus: SharedBus, mut stopping: watch::
             apps: [("noop".to_string(), "1".to_string())].into(),
             sent_at: now_unix_ms(),
             interval_ms: HEARTBEAT_MS,
+            packages: Default::default(),
         };
         let mut message = BusMessage::msgpack(kind::HEARTBEAT, wire::encode(&heartbeat));
         message.expiration_ms = Some(HEARTBEAT_MS * 3);
