@@ -17,6 +17,7 @@ crate::on_every_setup!(
     permission_matrix_in_supervisor_mode,
     processors_get_p_mode_results_of_rt_queue_and_cron,
     an_http_processor_gets_a_post,
+    a_package_whose_bytes_changed_is_not_installed,
 );
 
 const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -186,6 +187,14 @@ async fn upload_installs_then_upgrade_and_rollback(setup: Setup) {
     let listed = info["result"].as_array().unwrap();
     let demo = listed.iter().find(|app| app["app"] == "demoapp").unwrap();
     assert_eq!(demo["app_ver"], "1.0", "{info}");
+
+    // Auth ids and bindings are the supervisor component's: 402.1 in simple mode.
+    let create = env.call("auth/create", &[("id", "alice")]).await;
+    assert_eq!(error_code(&create), "402.1", "{create}");
+    let bind = env
+        .call("app/bind", &[("app", "demoapp"), ("ip", "ip-a1")])
+        .await;
+    assert_eq!(error_code(&bind), "402.1", "{bind}");
 
     // A second agent started later gets the online version at its first heartbeat.
     env.start_agent("a2").await;
@@ -846,4 +855,59 @@ async fn the_python_processor_sdk_decodes_results_and_serves_http() {
     assert_eq!(recorded["worker_message"], "to python");
     assert_eq!(recorded["type"], "rt");
     processor.kill().await.unwrap();
+}
+
+/// The agent checks the SHA-256 the center recorded: a stored package whose bytes changed on
+/// the center's disk is downloaded but never installed; once the right bytes are back, the next
+/// app set installs it.
+async fn a_package_whose_bytes_changed_is_not_installed(setup: Setup) {
+    let mut env = TestEnv::start_configured(setup, |config| {
+        config.apps.resend_ms = 500;
+    })
+    .await;
+    env.start_agent("a1").await;
+    let good = app_zip("genuine");
+    let uploaded = upload_as(
+        &env,
+        AUTH_ID,
+        AUTH_KEY,
+        "tamper_1.0.zip",
+        &good,
+        &[("online", "false")],
+    )
+    .await;
+    assert_eq!(uploaded["flag"], "true", "{uploaded}");
+    let sha = uploaded["result"]["sha256"].as_str().unwrap().to_string();
+    let stored = env
+        .dir
+        .path()
+        .join("packages")
+        .join(&sha[..2])
+        .join(format!("{sha}.zip"));
+    assert!(stored.exists(), "content-addressed under its sha256");
+    std::fs::write(&stored, app_zip("forged")).unwrap();
+    let online = env
+        .call("app/online", &[("app", "tamper"), ("version", "1.0")])
+        .await;
+    assert_eq!(online["flag"], "true", "{online}");
+    // Several app sets and downloads go by; none installs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let apps_dir = env.dir.path().join("apps-a1");
+    assert!(!apps_dir.join("tamper").exists());
+    let answer = rt(&env, "ip-a1", "tamper").await;
+    assert_eq!(answer["result"]["worker_flag"], "-1", "{answer}");
+    assert!(
+        answer["result"]["worker_message"]
+            .as_str()
+            .unwrap()
+            .contains("not installed"),
+        "{answer}"
+    );
+    std::fs::write(&stored, &good).unwrap();
+    wait_until(
+        "the genuine package installed",
+        Duration::from_secs(15),
+        || async { rt(&env, "ip-a1", "tamper").await["result"]["worker_message"] == "genuine" },
+    )
+    .await;
 }
