@@ -20,10 +20,15 @@
 //! this bench (`scripts/bench` builds it), so that its peak RSS (VmHWM) is its own; otherwise,
 //! or with `ELVES_BENCH_CENTER=inproc`, it runs in this process (`elves_center::start`) and the
 //! peak is this whole process's (center and agents), reported next to the baseline before the
-//! center started. `ELVES_QUEUE__*`, `ELVES_HTTP__*` and `ELVES_RT__*` variables reach the center.
+//! center started; `ELVES_BENCH_CENTER=<path>` runs another build of the center (e.g. one with
+//! debug info, for `perf`). `ELVES_QUEUE__*`, `ELVES_HTTP__*` and `ELVES_RT__*` variables reach
+//! the center.
 //!
 //! Run: `scripts/bench` (or `cargo bench --bench queue_throughput`); extra arguments select
 //! runs by name, e.g. `cargo bench --bench queue_throughput -- sqlite-simulated`.
+//! Diagnostics run only when named: `-- timings` times the center's store calls (add, claim,
+//! record a result; alone and from 8 threads) on both databases and its bus publishes (signed,
+//! one at a time and 500 at once, as a dispatch round sends them).
 
 use elves_agent::{AgentConfig, AgentStats};
 use elves_center::store::testing::TestDatabase;
@@ -118,7 +123,10 @@ fn main() {
         // `cargo test --benches` lists benches; there is nothing to list as a test.
         return;
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,tracing::span=off"),
+    )
+    .init();
     let number = |name: &str, default: usize| {
         std::env::var(name)
             .ok()
@@ -155,8 +163,13 @@ fn main() {
     );
     match &settings.center_bin {
         Some(bin) => println!(
-            "center: child process {} (peak RSS = its VmHWM)",
-            bin.display()
+            "center: child process {} (built {} ago; peak RSS = its VmHWM)",
+            bin.display(),
+            std::fs::metadata(bin)
+                .and_then(|meta| meta.modified())
+                .ok()
+                .and_then(|built| built.elapsed().ok())
+                .map_or_else(|| "?".to_string(), |age| format!("{} s", age.as_secs()))
         ),
         None => println!(
             "center: in-process (elves_center::start; peak RSS = this whole process's VmHWM, \
@@ -187,6 +200,23 @@ fn main() {
             lines.push(line);
         }
     }
+    // Opt-in diagnostics, only when named (`-- timings`, `-- sqlite-store-timings`, …): where
+    // the center's time goes, measured on its store and bus calls directly.
+    for db in [Db::Sqlite, Db::Postgres] {
+        let name = format!("{}-store-timings", db.name());
+        if filters
+            .iter()
+            .any(|filter| filter.contains("timings") && name.contains(filter.as_str()))
+        {
+            runtime.block_on(store_timings(&settings, db));
+        }
+    }
+    if filters
+        .iter()
+        .any(|filter| "bus-timings".contains(filter.as_str()))
+    {
+        runtime.block_on(bus_timings(&settings));
+    }
     if lines.len() > 1 {
         println!("summary:");
         for line in &lines {
@@ -197,11 +227,14 @@ fn main() {
     assert!(failed.is_empty(), "checks failed:\n{}", failed.join("\n"));
 }
 
-/// `target/release/elves-center` next to this bench (`target/release/deps/…`), unless
-/// `ELVES_BENCH_CENTER=inproc`.
+/// `target/release/elves-center` next to this bench (`target/release/deps/…`);
+/// `ELVES_BENCH_CENTER=inproc` runs the center in this process instead, and
+/// `ELVES_BENCH_CENTER=<path>` runs that binary (e.g. a build with debug info, for `perf`).
 fn center_binary() -> Option<PathBuf> {
-    if std::env::var("ELVES_BENCH_CENTER").is_ok_and(|mode| mode == "inproc") {
-        return None;
+    match std::env::var("ELVES_BENCH_CENTER") {
+        Ok(mode) if mode == "inproc" => return None,
+        Ok(path) if !path.is_empty() => return Some(PathBuf::from(path)),
+        _ => {}
     }
     let bin = std::env::current_exe()
         .ok()?
@@ -430,7 +463,7 @@ async fn run(settings: &Settings, db: Db, agents_kind: AgentKind) -> Figures {
     // The last results may have been published a few ms before the sampler looked.
     let _ = tokio::time::timeout(Duration::from_secs(2), sampler).await;
     let peak = center.peak_rss();
-    let center_results = api.succeeded_tasks().await;
+    let center_results = api.settled_tasks().await;
 
     let counts = agents.counts();
     let problems = check(&rows, &task_ids, expected, center_results, &counts);
@@ -640,13 +673,15 @@ impl Api {
         }
     }
 
-    /// `elves_tasks_total{outcome="succeeded"}`: results the center stored and counted.
-    async fn succeeded_tasks(&self) -> u64 {
+    /// The sum of `elves_tasks_total{outcome=…}`: results the center stored and counted,
+    /// whatever their outcome.
+    async fn settled_tasks(&self) -> u64 {
         let text = self.get("/metrics").await.text().await.expect("metrics");
         text.lines()
-            .find_map(|line| line.strip_prefix("elves_tasks_total{outcome=\"succeeded\"} "))
-            .and_then(|count| count.trim().parse().ok())
-            .unwrap_or(0)
+            .filter(|line| line.starts_with("elves_tasks_total{"))
+            .filter_map(|line| line.rsplit_once(' '))
+            .filter_map(|(_, count)| count.trim().parse::<u64>().ok())
+            .sum()
     }
 }
 
@@ -660,13 +695,26 @@ struct RunningCenter {
 
 enum CenterKind {
     Process {
-        child: std::process::Child,
+        child: CenterChild,
         log_forwarder: std::thread::JoinHandle<()>,
     },
     InProcess {
         handle: elves_center::CenterHandle,
         baseline_kib: u64,
     },
+}
+
+/// The center's process, killed when dropped while still running (a run that panicked), so
+/// that no center outlives the bench.
+struct CenterChild(std::process::Child);
+
+impl Drop for CenterChild {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 impl RunningCenter {
@@ -766,7 +814,7 @@ impl RunningCenter {
             key_id,
             public_key_hex,
             kind: CenterKind::Process {
-                child,
+                child: CenterChild(child),
                 log_forwarder,
             },
         }
@@ -775,7 +823,7 @@ impl RunningCenter {
     fn peak_rss(&self) -> Rss {
         match &self.kind {
             CenterKind::Process { child, .. } => Rss::Process {
-                peak_kib: status_kib(child.id(), "VmHWM:").unwrap_or(0),
+                peak_kib: status_kib(child.0.id(), "VmHWM:").unwrap_or(0),
             },
             CenterKind::InProcess { baseline_kib, .. } => Rss::InProcess {
                 baseline_kib: *baseline_kib,
@@ -791,17 +839,17 @@ impl RunningCenter {
                 mut child,
                 log_forwarder,
             } => {
-                let pid = i32::try_from(child.id()).expect("pid");
+                let pid = i32::try_from(child.0.id()).expect("pid");
                 // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
                 unsafe {
                     libc::kill(pid, libc::SIGINT);
                 }
                 let deadline = Instant::now() + Duration::from_secs(20);
-                while child.try_wait().ok().flatten().is_none() {
+                while child.0.try_wait().ok().flatten().is_none() {
                     if Instant::now() >= deadline {
                         eprintln!("center did not stop within 20 s; killing it");
-                        let _ = child.kill();
-                        let _ = child.wait();
+                        let _ = child.0.kill();
+                        let _ = child.0.wait();
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(50));
@@ -1183,4 +1231,207 @@ async fn delete_broker_objects(amqp: &str, namespace: &str, agents: &[AgentId]) 
         .exchange_delete(namespace, ExchangeDeleteOptions::default())
         .await;
     let _ = connection.close(200, "bench done").await;
+}
+
+/// The store calls of the queue path, timed on a fresh database: what one task costs the
+/// center in its database, without HTTP or the bus.
+async fn store_timings(settings: &Settings, db: Db) {
+    let (tasks, agents, pg_url) = (settings.tasks, settings.agents, settings.pg_url.clone());
+    tokio::task::spawn_blocking(move || {
+        let database = match db {
+            Db::Sqlite => TestDatabase::sqlite(),
+            Db::Postgres => TestDatabase::postgres(&pg_url),
+        }
+        .expect("fresh database");
+        let store = Store::open(&database.url).expect("store");
+        let name = format!("{}-store-timings", db.name());
+        let queue = TaskId::random();
+        store
+            .create_queue(&queue, "noop", AUTH_ID, now_unix_ms())
+            .expect("create queue");
+        let agent_ids: Vec<AgentId> = (0..agents)
+            .map(|n| AgentId::parse(&format!("bench-{n:04}")).expect("agent id"))
+            .collect();
+        let started = Instant::now();
+        for n in 0..tasks {
+            let task = elves_center::store::NewTask {
+                id: TaskId::random(),
+                queue_id: Some(queue.clone()),
+                task_type: wire::TaskType::Queue,
+                agent: agent_ids[n % agent_ids.len()].clone(),
+                app: "noop".to_string(),
+                func: "run".to_string(),
+                param: String::new(),
+                timeout_s: 90,
+                proxy: String::new(),
+                mode: wire::Mode::NP,
+                depend_task_id: None,
+                created_at: now_unix_ms(),
+            };
+            store.add_task(&task).expect("add task");
+        }
+        let add = started.elapsed();
+        store.commit_queue(&queue, now_unix_ms()).expect("commit");
+        let allowance = Duration::from_secs(65);
+        let mut claims = Vec::new();
+        let mut claimed = Vec::with_capacity(tasks);
+        loop {
+            let started = Instant::now();
+            let batch = store
+                .claim_ready_tasks("bench", now_unix_ms(), 500, allowance)
+                .expect("claim");
+            claims.push(started.elapsed());
+            if batch.is_empty() {
+                break;
+            }
+            claimed.extend(batch);
+        }
+        let empty_claim = claims.pop().unwrap_or_default();
+        let claim_total: Duration = claims.iter().sum();
+        let result_of = |task: &TaskRow| JobResult {
+            id: task.id.clone(),
+            agent: task.agent.clone(),
+            task_type: task.task_type,
+            mode: task.mode,
+            app: task.app.clone(),
+            func: task.func.clone(),
+            worker_flag: 1,
+            worker_message: "ok".to_string(),
+            worker_costtime: 1,
+            started_at: now_unix_ms(),
+            finished_at: now_unix_ms(),
+            error: String::new(),
+        };
+        // Half one at a time (as one result after another), timing each call; the other half
+        // from 8 threads, as the center's 8 pooled connections would.
+        let (sequential, parallel) = claimed.split_at(claimed.len() / 2);
+        let mut latencies = Vec::with_capacity(sequential.len());
+        let started = Instant::now();
+        for task in sequential {
+            let call = Instant::now();
+            let outcome = store
+                .record_result(&result_of(task), now_unix_ms())
+                .expect("record");
+            assert!(outcome.applied);
+            latencies.push(call.elapsed().as_secs_f64() * 1000.0);
+        }
+        let sequential_s = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            for chunk in parallel.chunks(parallel.len().div_ceil(8).max(1)) {
+                let store = &store;
+                scope.spawn(move || {
+                    for task in chunk {
+                        store
+                            .record_result(&result_of(task), now_unix_ms())
+                            .expect("record");
+                    }
+                });
+            }
+        });
+        let parallel_s = started.elapsed().as_secs_f64();
+        let tenth = (latencies.len() / 10).max(1);
+        let mean = |samples: &[f64]| samples.iter().sum::<f64>() / samples.len().max(1) as f64;
+        println!(
+            "{name}: add_task {:.3} ms/task ({:.0}/s, one at a time); claim_ready_tasks(500) \
+             {:.1} ms/batch ({:.0} tasks/s), with nothing ready {:.2} ms",
+            add.as_secs_f64() * 1000.0 / tasks as f64,
+            tasks as f64 / add.as_secs_f64(),
+            claim_total.as_secs_f64() * 1000.0 / claims.len().max(1) as f64,
+            claimed.len() as f64 / claim_total.as_secs_f64().max(1e-9),
+            empty_claim.as_secs_f64() * 1000.0
+        );
+        println!(
+            "{name}: record_result one at a time {:.0}/s: mean {:.3} ms, p50 {:.3} ms, p99 {:.3} \
+             ms; first tenth (most tasks unsettled) {:.3} ms, last tenth {:.3} ms; from 8 \
+             threads {:.0}/s",
+            sequential.len() as f64 / sequential_s,
+            mean(&latencies),
+            percentile(&latencies, 50.0),
+            percentile(&latencies, 99.0),
+            mean(&latencies[..tenth]),
+            mean(&latencies[latencies.len() - tenth..]),
+            parallel.len() as f64 / parallel_s
+        );
+        drop(store);
+        drop(database);
+    })
+    .await
+    .expect("store timings");
+}
+
+/// Signing and publishing instructions with publisher confirms, as a dispatch round does.
+async fn bus_timings(settings: &Settings) {
+    let namespace = format!("elves-bench-bus-{:08x}", rand::random::<u32>());
+    let bus = bus::open(&settings.amqp, &namespace).expect("bus");
+    let agent = AgentId::parse("bench-sink").expect("agent id");
+    bus.declare(&QueueSpec {
+        name: bus.queue_name(&format!("agent.{agent}")),
+        bindings: vec![routing::agent(&agent)],
+        durable: true,
+    })
+    .await
+    .expect("declare sink queue");
+    let signer = elves_shared::crypto::InstructionSigner::generate("bench");
+    let n = settings.tasks.min(5000);
+    let message = || {
+        let now = now_unix_ms();
+        let instruction = Instruction {
+            id: TaskId::random(),
+            agent: agent.clone(),
+            task_type: wire::TaskType::Queue,
+            mode: wire::Mode::NP,
+            app: "noop".to_string(),
+            func: "run".to_string(),
+            param: String::new(),
+            timeout: 90,
+            proxy: String::new(),
+            issued_at: now,
+            deadline: now + 155_000,
+        };
+        let mut message = BusMessage::msgpack(kind::INSTRUCTION, wire::encode(&instruction));
+        message.sig = Some(signer.sign(&message.body));
+        message.key_id = Some(signer.key_id().to_string());
+        message
+    };
+    let started = Instant::now();
+    let messages: Vec<BusMessage> = (0..n).map(|_| message()).collect();
+    let encode_sign = started.elapsed();
+    let destination = Destination::Topic(routing::agent(&agent));
+    let started = Instant::now();
+    for message in messages.iter().take(n / 5) {
+        bus.publish(&destination, message.clone())
+            .await
+            .expect("publish");
+    }
+    let one_at_a_time = (n / 5) as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for batch in messages[n / 5..].chunks(500) {
+        futures::future::join_all(
+            batch
+                .iter()
+                .map(|message| bus.publish(&destination, message.clone())),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()
+        .expect("publish");
+    }
+    let batched = (n - n / 5) as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "bus-timings: encode+sign {:.1} us/instruction; publish with confirm one at a time \
+         {one_at_a_time:.0}/s, 500 in flight {batched:.0}/s",
+        encode_sign.as_secs_f64() * 1e6 / n as f64
+    );
+    delete_broker_objects(&settings.amqp, &namespace, std::slice::from_ref(&agent)).await;
+}
+
+fn percentile(samples: &[f64], pct: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((pct / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted
+        .get(rank.min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0)
 }
