@@ -17,6 +17,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Child;
 use tokio::sync::watch;
@@ -27,6 +28,8 @@ use tokio::time::Instant;
 /// Only a process that left the group (for example with `setsid`) can still hold a pipe
 /// open by then, and it must not hold up the result.
 const PIPE_DRAIN: Duration = Duration::from_millis(100);
+/// After the stop, what is already in a pipe is read in at most this many chunks.
+const MAX_READS_AFTER_STOP: usize = 64;
 
 /// How long to wait for the kernel to deliver a SIGKILL before giving up on reaping.
 /// Past this the child is in uninterruptible sleep; tokio reaps it later (`kill_on_drop`).
@@ -317,6 +320,9 @@ struct Captured {
 }
 
 /// Reads `pipe` to its end (or until told to stop), keeping the first `cap` bytes.
+///
+/// Told to stop, it still takes what the pipe already holds: a busy agent may first get to
+/// this task after the stop, when the worker's whole answer is waiting in the pipe.
 async fn read_capped<R: AsyncRead + Unpin>(
     mut pipe: R,
     cap: usize,
@@ -336,11 +342,25 @@ async fn read_capped<R: AsyncRead + Unpin>(
                 Err(_) => break,
             },
         };
-        let n_kept = cap.saturating_sub(captured.kept.len()).min(n_read);
-        captured.kept.extend_from_slice(&chunk[..n_kept]);
-        captured.dropped += (n_read - n_kept) as u64;
+        captured.keep(&chunk[..n_read], cap);
+    }
+    // Bounded, because an escaped writer can refill the pipe as fast as it is read.
+    for _ in 0..MAX_READS_AFTER_STOP {
+        match pipe.read(&mut chunk).now_or_never() {
+            Some(Ok(n_read)) if n_read > 0 => captured.keep(&chunk[..n_read], cap),
+            Some(Err(err)) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            _ => break,
+        }
     }
     captured
+}
+
+impl Captured {
+    fn keep(&mut self, bytes: &[u8], cap: usize) {
+        let n_kept = cap.saturating_sub(self.kept.len()).min(bytes.len());
+        self.kept.extend_from_slice(&bytes[..n_kept]);
+        self.dropped += (bytes.len() - n_kept) as u64;
+    }
 }
 
 /// Signals a child's process group; sends SIGKILL when dropped unless released first.
@@ -525,6 +545,22 @@ mod tests {
         task.abort();
         assert!(task.await.unwrap_err().is_cancelled());
         wait_until_group_gone(pgid).await;
+    }
+
+    #[tokio::test]
+    async fn output_waiting_in_the_pipe_is_kept_when_the_stop_came_first() {
+        // What a saturated agent sees: the worker exited long ago, the stop is already set
+        // when the reader first runs, and the whole answer sits in the pipe.
+        let mut child = command(Path::new("/bin/sh"), Path::new("/"), &[])
+            .args(["-c", "printf 'flag-line\\nresult-line'"])
+            .spawn()
+            .expect("sh starts");
+        let pipe = child.stdout.take().expect("stdout piped");
+        assert!(child.wait().await.expect("sh exits").success());
+        let (_stop, stopped) = watch::channel(true);
+        let captured = read_capped(pipe, 1024, stopped).await;
+        assert_eq!(captured.kept, b"flag-line\nresult-line");
+        assert_eq!(captured.dropped, 0);
     }
 
     #[tokio::test]
