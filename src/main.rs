@@ -38,7 +38,7 @@ enum Command {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    elves_shared::logging::init();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Up(args) => up::run(args),

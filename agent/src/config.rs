@@ -91,6 +91,11 @@ pub struct BusConfig {
     /// Names the exchange and prefixes every queue.
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// The largest AMQP frame to ask the broker for, unless the URL names one (`0`: the
+    /// broker's). Small frames keep the connection's buffers small: see
+    /// `elves_shared::bus::with_frame_max`.
+    #[serde(default = "default_frame_max")]
+    pub frame_max: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,6 +146,13 @@ fn default_bus_url() -> String {
     "inproc".to_string()
 }
 
+/// Agents' messages are small; see `elves_shared::bus::with_frame_max` for why this matters.
+pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
+
+fn default_frame_max() -> u32 {
+    DEFAULT_FRAME_MAX
+}
+
 fn default_namespace() -> String {
     "elves".to_string()
 }
@@ -170,6 +182,7 @@ impl Default for BusConfig {
         BusConfig {
             url: default_bus_url(),
             namespace: default_namespace(),
+            frame_max: default_frame_max(),
         }
     }
 }

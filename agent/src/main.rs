@@ -26,7 +26,7 @@ struct Args {
 // are separate processes. Fewer threads keep the idle footprint small on every managed host.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    elves_shared::logging::init();
     let args = Args::parse();
     match serve(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -40,8 +40,9 @@ async fn main() -> ExitCode {
 async fn serve(args: Args) -> anyhow::Result<()> {
     let config = AgentConfig::load(Some(&args.config), std::env::vars())
         .with_context(|| format!("loading {}", args.config.display()))?;
-    let bus = elves_shared::bus::open(&config.bus.url, &config.bus.namespace)
-        .context("opening the bus")?;
+    let bus_url = elves_shared::bus::with_frame_max(&config.bus.url, config.bus.frame_max);
+    let bus =
+        elves_shared::bus::open(&bus_url, &config.bus.namespace).context("opening the bus")?;
     let stats = Arc::new(AgentStats::new());
     elves_agent::run(config, bus, stats, shutdown_signal()).await
 }

@@ -11,7 +11,7 @@ struct Args {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    elves_shared::logging::init();
     let args = Args::parse();
     if let Err(err) = elves_center::run_until_signal(&args.config) {
         eprintln!("elves-center: {err:#}");

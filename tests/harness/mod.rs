@@ -293,11 +293,14 @@ impl TestEnv {
     }
 
     /// A bus for another process-like participant: the same one in-process, a new connection
-    /// on RabbitMQ (as a separate agent process would have).
+    /// on RabbitMQ with the small frames an agent process asks for.
     pub fn participant_bus(&self) -> SharedBus {
         match self.kind {
             BusKind::InProc => self.bus.clone(),
-            BusKind::Rabbit => Self::open_bus(BusKind::Rabbit, &self.namespace),
+            BusKind::Rabbit => {
+                let url = bus::with_frame_max(&amqp_url(), elves_agent::config::DEFAULT_FRAME_MAX);
+                bus::open(&url, &self.namespace).unwrap()
+            }
         }
     }
 
