@@ -477,7 +477,50 @@ impl Drop for TestEnv {
             // Stopping blocks on the center's own thread; keep it off the test's runtime.
             let _ = std::thread::spawn(move || center.stop()).join();
         }
+        if matches!(self.kind, BusKind::Rabbit) {
+            let namespace = self.namespace.clone();
+            let agents: Vec<String> = self.agents.keys().cloned().collect();
+            let _ = std::thread::spawn(move || delete_broker_objects(&namespace, &agents)).join();
+        }
     }
+}
+
+/// Removes the durable queues a test's center and agents declared, and the namespace's
+/// exchange, so that repeated runs do not pile them up on the shared broker. Best effort: a
+/// queue a test declared under another name stays.
+fn delete_broker_objects(namespace: &str, agents: &[String]) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async {
+        let properties = lapin::ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio);
+        let Ok(connection) = lapin::Connection::connect(&amqp_url(), properties).await else {
+            return;
+        };
+        let Ok(channel) = connection.create_channel().await else {
+            return;
+        };
+        let mut queues: Vec<String> = ["center.result", "center.heartbeat", "center.submit"]
+            .iter()
+            .map(|suffix| format!("{namespace}.{suffix}"))
+            .collect();
+        queues.extend(agents.iter().map(|id| format!("{namespace}.agent.{id}")));
+        for queue in &queues {
+            let _ = channel
+                .queue_delete(queue, QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(namespace, ExchangeDeleteOptions::default())
+            .await;
+        let _ = connection.close(200, "test done").await;
+    });
 }
 
 /// Starts a center on its own thread (its start blocks briefly).
