@@ -6,6 +6,7 @@
 
 mod apps_lifecycle;
 mod cron;
+mod cron_signal;
 mod durability;
 mod harness;
 mod queue;

@@ -238,8 +238,10 @@ impl TestEnv {
         let toml = format!(
             "data_dir = {data:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\n\
              [bus]\nurl = {bus:?}\nnamespace = {ns:?}\n[auth]\nauth_id = {id:?}\nauth_key = {key:?}\n\
-             [database]\nurl = {db:?}\n[queue]\ntick_ms = 100\nresult_grace_ms = 500\n[rt]\ndispatch_allowance_s = 5\n",
+             [database]\nurl = {db:?}\n[queue]\ntick_ms = 100\nresult_grace_ms = 500\n[rt]\ndispatch_allowance_s = 5\n\
+             [cron]\ndir = {cron_dir:?}\n",
             data = self.dir.path().display().to_string(),
+            cron_dir = self.dir.path().join("cron.d").display().to_string(),
             bus = amqp_url(),
             ns = self.namespace,
             id = AUTH_ID,
