@@ -44,7 +44,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let bus =
         elves_shared::bus::open(&bus_url, &config.bus.namespace).context("opening the bus")?;
     let stats = Arc::new(AgentStats::new());
-    elves_agent::run(config, bus, stats, shutdown_signal()).await
+    let outcome = elves_agent::run(config, bus.clone(), stats, shutdown_signal()).await;
+    bus.close().await;
+    outcome
 }
 
 /// Resolves on the first Ctrl-C or SIGTERM (what systemd sends on stop).

@@ -70,6 +70,26 @@ pub fn start(
     listener: TcpListener,
     bus: SharedBus,
 ) -> anyhow::Result<CenterHandle> {
+    start_with(config, listener, bus, BusOwnership::Shared)
+}
+
+/// Whether the center closes its bus when it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusOwnership {
+    /// Others use the bus too (tests, `elves up`): it stays open.
+    Shared,
+    /// The center's process made the bus for it: it is closed after the last request and
+    /// before the runtime goes, so that the broker connection ends cleanly rather than
+    /// failing under a runtime that is shutting down.
+    Owned,
+}
+
+pub fn start_with(
+    config: CenterConfig,
+    listener: TcpListener,
+    bus: SharedBus,
+    ownership: BusOwnership,
+) -> anyhow::Result<CenterHandle> {
     let http_addr = listener
         .local_addr()
         .context("reading the listener's address")?;
@@ -83,6 +103,7 @@ pub fn start(
         .name("elves-center".to_string())
         .spawn(move || {
             let system = actix::System::new();
+            let bus_to_close = (ownership == BusOwnership::Owned).then(|| bus.clone());
             let setup = system.block_on(serve(config, listener, bus, signer));
             match setup {
                 Ok((server, public_key_hex)) => {
@@ -97,6 +118,9 @@ pub fn start(
                     }
                     if let Err(err) = system.block_on(server) {
                         log::error!("center: http server: {err}");
+                    }
+                    if let Some(bus) = bus_to_close {
+                        system.block_on(bus.close());
                     }
                 }
                 Err(err) => {
@@ -211,7 +235,7 @@ pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
     let bus = elves_shared::bus::open(&config.bus.url, &config.bus.namespace)?;
     let listener = TcpListener::bind(&config.http.listen)
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
-    let center = start(config, listener, bus)?;
+    let center = start_with(config, listener, bus, BusOwnership::Owned)?;
     eprintln!("elves-center: listening on http://{}", center.http_addr);
     eprintln!(
         "elves-center: instruction key {} {}",

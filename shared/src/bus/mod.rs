@@ -102,6 +102,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Declares the queue and consumes it. The first attempt happens before this returns;
     /// after that the consumer survives broker restarts by reconnecting with backoff.
     async fn consume(&self, spec: QueueSpec, prefetch: u16) -> Result<Consumer, BusError>;
+
+    /// Ends the bus for good: consumers end without reconnecting, publishes fail. A process
+    /// calls it before its runtime goes away, so that the broker connection closes cleanly
+    /// instead of failing under a runtime that is shutting down.
+    async fn close(&self) {}
 }
 
 pub type SharedBus = Arc<dyn Bus>;

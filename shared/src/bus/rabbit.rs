@@ -15,10 +15,13 @@ use lapin::options::{
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, ByteArray, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Mutex};
 
+/// How long [`RabbitBus::close`] keeps the runtime up for lapin's I/O thread after Close-Ok.
+const IO_THREAD_WIND_DOWN: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -31,6 +34,7 @@ struct Inner {
     url: String,
     namespace: String,
     link: Mutex<Option<Link>>,
+    closed: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -56,14 +60,22 @@ impl RabbitBus {
                 url: url.to_string(),
                 namespace: namespace.to_string(),
                 link: Mutex::new(None),
+                closed: AtomicBool::new(false),
             }),
         }
     }
 }
 
 impl Inner {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     async fn link(&self) -> Result<Link, BusError> {
         let mut guard = self.link.lock().await;
+        if self.is_closed() {
+            return Err(BusError::Unavailable("the bus was closed".to_string()));
+        }
         if let Some(link) = guard.as_ref().filter(|link| link.usable()) {
             return Ok(link.clone());
         }
@@ -353,6 +365,7 @@ impl Bus for RabbitBus {
                                     return;
                                 }
                             }
+                            _ if inner.is_closed() => return,
                             Some(Err(err)) => {
                                 log::warn!("bus: consumer of {} lost: {err}", spec.name);
                                 break;
@@ -364,7 +377,7 @@ impl Bus for RabbitBus {
                         }
                     }
                 }
-                if sender.is_closed() {
+                if sender.is_closed() || inner.is_closed() {
                     return;
                 }
                 tokio::time::sleep(backoff).await;
@@ -379,5 +392,23 @@ impl Bus for RabbitBus {
             }
         });
         Ok(Consumer::new(receiver))
+    }
+
+    async fn close(&self) {
+        let mut guard = self.inner.link.lock().await;
+        self.inner.closed.store(true, Ordering::Release);
+        if let Some(link) = guard.take() {
+            log::debug!("bus: closing the connection");
+            match link.connection.close(200, "closing").await {
+                Ok(()) => {
+                    log::debug!("bus: connection closed");
+                    // lapin's I/O thread still makes its last turns on this runtime's
+                    // reactor after Close-Ok and cannot be joined; a runtime dropped under it
+                    // makes it log errors for a connection that closed fine.
+                    tokio::time::sleep(IO_THREAD_WIND_DOWN).await;
+                }
+                Err(err) => log::debug!("bus: closing the connection: {err}"),
+            }
+        }
     }
 }
