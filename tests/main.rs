@@ -11,3 +11,4 @@ mod durability;
 mod harness;
 mod queue;
 mod rt;
+mod up;
