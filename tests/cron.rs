@@ -19,6 +19,7 @@ on_every_setup!(
     definition_files_are_loaded_and_reloaded,
     a_firing_missed_while_no_center_ran_runs_once,
     agent_local_crons_run_and_report,
+    a_firing_nobody_answers_is_noted_as_failed,
 );
 
 const EVERY_SECOND: &str = "0/1 * * * * ?";
@@ -596,4 +597,45 @@ async fn agent_local_crons_run_and_report(setup: Setup) {
     .await;
     assert_eq!(env.stats("a1").results_spooled, 0);
     let _ = error_code(&Value::Null);
+}
+
+async fn a_firing_nobody_answers_is_noted_as_failed(setup: Setup) {
+    let mut env = TestEnv::start_with(setup).await;
+    env.start_agent("a1").await;
+    // Its queue stays: the firings are delivered, and nothing answers them.
+    env.stop_agent("a1").await;
+    let answer = env
+        .call(
+            "cron/add",
+            &[
+                ("ip", "ip-a1"),
+                ("app", "elvestest"),
+                ("func", "ok"),
+                ("rule", EVERY_SECOND),
+                ("timeout", "1"),
+            ],
+        )
+        .await;
+    let cron_id = ok_result(&answer)["id"].as_str().unwrap().to_string();
+    // A firing's deadline is 1 s of timeout plus the (test-shortened) kill grace and dispatch
+    // allowance; the queue's tick then settles it.
+    wait_until(
+        "a firing past its deadline is the cron's last result",
+        Duration::from_secs(60),
+        || async {
+            detail(&env, &cron_id).await["last_exec_result"]["result"]["worker_flag"] == "-1"
+        },
+    )
+    .await;
+    let shown = detail(&env, &cron_id).await;
+    assert_eq!(shown["last_exec_result"]["flag"], "false", "{shown}");
+    assert!(
+        shown["last_exec_result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("deadline"),
+        "{shown}"
+    );
+    let answer = env.call("cron/stop", &[("cron_id", &cron_id)]).await;
+    ok_result(&answer);
 }

@@ -3,7 +3,8 @@
 
 use crate::harness::{error_code, wait_until, BusKind, DbKind, Setup, TestEnv};
 use crate::queue::{
-    add_task, commit, create_queue, log_param, ok_result, read_lines, results, wait_finished,
+    add_task, commit, create_queue, log_param, next_reply, ok_result, read_lines, reply_queue,
+    results, submit_message_with_param, wait_finished,
 };
 use elves_center::store::Store;
 use std::time::Duration;
@@ -85,6 +86,62 @@ async fn center_killed_mid_queue_finishes_after_restart(setup: Setup) {
         side, expected_side,
         "every independent task ran exactly once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_is_answered_after_its_center_restarts_sqlite() {
+    a_submission_is_answered_after_its_center_restarts(RABBIT_SQLITE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_is_answered_after_its_center_restarts_postgres() {
+    a_submission_is_answered_after_its_center_restarts(RABBIT_POSTGRES).await;
+}
+
+/// The reply address of a bus submission outlives the center that took it: the task finishes
+/// while its center is down, and the restarted center answers.
+async fn a_submission_is_answered_after_its_center_restarts(setup: Setup) {
+    let mut env = TestEnv::start_with_child_center(setup).await;
+    env.start_agent("a1").await;
+    let (mut consumer, reply_to, bus) = reply_queue(&env).await;
+    let gate = env.dir.path().join("gate");
+    let param = serde_json::json!({ "file": gate.display().to_string() }).to_string();
+    let mut message = submit_message_with_param("gate", &param, crate::harness::AUTH_KEY, false);
+    message.reply_to = Some(reply_to);
+    let destination =
+        elves_shared::bus::Destination::Topic(elves_shared::wire::routing::CENTER_SUBMIT.into());
+    bus.publish(&destination, message).await.unwrap();
+    let started = gate.with_extension("started");
+    wait_until(
+        "the submitted task runs",
+        Duration::from_secs(30),
+        || async { started.exists() },
+    )
+    .await;
+
+    env.kill_child_center();
+    // The task finishes while no center is there to take its result.
+    std::fs::write(&gate, b"").unwrap();
+    wait_until(
+        "the agent sent its result",
+        Duration::from_secs(30),
+        || async { env.stats("a1").results_published == 1 },
+    )
+    .await;
+    env.start_child_center().await;
+
+    let reply = next_reply(&mut consumer).await;
+    assert_eq!(reply.correlation_id.as_deref(), Some("corr-1"));
+    let envelope: elves_shared::wire::Envelope<elves_shared::wire::JobResult> =
+        elves_shared::wire::decode(&reply.body).unwrap();
+    assert_eq!(envelope.flag, "true", "{}", envelope.error);
+    assert_eq!(envelope.result.worker_flag, 1);
+    assert_eq!(envelope.result.worker_message, "opened");
+    let owed = Store::open(&env.database.url)
+        .unwrap()
+        .count_submit_replies()
+        .unwrap();
+    assert_eq!(owed, 0, "a sent reply is no longer owed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

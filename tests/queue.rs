@@ -455,6 +455,17 @@ fn submit_message(
     auth_key: &str,
     json_encoding: bool,
 ) -> elves_shared::bus::BusMessage {
+    let _ = env;
+    submit_message_with_param(func, "{\"k\":\"v\"}", auth_key, json_encoding)
+}
+
+/// A signed submission for `elvestest.<func>` on agent a1, correlation id `corr-1`.
+pub fn submit_message_with_param(
+    func: &str,
+    param: &str,
+    auth_key: &str,
+    json_encoding: bool,
+) -> elves_shared::bus::BusMessage {
     use elves_shared::sign::{self, SignType};
     let mut submit = elves_shared::wire::Submit {
         auth_id: crate::harness::AUTH_ID.into(),
@@ -464,7 +475,7 @@ fn submit_message(
         agent: "ip-a1".into(),
         app: "elvestest".into(),
         func: func.into(),
-        param: "{\"k\":\"v\"}".into(),
+        param: param.into(),
         timeout: 30,
         proxy: String::new(),
         mode: "NP".into(),
@@ -475,7 +486,6 @@ fn submit_message(
         fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
     submit.sign = sign::compute(SignType::HmacSha256, &text, auth_key);
-    let _ = env;
     let mut message = if json_encoding {
         let mut message = elves_shared::bus::BusMessage::msgpack(
             elves_shared::wire::kind::SUBMIT,
@@ -494,7 +504,7 @@ fn submit_message(
 }
 
 /// Declares a private reply queue on the bus and returns its consumer and name.
-async fn reply_queue(
+pub async fn reply_queue(
     env: &TestEnv,
 ) -> (
     elves_shared::bus::Consumer,
@@ -517,7 +527,9 @@ async fn reply_queue(
     (consumer, name, bus)
 }
 
-async fn next_reply(consumer: &mut elves_shared::bus::Consumer) -> elves_shared::bus::BusMessage {
+pub async fn next_reply(
+    consumer: &mut elves_shared::bus::Consumer,
+) -> elves_shared::bus::BusMessage {
     let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
         .await
         .expect("a reply within 30 s")

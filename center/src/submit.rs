@@ -4,11 +4,11 @@
 //! A submission is signed like an HTTP call to the path `/submit`, over all its fields as text.
 //! It is accepted as MessagePack or JSON by `content_type`, and answered in the same encoding.
 
-use crate::actors::task_queue::{ReplyAddress, ReplyWhenDone};
 use crate::api::error::ApiError;
-use crate::api::queue::run_single_task_queue_then;
+use crate::api::queue::run_single_task_queue;
 use crate::api::request::Params;
 use crate::api::ApiState;
+use crate::store::ReplyAddress;
 use actix_web::web;
 use elves_shared::bus::{BusMessage, Consumer, Destination, CONTENT_TYPE_JSON};
 use elves_shared::time::now_unix_ms;
@@ -66,16 +66,7 @@ async fn handle(
     let now_s = i64::try_from(now_unix_ms() / 1000).unwrap_or(i64::MAX);
     let caller = state.authenticate(SUBMIT_PATH, &signed, now_s)?;
     let params = Params::from_owned(submit_params(&submit));
-    let task_queue = state.children.task_queue.clone();
-    run_single_task_queue_then(state, &caller, &params, |task_id| {
-        if let Some(address) = address {
-            task_queue.do_send(ReplyWhenDone {
-                task_id: task_id.clone(),
-                address,
-            });
-        }
-    })
-    .await?;
+    run_single_task_queue(state, &caller, &params, address).await?;
     Ok(())
 }
 

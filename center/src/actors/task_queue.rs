@@ -9,13 +9,12 @@
 use super::scheduler::signed_message;
 use crate::config::{QueueConfig, RtConfig};
 use crate::metrics::{Metrics, TaskOutcome};
-use crate::store::{RecordOutcome, StopOutcome, Store, StoreError, TaskRow};
+use crate::store::{RecordOutcome, StopOutcome, Store, StoreError, TaskRow, TaskStatus};
 use actix::prelude::*;
 use elves_shared::bus::{BusMessage, Destination, SharedBus};
 use elves_shared::crypto::InstructionSigner;
 use elves_shared::time::now_unix_ms;
-use elves_shared::wire::{self, kind, routing, Cancel, Instruction, JobResult, TaskId};
-use std::collections::HashMap;
+use elves_shared::wire::{self, kind, routing, Cancel, Instruction, JobResult, TaskId, TaskType};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,21 +43,6 @@ pub struct StopQueue {
     pub queue_id: TaskId,
 }
 
-/// Where to send the result of a task submitted through `center.submit`.
-#[derive(Debug, Clone)]
-pub struct ReplyAddress {
-    pub reply_to: String,
-    pub correlation_id: Option<String>,
-    pub json: bool,
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ReplyWhenDone {
-    pub task_id: TaskId,
-    pub address: ReplyAddress,
-}
-
 #[derive(Message)]
 #[rtype(result = "TaskQueueState")]
 pub struct GetState;
@@ -66,7 +50,6 @@ pub struct GetState;
 #[derive(Debug, Clone, MessageResponse, serde::Serialize)]
 pub struct TaskQueueState {
     pub dispatching: bool,
-    pub awaiting_submit_replies: usize,
 }
 
 pub struct TaskQueue {
@@ -80,7 +63,6 @@ pub struct TaskQueue {
     metrics: Arc<Metrics>,
     dispatching: bool,
     dispatch_again: bool,
-    replies: HashMap<TaskId, ReplyAddress>,
 }
 
 impl TaskQueue {
@@ -103,7 +85,6 @@ impl TaskQueue {
             metrics,
             dispatching: false,
             dispatch_again: false,
-            replies: HashMap::new(),
         }
     }
 
@@ -195,9 +176,12 @@ impl Handler<Tick> for TaskQueue {
         let store = self.store.clone();
         let metrics = self.metrics.clone();
         // A task is failed as lost only after its deadline plus a grace for a result in flight.
-        let cutoff = now_unix_ms().saturating_sub(self.queue.result_grace_ms);
+        let bus = self.bus.clone();
+        let now = now_unix_ms();
+        let cutoff = now.saturating_sub(self.queue.result_grace_ms);
         actix_rt::spawn(async move {
-            match blocking(move || store.expire_overdue(cutoff)).await {
+            let expiring = store.clone();
+            match blocking(move || expiring.expire_overdue(cutoff)).await {
                 Ok(expired) => {
                     for task in &expired {
                         log::warn!(
@@ -207,9 +191,12 @@ impl Handler<Tick> for TaskQueue {
                         );
                         metrics.record_task(TaskOutcome::Lost);
                     }
+                    note_expired_crons(&store, expired).await;
                 }
                 Err(err) => log::error!("task queue: expiring overdue tasks: {err}"),
             }
+            let before = now.saturating_sub(REPLY_SWEEP_DELAY_MS);
+            send_submit_replies(store, bus, ReplySelection::SettledBefore(before)).await;
         });
     }
 }
@@ -241,9 +228,11 @@ impl Handler<ResultReceived> for TaskQueue {
                     };
                     actor.metrics.record_task(task_outcome);
                     ctx.notify(DispatchReady);
-                    if let Some(address) = actor.replies.remove(&for_reply.id) {
-                        actix_rt::spawn(send_submit_reply(actor.bus.clone(), address, for_reply));
-                    }
+                    actix_rt::spawn(send_submit_replies(
+                        actor.store.clone(),
+                        actor.bus.clone(),
+                        ReplySelection::Tasks(vec![for_reply.id.clone()]),
+                    ));
                 } else {
                     log::info!("task {}: duplicate or late result ignored", for_reply.id);
                 }
@@ -278,21 +267,12 @@ impl Handler<StopQueue> for TaskQueue {
     }
 }
 
-impl Handler<ReplyWhenDone> for TaskQueue {
-    type Result = ();
-
-    fn handle(&mut self, msg: ReplyWhenDone, _: &mut Context<Self>) {
-        self.replies.insert(msg.task_id, msg.address);
-    }
-}
-
 impl Handler<GetState> for TaskQueue {
     type Result = TaskQueueState;
 
     fn handle(&mut self, _: GetState, _: &mut Context<Self>) -> TaskQueueState {
         TaskQueueState {
             dispatching: self.dispatching,
-            awaiting_submit_replies: self.replies.len(),
         }
     }
 }
@@ -425,14 +405,115 @@ async fn send_cancel(bus: &SharedBus, signer: &InstructionSigner, task: &TaskRow
     }
 }
 
-async fn send_submit_reply(bus: SharedBus, address: ReplyAddress, result: JobResult) {
-    let envelope = elves_shared::wire::Envelope::ok(result);
-    let message = crate::submit::reply_message(&envelope, &address);
-    if let Err(err) = bus
-        .publish(&Destination::Queue(address.reply_to.clone()), message)
-        .await
-    {
-        log::warn!("submit reply to {} not delivered: {err}", address.reply_to);
+/// Which owed submit replies to send.
+enum ReplySelection {
+    /// Those of these tasks, just settled by this center.
+    Tasks(Vec<TaskId>),
+    /// Any settled before this instant: left over by a center that died before replying, or
+    /// a task settled by a stop or an expiry.
+    SettledBefore(u64),
+}
+
+/// How long a settled task's reply is left to the center that settled it before any center's
+/// sweep sends it.
+const REPLY_SWEEP_DELAY_MS: u64 = 5_000;
+
+/// A cron firing that expired is the cron's last result too, like one that got a result.
+async fn note_expired_crons(store: &Store, expired: Vec<TaskRow>) {
+    let firings: Vec<JobResult> = expired
+        .iter()
+        .filter(|task| task.task_type == TaskType::Cron)
+        .map(settled_result)
+        .collect();
+    if firings.is_empty() {
+        return;
+    }
+    let store = store.clone();
+    let noted = blocking(move || {
+        for firing in &firings {
+            super::cron::note_result(&store, firing);
+        }
+        Ok(())
+    })
+    .await;
+    if let Err(err) = noted {
+        log::error!("task queue: noting expired cron firings: {err}");
+    }
+}
+
+/// How many owed replies one pass sends; the next tick takes the rest.
+const REPLIES_PER_PASS: i64 = 256;
+
+/// Sends the replies owed for settled submitted tasks, then forgets each one that went out.
+/// A reply whose publish fails stays owed and is tried again on a later tick.
+async fn send_submit_replies(store: Store, bus: SharedBus, selection: ReplySelection) {
+    let lookup = store.clone();
+    let owed = blocking(move || match &selection {
+        ReplySelection::Tasks(ids) => {
+            lookup.settled_submit_replies(Some(ids), None, REPLIES_PER_PASS)
+        }
+        ReplySelection::SettledBefore(before) => {
+            lookup.settled_submit_replies(None, Some(*before), REPLIES_PER_PASS)
+        }
+    })
+    .await;
+    let owed = match owed {
+        Ok(owed) => owed,
+        Err(err) => {
+            log::error!("task queue: reading owed submit replies: {err}");
+            return;
+        }
+    };
+    for (task, address) in owed {
+        let envelope = elves_shared::wire::Envelope::ok(settled_result(&task));
+        let message = crate::submit::reply_message(&envelope, &address);
+        if let Err(err) = bus
+            .publish(&Destination::Queue(address.reply_to.clone()), message)
+            .await
+        {
+            log::warn!(
+                "task {}: submit reply to {} not delivered: {err}",
+                task.id,
+                address.reply_to
+            );
+            if matches!(err, elves_shared::bus::BusError::Unroutable(_)) {
+                // Its reply queue is gone: nobody is left to answer.
+            } else {
+                continue;
+            }
+        }
+        let forget = store.clone();
+        let id = task.id.clone();
+        if let Err(err) = blocking(move || forget.forget_submit_reply(&id)).await {
+            log::error!(
+                "task {}: submit reply sent but not forgotten: {err}",
+                task.id
+            );
+        }
+    }
+}
+
+/// The result a settled task stands for: its agent's, or the platform's when the agent gave
+/// none (the deadline passed, the queue was stopped, a dependency failed).
+pub fn settled_result(task: &TaskRow) -> JobResult {
+    let error = if task.status != TaskStatus::Finished && task.error.is_empty() {
+        format!("task {}", task.status.as_str())
+    } else {
+        task.error.clone()
+    };
+    JobResult {
+        id: task.id.clone(),
+        agent: task.agent.clone(),
+        task_type: task.task_type,
+        mode: task.mode,
+        app: task.app.clone(),
+        func: task.func.clone(),
+        worker_flag: task.worker_flag.unwrap_or(-1),
+        worker_message: task.worker_message.clone().unwrap_or_default(),
+        worker_costtime: task.worker_costtime.unwrap_or(0),
+        started_at: task.dispatched_at.unwrap_or(0),
+        finished_at: task.finished_at.unwrap_or(0),
+        error,
     }
 }
 

@@ -5,7 +5,7 @@ use super::error::ApiError;
 use super::request::{self, Caller, Params};
 use super::{audit, resolve_agent, respond, ApiState, V2Call};
 use crate::actors::task_queue::{blocking, DispatchReady, StopQueue};
-use crate::store::{NewTask, TaskRow};
+use crate::store::{NewTask, ReplyAddress, TaskRow};
 use actix_web::{web, HttpRequest, HttpResponse};
 use elves_shared::time::now_unix_ms;
 use elves_shared::wire::{AgentId, Mode, TaskId, TaskType};
@@ -279,28 +279,21 @@ pub async fn quick_queue(
 ) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
-        let (queue_id, task_id) = run_single_task_queue(&state, &call.caller, &call.params).await?;
+        let (queue_id, task_id) =
+            run_single_task_queue(&state, &call.caller, &call.params, None).await?;
         Ok(json!({ "id": queue_id, "task_id": task_id }))
     }
     .await;
     respond(&state, "queue/qksqueue", outcome)
 }
 
-/// A one-task queue, committed at once: `qksqueue` and bus submissions. `before_commit` runs
-/// once the task exists and before it can be dispatched.
+/// A one-task queue, committed at once: `qksqueue` and bus submissions. A submission's
+/// `reply` address is stored with the task, so the reply survives a center restart.
 pub async fn run_single_task_queue(
     state: &ApiState,
     caller: &Caller,
     params: &Params,
-) -> Result<(TaskId, TaskId), ApiError> {
-    run_single_task_queue_then(state, caller, params, |_| {}).await
-}
-
-pub async fn run_single_task_queue_then(
-    state: &ApiState,
-    caller: &Caller,
-    params: &Params,
-    before_commit: impl FnOnce(&TaskId),
+    reply: Option<ReplyAddress>,
 ) -> Result<(TaskId, TaskId), ApiError> {
     let outcome = async {
         // Table order: 403.1 ip, 403.2 param, 403.3 app, 403.4 mode, 403.7 func, 403.8 timeout.
@@ -318,12 +311,18 @@ pub async fn run_single_task_queue_then(
         let task_id = new_task.id.clone();
         let store = state.store.clone();
         let (id, auth_id) = (queue_id.clone(), caller.auth_id.clone());
+        let reply_task_id = task_id.clone();
         blocking(move || {
-            store.create_queue(&id, &app, &auth_id, now_unix_ms())?;
-            store.add_task(&new_task)
+            let now = now_unix_ms();
+            store.create_queue(&id, &app, &auth_id, now)?;
+            store.add_task(&new_task)?;
+            // Before the commit, so that the task cannot be settled before its reply is owed.
+            match reply {
+                Some(address) => store.save_submit_reply(&reply_task_id, &address, now),
+                None => Ok(()),
+            }
         })
         .await?;
-        before_commit(&task_id);
         commit_queue(state, &queue_id).await?;
         Ok((queue_id, task_id, agent))
     }

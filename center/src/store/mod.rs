@@ -39,6 +39,7 @@ mod dispatch;
 mod models;
 mod queues;
 mod schema;
+mod submit_replies;
 pub mod testing;
 
 #[cfg(test)]
@@ -53,6 +54,7 @@ pub use dispatch::DEADLINE_MESSAGE;
 pub use models::{
     AgentRow, AuditEntry, AuditRow, Dispatch, NewTask, QueueRow, QueueStatus, TaskRow, TaskStatus,
 };
+pub use submit_replies::ReplyAddress;
 
 use connection::{Manager, SqlitePragmas, Target};
 use diesel::r2d2::{Pool, PooledConnection};

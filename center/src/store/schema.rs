@@ -153,3 +153,16 @@ diesel::table! {
 
 diesel::joinable!(app_versions -> apps (app));
 diesel::allow_tables_to_appear_in_same_query!(apps, app_versions);
+
+diesel::table! {
+    submit_replies (task_id) {
+        task_id -> Text,
+        reply_to -> Text,
+        correlation_id -> Nullable<Text>,
+        json -> Bool,
+        created_at -> BigInt,
+    }
+}
+
+diesel::joinable!(submit_replies -> tasks (task_id));
+diesel::allow_tables_to_appear_in_same_query!(submit_replies, tasks);

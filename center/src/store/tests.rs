@@ -49,6 +49,7 @@ on_both_backends!(
     audit_log_round_trip,
     agents_round_trip,
     apps_versions_and_bindings,
+    submit_replies_are_owed_once_their_task_is_settled,
 );
 
 /// A store on a database of its own. Fields drop in order: the store (and its pool) first,
@@ -906,4 +907,69 @@ fn store_is_a_clone_send_sync_handle() {
 
 fn apps_versions_and_bindings(store: &Store) {
     super::apps::tests::apps_versions_and_bindings(store);
+}
+
+fn submit_replies_are_owed_once_their_task_is_settled(store: &Store) {
+    let queue_id = id(0x100);
+    committed_queue(store, &queue_id, &[(1, None), (2, None)]);
+    let address = |n: u64| ReplyAddress {
+        reply_to: format!("reply.{n}"),
+        correlation_id: Some(format!("corr-{n}")),
+        json: n == 2,
+    };
+    store.save_submit_reply(&id(1), &address(1), 5).unwrap();
+    store.save_submit_reply(&id(2), &address(2), 5).unwrap();
+    let owed = |only: Option<&[TaskId]>, before: Option<u64>| -> Vec<(TaskId, ReplyAddress)> {
+        store
+            .settled_submit_replies(only, before, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(task, address)| (task.id, address))
+            .collect()
+    };
+    assert!(
+        owed(None, None).is_empty(),
+        "nothing is owed while tasks wait"
+    );
+
+    store
+        .claim_ready_tasks("center-a", 1_000, 10, Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        owed(None, None).is_empty(),
+        "nothing is owed while tasks run"
+    );
+    assert!(
+        store
+            .record_result(&result(&id(1), 1, "one"), 2_000)
+            .unwrap()
+            .applied
+    );
+    assert_eq!(owed(None, None), vec![(id(1), address(1))]);
+    assert_eq!(owed(Some(&[id(1)]), None), vec![(id(1), address(1))]);
+    assert!(owed(Some(&[id(2)]), None).is_empty());
+    assert!(
+        owed(None, Some(2_000)).is_empty(),
+        "settled at 2 000, not before"
+    );
+    assert_eq!(owed(None, Some(2_001)), vec![(id(1), address(1))]);
+    let (settled, _) = store
+        .settled_submit_replies(Some(&[id(1)]), None, 10)
+        .unwrap()
+        .remove(0);
+    assert_eq!(settled.worker_flag, Some(1));
+    assert_eq!(settled.worker_message.as_deref(), Some("one"));
+
+    // A task settled by its deadline owes its reply as well.
+    store.expire_overdue(1_000_000).unwrap();
+    assert_eq!(
+        owed(None, None),
+        vec![(id(1), address(1)), (id(2), address(2))]
+    );
+    store.forget_submit_reply(&id(1)).unwrap();
+    assert_eq!(owed(None, None), vec![(id(2), address(2))]);
+    assert_eq!(store.count_submit_replies().unwrap(), 1);
+    // Forgetting twice is harmless.
+    store.forget_submit_reply(&id(1)).unwrap();
+    assert_eq!(store.count_submit_replies().unwrap(), 1);
 }
