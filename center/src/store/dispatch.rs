@@ -108,6 +108,50 @@ impl Store {
         })
     }
 
+    /// Puts queue tasks this center claimed but could not send (the bus was unavailable) back
+    /// to `pendding`, so that a later dispatch round sends them instead of failing them. Only
+    /// tasks still `execing` under `center_instance` in a still committed queue change; returns
+    /// how many did.
+    pub fn release_unsent(
+        &self,
+        task_ids: &[TaskId],
+        center_instance: &str,
+    ) -> Result<usize, StoreError> {
+        if task_ids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<&str> = task_ids.iter().map(TaskId::as_str).collect();
+        self.conn()?.write_transaction(|conn| {
+            let queue_ids: BTreeSet<String> = tasks::table
+                .filter(tasks::id.eq_any(&ids))
+                .select(tasks::queue_id)
+                .load::<Option<String>>(conn)?
+                .into_iter()
+                .flatten()
+                .collect();
+            // Queue rows first, in id order, like every other writer of queue tasks. A stopped
+            // queue keeps its claimed tasks `execing`: they are cancelled or expire.
+            let mut committed = Vec::new();
+            for queue_id in queue_ids {
+                if lock_queue(conn, &queue_id)? == Some(QueueStatus::Committed) {
+                    committed.push(queue_id);
+                }
+            }
+            Ok(diesel::update(tasks::table)
+                .filter(tasks::id.eq_any(&ids))
+                .filter(tasks::queue_id.eq_any(&committed))
+                .filter(tasks::status.eq(TaskStatus::Executing.as_str()))
+                .filter(tasks::dispatched_by.eq(center_instance))
+                .set((
+                    tasks::status.eq(TaskStatus::Pending.as_str()),
+                    tasks::dispatched_by.eq(None::<String>),
+                    tasks::dispatched_at.eq(None::<i64>),
+                    tasks::deadline.eq(None::<i64>),
+                ))
+                .execute(conn)?)
+        })
+    }
+
     /// Stores an rt or cron task that is being sent now: it starts `execing`, never goes
     /// through a claim, and is settled by [`Store::record_result`] or the deadline.
     pub fn insert_task(&self, task: &NewTask, dispatch: &Dispatch) -> Result<(), StoreError> {

@@ -50,6 +50,7 @@ on_both_backends!(
     agents_round_trip,
     apps_versions_and_bindings,
     submit_replies_are_owed_once_their_task_is_settled,
+    unsent_tasks_go_back_to_pending,
 );
 
 /// A store on a database of its own. Fields drop in order: the store (and its pool) first,
@@ -972,4 +973,44 @@ fn submit_replies_are_owed_once_their_task_is_settled(store: &Store) {
     // Forgetting twice is harmless.
     store.forget_submit_reply(&id(1)).unwrap();
     assert_eq!(store.count_submit_replies().unwrap(), 1);
+}
+
+fn unsent_tasks_go_back_to_pending(store: &Store) {
+    let queue_id = id(0x100);
+    committed_queue(store, &queue_id, &[(1, None), (2, None), (3, Some(1))]);
+    let claimed = store
+        .claim_ready_tasks("center-a", 1_000, 10, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(
+        store.release_unsent(&[id(1)], "center-b").unwrap(),
+        0,
+        "another center's claim is not ours to release"
+    );
+    assert_eq!(store.release_unsent(&[id(1)], "center-a").unwrap(), 1);
+    let released = task(store, 1);
+    assert_eq!(released.status, TaskStatus::Pending);
+    assert_eq!(released.dispatched_by, None);
+    assert_eq!(released.deadline, None);
+    assert_eq!(store.release_unsent(&[id(1)], "center-a").unwrap(), 0);
+
+    // The next round claims it again, and only it: 3 still waits for 1.
+    let again = store
+        .claim_ready_tasks("center-a", 2_000, 10, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|task| task.id.clone()).collect::<Vec<_>>(),
+        vec![id(1)]
+    );
+    assert!(
+        store
+            .record_result(&result(&id(1), 1, "ok"), 3_000)
+            .unwrap()
+            .applied
+    );
+
+    // A stopped queue's claimed task stays stopped: it is cancelled, not sent again.
+    store.stop_queue(&queue_id, 4_000).unwrap();
+    assert_eq!(store.release_unsent(&[id(2)], "center-a").unwrap(), 0);
+    assert_eq!(task(store, 2).status, TaskStatus::Stopped);
 }
