@@ -275,6 +275,11 @@ fn idle_rss(amqp: &str, root: &Path) {
         .spawn()
         .expect("agent starts");
     std::thread::sleep(Duration::from_secs(5));
+    for (name, child) in [("center", &mut center), ("agent", &mut agent)] {
+        if let Ok(Some(status)) = child.try_wait() {
+            println!("idle rss: {name} exited early: {status}");
+        }
+    }
     println!(
         "idle rss: center {} KiB, agent {} KiB",
         rss_kib(center.id()).unwrap_or(0),

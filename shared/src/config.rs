@@ -49,8 +49,9 @@ where
         let Some(rest) = name.strip_prefix("ELVES_") else {
             continue;
         };
-        // Variables that are not configuration (test switches, log levels) are ignored.
-        if rest.starts_with("TEST_") || rest.is_empty() {
+        // Variables that are not configuration (test and benchmark switches) are ignored: a
+        // center started by a benchmark must not refuse `ELVES_BENCH_CALLS` as an unknown key.
+        if rest.starts_with("TEST_") || rest.starts_with("BENCH_") || rest.is_empty() {
             continue;
         }
         let keys: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
@@ -129,6 +130,7 @@ mod tests {
             ("ELVES_BUS__URL".to_string(), "amqp://x".to_string()),
             ("ELVES_BUS__PREFETCH".to_string(), "8".to_string()),
             ("ELVES_TEST_AMQP_URL".to_string(), "ignored".to_string()),
+            ("ELVES_BENCH_CALLS".to_string(), "ignored".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
         ];
         let sample: Sample = load(None, env).unwrap();
