@@ -14,7 +14,7 @@ use super::{
 use diesel::dsl::exists;
 use diesel::prelude::*;
 use elves_shared::wire::{JobResult, TaskId, TaskType};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// The error and message of a task that the deadline settled.
@@ -160,46 +160,102 @@ impl Store {
     /// this one, directly or not. The queue finishes when none of its tasks is left pending or
     /// running.
     pub fn record_result(&self, result: &JobResult, now: u64) -> Result<RecordOutcome, StoreError> {
-        let task_id = result.id.as_str();
+        self.record_results(std::slice::from_ref(result), now)?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt(format!("task {}: no outcome", result.id)))
+    }
+
+    /// Settles a batch of results in one transaction, each as [`Store::record_result`] would;
+    /// returns one outcome per result, in the order given. One transaction per batch rather
+    /// than per result is what lets a busy center keep up: each queue row is locked once, and
+    /// the commit (an fsync on both backends) is paid once. Results for the same task in one
+    /// batch behave as if recorded one after the other: the first in the slice settles it,
+    /// the others are duplicates. A queue finished by the batch is reported on the last of its
+    /// results that applied.
+    pub fn record_results(
+        &self,
+        results: &[JobResult],
+        now: u64,
+    ) -> Result<Vec<RecordOutcome>, StoreError> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
         self.conn()?.write_transaction(|conn| {
-            // The queue of a task never changes, so it can be read before the lock.
-            let queue_id: Option<Option<String>> = tasks::table
-                .find(task_id)
-                .select(tasks::queue_id)
-                .first(conn)
-                .optional()?;
-            let Some(queue_id) = queue_id else {
-                return Ok(RecordOutcome {
-                    applied: false,
-                    task: None,
-                    skipped_task_ids: Vec::new(),
-                    finished_queue_id: None,
-                });
-            };
-            if let Some(queue_id) = &queue_id {
+            let mut task_ids: Vec<&str> = results.iter().map(|result| result.id.as_str()).collect();
+            task_ids.sort_unstable();
+            task_ids.dedup();
+            // The queue of a task never changes, so it can be read before the locks.
+            let queue_of: HashMap<String, Option<String>> = tasks::table
+                .filter(tasks::id.eq_any(&task_ids))
+                .select((tasks::id, tasks::queue_id))
+                .load::<(String, Option<String>)>(conn)?
+                .into_iter()
+                .collect();
+            // Queue rows first, in id order (a BTreeSet), then task rows in id order, as the
+            // expiry does: two centers recording overlapping batches cannot deadlock.
+            let queue_ids: BTreeSet<&str> =
+                queue_of.values().flatten().map(String::as_str).collect();
+            for queue_id in &queue_ids {
                 lock_queue(conn, queue_id)?;
             }
-            let settlement = Settlement::from_result(result);
-            let applied = settle(conn, task_id, &settlement, now)?;
-            let mut skipped_task_ids = Vec::new();
-            let mut finished_queue_id = None;
-            if applied {
-                if settlement.worker_flag != 1 {
-                    skipped_task_ids = skip_dependents(conn, task_id, now)?;
-                }
-                if let Some(queue_id) = &queue_id {
-                    if finish_queue_if_done(conn, queue_id, now)? {
-                        finished_queue_id = Some(parse_id(queue_id)?);
+            let mut order: Vec<usize> = (0..results.len())
+                .filter(|&n| queue_of.contains_key(results[n].id.as_str()))
+                .collect();
+            // Stable: results for the same task keep the order they were given in.
+            order.sort_by(|&a, &b| results[a].id.as_str().cmp(results[b].id.as_str()));
+            let mut applied = vec![false; results.len()];
+            let mut skipped: Vec<Vec<TaskId>> = vec![Vec::new(); results.len()];
+            for &n in &order {
+                let result = &results[n];
+                let settlement = Settlement::from_result(result);
+                if settle(conn, result.id.as_str(), &settlement, now)? {
+                    applied[n] = true;
+                    if settlement.worker_flag != 1 {
+                        skipped[n] = skip_dependents(conn, result.id.as_str(), now)?;
                     }
                 }
             }
-            let task = load_tasks(conn, &[task_id.to_string()])?.pop();
-            Ok(RecordOutcome {
-                applied,
-                task,
-                skipped_task_ids,
-                finished_queue_id,
-            })
+            // Only a queue that one of these results changed can have been finished by them.
+            let mut last_applied_of_queue: BTreeMap<&str, usize> = BTreeMap::new();
+            for (n, result) in results.iter().enumerate() {
+                if let (true, Some(Some(queue_id))) = (applied[n], queue_of.get(result.id.as_str()))
+                {
+                    last_applied_of_queue.insert(queue_id.as_str(), n);
+                }
+            }
+            let mut finished: Vec<Option<TaskId>> = vec![None; results.len()];
+            for (queue_id, n) in last_applied_of_queue {
+                if finish_queue_if_done(conn, queue_id, now)? {
+                    finished[n] = Some(parse_id(queue_id)?);
+                }
+            }
+            let known_ids: Vec<String> = queue_of.into_keys().collect();
+            let mut stored: HashMap<TaskId, TaskRow> = load_tasks(conn, &known_ids)?
+                .into_iter()
+                .map(|task| (task.id.clone(), task))
+                .collect();
+            let mut n_outcomes_left: HashMap<&TaskId, usize> = HashMap::new();
+            for result in results {
+                *n_outcomes_left.entry(&result.id).or_default() += 1;
+            }
+            let mut outcomes = Vec::with_capacity(results.len());
+            for (n, result) in results.iter().enumerate() {
+                // The last outcome for a task takes the row; earlier ones get a copy.
+                let left = n_outcomes_left.entry(&result.id).or_default();
+                *left = left.saturating_sub(1);
+                let task = if *left > 0 {
+                    stored.get(&result.id).cloned()
+                } else {
+                    stored.remove(&result.id)
+                };
+                outcomes.push(RecordOutcome {
+                    applied: applied[n],
+                    task,
+                    skipped_task_ids: std::mem::take(&mut skipped[n]),
+                    finished_queue_id: finished[n].take(),
+                });
+            }
+            Ok(outcomes)
         })
     }
 
