@@ -32,10 +32,11 @@ struct DispatchDone;
 #[rtype(result = "()")]
 struct Tick;
 
-/// A result arrived on `center.result`; answers once it is stored.
+/// Results arrived on `center.result`; answers once they are all stored, in one transaction,
+/// with one outcome per result in the same order.
 #[derive(Message)]
-#[rtype(result = "Result<RecordOutcome, StoreError>")]
-pub struct ResultReceived(pub JobResult);
+#[rtype(result = "Result<Vec<RecordOutcome>, StoreError>")]
+pub struct ResultsReceived(pub Vec<JobResult>);
 
 /// Stop a queue: waiting tasks become `stoped`, running ones are cancelled on their agents.
 #[derive(Message)]
@@ -214,41 +215,48 @@ impl Handler<Tick> for TaskQueue {
     }
 }
 
-impl Handler<ResultReceived> for TaskQueue {
-    type Result = ResponseActFuture<Self, Result<RecordOutcome, StoreError>>;
+impl Handler<ResultsReceived> for TaskQueue {
+    type Result = ResponseActFuture<Self, Result<Vec<RecordOutcome>, StoreError>>;
 
-    fn handle(&mut self, msg: ResultReceived, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ResultsReceived, _: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
-        let result = msg.0;
-        let for_reply = result.clone();
+        let results = msg.0;
         let record = async move {
             let now = now_unix_ms();
             blocking(move || {
-                let outcome = store.record_result(&result, now)?;
+                let outcomes = store.record_results(&results, now)?;
                 // A cron firing's result is also the cron's last result.
-                super::cron::note_result(&store, &result);
-                Ok(outcome)
+                for result in &results {
+                    super::cron::note_result(&store, result);
+                }
+                Ok((results, outcomes))
             })
             .await
         };
-        Box::pin(record.into_actor(self).map(move |outcome, actor, ctx| {
-            if let Ok(recorded) = &outcome {
-                if recorded.applied {
-                    let task_outcome = if for_reply.error.is_empty() {
-                        TaskOutcome::from_worker_flag(for_reply.worker_flag)
-                    } else {
-                        TaskOutcome::Rejected
-                    };
-                    actor.metrics.record_task(task_outcome);
-                    ctx.notify(DispatchReady);
-                    if let Some(address) = actor.replies.remove(&for_reply.id) {
-                        actix_rt::spawn(send_submit_reply(actor.bus.clone(), address, for_reply));
-                    }
+        Box::pin(record.into_actor(self).map(|recorded, actor, ctx| {
+            let (results, outcomes) = recorded?;
+            let mut any_applied = false;
+            for (result, outcome) in results.into_iter().zip(&outcomes) {
+                if !outcome.applied {
+                    log::info!("task {}: duplicate or late result ignored", result.id);
+                    continue;
+                }
+                any_applied = true;
+                let task_outcome = if result.error.is_empty() {
+                    TaskOutcome::from_worker_flag(result.worker_flag)
                 } else {
-                    log::info!("task {}: duplicate or late result ignored", for_reply.id);
+                    TaskOutcome::Rejected
+                };
+                actor.metrics.record_task(task_outcome);
+                if let Some(address) = actor.replies.remove(&result.id) {
+                    actix_rt::spawn(send_submit_reply(actor.bus.clone(), address, result));
                 }
             }
-            outcome
+            // Settled tasks may have released their dependents.
+            if any_applied {
+                ctx.notify(DispatchReady);
+            }
+            Ok(outcomes)
         }))
     }
 }
@@ -307,33 +315,60 @@ struct DispatchRound {
     allowance: Duration,
 }
 
+/// A claimed task and its signed instruction, ready to publish.
+type Signed = Vec<(TaskRow, BusMessage)>;
+
 impl DispatchRound {
     async fn resend_unfinished(&self) -> Result<usize, StoreError> {
-        let store = self.store.clone();
+        let (store, signer) = (self.store.clone(), self.signer.clone());
         let instance = self.instance.clone();
-        let unfinished = blocking(move || store.execing_queue_tasks_of(&instance)).await?;
-        self.send_all(&unfinished).await?;
-        Ok(unfinished.len())
+        let unfinished =
+            blocking(move || Ok(sign_all(&signer, store.execing_queue_tasks_of(&instance)?)))
+                .await?;
+        let n_unfinished = unfinished.len();
+        self.send_all(unfinished).await?;
+        Ok(n_unfinished)
     }
 
+    /// Claims and signs, batch after batch, until fewer than a batch of tasks are ready. The
+    /// next batch is claimed (and signed) on the blocking pool while the previous one is
+    /// being published, so the database and the broker work side by side.
     async fn run(&self) -> Result<(), StoreError> {
-        loop {
-            let store = self.store.clone();
-            let instance = self.instance.clone();
-            let (batch, allowance) = (self.batch, self.allowance);
-            let claimed = blocking(move || {
-                store.claim_ready_tasks(&instance, now_unix_ms(), batch, allowance)
-            })
-            .await?;
-            self.send_all(&claimed).await?;
-            if claimed.len() < self.batch {
-                return Ok(());
+        let mut claiming = Some(self.claim_and_sign());
+        while let Some(claim) = claiming.take() {
+            let claimed = join_blocking(claim).await?;
+            let next = (claimed.len() >= self.batch).then(|| self.claim_and_sign());
+            if let Err(err) = self.send_all(claimed).await {
+                // Tasks claimed in the meantime are sent all the same: otherwise they would
+                // wait for their deadline.
+                if let Some(next) = next {
+                    if let Ok(claimed) = join_blocking(next).await {
+                        let _ = self.send_all(claimed).await;
+                    }
+                }
+                return Err(err);
             }
+            claiming = next;
         }
+        Ok(())
     }
 
-    async fn send_all(&self, tasks: &[TaskRow]) -> Result<(), StoreError> {
-        let sends = tasks.iter().map(|task| self.send(task));
+    /// Starts a claim on the blocking pool at once (not when first polled).
+    fn claim_and_sign(&self) -> tokio::task::JoinHandle<Result<Signed, StoreError>> {
+        let (store, signer) = (self.store.clone(), self.signer.clone());
+        let instance = self.instance.clone();
+        let (batch, allowance) = (self.batch, self.allowance);
+        tokio::task::spawn_blocking(move || {
+            let claimed = store.claim_ready_tasks(&instance, now_unix_ms(), batch, allowance)?;
+            // Ed25519 signing is CPU work: done here rather than on an actix thread.
+            Ok(sign_all(&signer, claimed))
+        })
+    }
+
+    async fn send_all(&self, tasks: Signed) -> Result<(), StoreError> {
+        let sends = tasks
+            .into_iter()
+            .map(|(task, message)| self.send(task, message));
         let failures: Vec<JobResult> = futures::future::join_all(sends)
             .await
             .into_iter()
@@ -341,23 +376,14 @@ impl DispatchRound {
             .collect();
         if !failures.is_empty() {
             let store = self.store.clone();
-            blocking(move || {
-                let now = now_unix_ms();
-                for failure in &failures {
-                    store.record_result(failure, now)?;
-                }
-                Ok(())
-            })
-            .await?;
+            blocking(move || store.record_results(&failures, now_unix_ms())).await?;
         }
         Ok(())
     }
 
     /// Sends one claimed task; a task that cannot be sent is settled at once as undelivered
     /// (so that its dependents are skipped rather than waiting for the deadline).
-    async fn send(&self, task: &TaskRow) -> Option<JobResult> {
-        let instruction = instruction_of(task);
-        let message = signed_message(&self.signer, &instruction, None);
+    async fn send(&self, task: TaskRow, message: BusMessage) -> Option<JobResult> {
         let destination = Destination::Topic(routing::agent(&task.agent));
         match self.bus.publish(&destination, message).await {
             Ok(()) => {
@@ -367,25 +393,45 @@ impl DispatchRound {
             Err(err) => {
                 log::warn!("task {}: could not send to {}: {err}", task.id, task.agent);
                 let now = now_unix_ms();
+                let error = format!(
+                    "[410.1]could not send the job to agent {}: {err}",
+                    task.agent
+                );
                 Some(JobResult {
-                    id: task.id.clone(),
-                    agent: task.agent.clone(),
+                    id: task.id,
+                    agent: task.agent,
                     task_type: task.task_type,
                     mode: task.mode,
-                    app: task.app.clone(),
-                    func: task.func.clone(),
+                    app: task.app,
+                    func: task.func,
                     worker_flag: -1,
                     worker_message: String::new(),
                     worker_costtime: 0,
                     started_at: now,
                     finished_at: now,
-                    error: format!(
-                        "[410.1]could not send the job to agent {}: {err}",
-                        task.agent
-                    ),
+                    error,
                 })
             }
         }
+    }
+}
+
+fn sign_all(signer: &InstructionSigner, tasks: Vec<TaskRow>) -> Signed {
+    tasks
+        .into_iter()
+        .map(|task| {
+            let message = signed_message(signer, &instruction_of(&task), None);
+            (task, message)
+        })
+        .collect()
+}
+
+async fn join_blocking<T>(
+    handle: tokio::task::JoinHandle<Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match handle.await {
+        Ok(outcome) => outcome,
+        Err(err) => Err(StoreError::Corrupt(format!("store task panicked: {err}"))),
     }
 }
 
@@ -442,8 +488,5 @@ where
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(outcome) => outcome,
-        Err(err) => Err(StoreError::Corrupt(format!("store task panicked: {err}"))),
-    }
+    join_blocking(tokio::task::spawn_blocking(work)).await
 }
