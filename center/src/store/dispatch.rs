@@ -13,6 +13,7 @@ use super::{
 };
 use diesel::dsl::exists;
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Integer, Text};
 use elves_shared::wire::{JobResult, TaskId, TaskType};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -198,20 +199,26 @@ impl Store {
             for queue_id in &queue_ids {
                 lock_queue(conn, queue_id)?;
             }
-            let mut order: Vec<usize> = (0..results.len())
-                .filter(|&n| queue_of.contains_key(results[n].id.as_str()))
+            // The first result for each known task settles it, if anything does; the others
+            // are duplicates. In task id order: the lock order.
+            let mut first_result_of: BTreeMap<&str, usize> = BTreeMap::new();
+            for (n, result) in results.iter().enumerate() {
+                if queue_of.contains_key(result.id.as_str()) {
+                    first_result_of.entry(result.id.as_str()).or_insert(n);
+                }
+            }
+            let settlements: Vec<(&str, Settlement<'_>)> = first_result_of
+                .iter()
+                .map(|(&task_id, &n)| (task_id, Settlement::from_result(&results[n])))
                 .collect();
-            // Stable: results for the same task keep the order they were given in.
-            order.sort_by(|&a, &b| results[a].id.as_str().cmp(results[b].id.as_str()));
+            let settled = settle_all(conn, &settlements, now)?;
             let mut applied = vec![false; results.len()];
             let mut skipped: Vec<Vec<TaskId>> = vec![Vec::new(); results.len()];
-            for &n in &order {
-                let result = &results[n];
-                let settlement = Settlement::from_result(result);
-                if settle(conn, result.id.as_str(), &settlement, now)? {
+            for (&task_id, &n) in &first_result_of {
+                if settled.contains(task_id) {
                     applied[n] = true;
-                    if settlement.worker_flag != 1 {
-                        skipped[n] = skip_dependents(conn, result.id.as_str(), now)?;
+                    if results[n].worker_flag != 1 {
+                        skipped[n] = skip_dependents(conn, task_id, now)?;
                     }
                 }
             }
@@ -351,6 +358,97 @@ fn settle(
         ))
         .execute(conn)?;
     Ok(n_updated == 1)
+}
+
+/// Moves the `execing` tasks among `settlements` (sorted by task id) to `finish`; returns the
+/// ids of those this call settled.
+fn settle_all(
+    conn: &mut DbConnection,
+    settlements: &[(&str, Settlement<'_>)],
+    now: u64,
+) -> Result<BTreeSet<String>, StoreError> {
+    let DbConnection::Pg(pg) = conn else {
+        // SQLite runs in this process: a statement per task costs microseconds.
+        let mut settled = BTreeSet::new();
+        for (task_id, settlement) in settlements {
+            if settle(conn, task_id, settlement, now)? {
+                settled.insert(task_id.to_string());
+            }
+        }
+        return Ok(settled);
+    };
+    // PostgreSQL is a round trip away: two statements for the whole batch rather than one per
+    // task. The rows are locked first, in id order, since the order in which one UPDATE … FROM
+    // locks them is the plan's.
+    let task_ids: Vec<&str> = settlements.iter().map(|(task_id, _)| *task_id).collect();
+    let execing: Vec<String> = tasks::table
+        .filter(tasks::id.eq_any(&task_ids))
+        .filter(tasks::status.eq(TaskStatus::Executing.as_str()))
+        .order(tasks::id)
+        .select(tasks::id)
+        .for_update()
+        .load(pg)?;
+    if execing.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let mut columns = SettlementColumns::default();
+    for (task_id, settlement) in settlements {
+        if execing
+            .binary_search_by(|id| id.as_str().cmp(task_id))
+            .is_ok()
+        {
+            columns.push(task_id, settlement);
+        }
+    }
+    let settled: Vec<SettledId> = diesel::sql_query(
+        "UPDATE tasks SET status = $1, flag = v.flag, error = v.error, \
+         worker_flag = v.worker_flag, worker_message = v.worker_message, \
+         worker_costtime = v.worker_costtime, finished_at = $2 \
+         FROM unnest($3::text[], $4::text[], $5::text[], $6::int4[], $7::text[], $8::int8[]) \
+         AS v(id, flag, error, worker_flag, worker_message, worker_costtime) \
+         WHERE tasks.id = v.id AND tasks.status = $9 \
+         RETURNING tasks.id",
+    )
+    .bind::<Text, _>(TaskStatus::Finished.as_str())
+    .bind::<BigInt, _>(db_time(now))
+    .bind::<Array<Text>, _>(&columns.ids)
+    .bind::<Array<Text>, _>(&columns.flags)
+    .bind::<Array<Text>, _>(&columns.errors)
+    .bind::<Array<Integer>, _>(&columns.worker_flags)
+    .bind::<Array<Text>, _>(&columns.worker_messages)
+    .bind::<Array<BigInt>, _>(&columns.worker_costtimes)
+    .bind::<Text, _>(TaskStatus::Executing.as_str())
+    .load(pg)?;
+    Ok(settled.into_iter().map(|row| row.id).collect())
+}
+
+/// A batch of settlements as one array per column, for `unnest`.
+#[derive(Default)]
+struct SettlementColumns<'a> {
+    ids: Vec<&'a str>,
+    flags: Vec<&'a str>,
+    errors: Vec<&'a str>,
+    worker_flags: Vec<i32>,
+    worker_messages: Vec<&'a str>,
+    worker_costtimes: Vec<i64>,
+}
+
+impl<'a> SettlementColumns<'a> {
+    fn push(&mut self, task_id: &'a str, settlement: &Settlement<'a>) {
+        self.ids.push(task_id);
+        self.flags.push(settlement.flag);
+        self.errors.push(settlement.error);
+        self.worker_flags.push(i32::from(settlement.worker_flag));
+        self.worker_messages.push(settlement.worker_message);
+        self.worker_costtimes
+            .push(db_time(settlement.worker_costtime));
+    }
+}
+
+#[derive(QueryableByName)]
+struct SettledId {
+    #[diesel(sql_type = Text)]
+    id: String,
 }
 
 /// Marks every pending task that depends on `failed_task_id`, directly or not, `skipped`,
