@@ -15,6 +15,7 @@ use elves_shared::bus::{BusMessage, Destination, SharedBus};
 use elves_shared::crypto::InstructionSigner;
 use elves_shared::time::now_unix_ms;
 use elves_shared::wire::{self, kind, routing, Cancel, Instruction, JobResult, TaskId};
+use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -315,6 +316,9 @@ struct DispatchRound {
     allowance: Duration,
 }
 
+/// Batches of a dispatch round waiting for their publisher confirms at once.
+const BATCHES_IN_FLIGHT: usize = 3;
+
 /// A claimed task and its signed instruction, ready to publish.
 type Signed = Vec<(TaskRow, BusMessage)>;
 
@@ -331,26 +335,46 @@ impl DispatchRound {
     }
 
     /// Claims and signs, batch after batch, until fewer than a batch of tasks are ready. The
-    /// next batch is claimed (and signed) on the blocking pool while the previous one is
-    /// being published, so the database and the broker work side by side.
+    /// next batch is claimed (and signed) on the blocking pool while earlier ones are being
+    /// published, and up to [`BATCHES_IN_FLIGHT`] batches wait for their publisher confirms
+    /// at once, so the database, the broker's confirms and this center work side by side.
     async fn run(&self) -> Result<(), StoreError> {
+        let mut sending = FuturesUnordered::new();
         let mut claiming = Some(self.claim_and_sign());
-        while let Some(claim) = claiming.take() {
-            let claimed = join_blocking(claim).await?;
-            let next = (claimed.len() >= self.batch).then(|| self.claim_and_sign());
-            if let Err(err) = self.send_all(claimed).await {
-                // Tasks claimed in the meantime are sent all the same: otherwise they would
-                // wait for their deadline.
-                if let Some(next) = next {
-                    if let Ok(claimed) = join_blocking(next).await {
-                        let _ = self.send_all(claimed).await;
+        let mut first_error = None;
+        while let Some(mut claim) = claiming.take() {
+            // Publishes only progress while polled: keep them going during the claim.
+            let claimed = loop {
+                tokio::select! {
+                    claimed = &mut claim => break join_outcome(claimed),
+                    Some(sent) = sending.next(), if !sending.is_empty() => {
+                        note_error(&mut first_error, sent);
                     }
                 }
-                return Err(err);
+            };
+            let claimed = match claimed {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    note_error(&mut first_error, Err(err));
+                    break;
+                }
+            };
+            // After a failure, tasks already claimed are still sent (otherwise they would wait
+            // for their deadline), but no more are claimed.
+            if claimed.len() >= self.batch && first_error.is_none() {
+                claiming = Some(self.claim_and_sign());
             }
-            claiming = next;
+            sending.push(self.send_all(claimed));
+            while sending.len() >= BATCHES_IN_FLIGHT {
+                if let Some(sent) = sending.next().await {
+                    note_error(&mut first_error, sent);
+                }
+            }
         }
-        Ok(())
+        while let Some(sent) = sending.next().await {
+            note_error(&mut first_error, sent);
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Starts a claim on the blocking pool at once (not when first polled).
@@ -429,9 +453,25 @@ fn sign_all(signer: &InstructionSigner, tasks: Vec<TaskRow>) -> Signed {
 async fn join_blocking<T>(
     handle: tokio::task::JoinHandle<Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    match handle.await {
+    join_outcome(handle.await)
+}
+
+fn join_outcome<T>(
+    joined: Result<Result<T, StoreError>, tokio::task::JoinError>,
+) -> Result<T, StoreError> {
+    match joined {
         Ok(outcome) => outcome,
         Err(err) => Err(StoreError::Corrupt(format!("store task panicked: {err}"))),
+    }
+}
+
+/// Keeps the first error of a round; the later ones are only logged.
+fn note_error(first_error: &mut Option<StoreError>, outcome: Result<(), StoreError>) {
+    if let Err(err) = outcome {
+        match first_error {
+            None => *first_error = Some(err),
+            Some(_) => log::error!("task queue: dispatch round: {err}"),
+        }
     }
 }
 
