@@ -169,7 +169,7 @@ impl Store {
     /// Settles a batch of results in one transaction, each as [`Store::record_result`] would;
     /// returns one outcome per result, in the order given. One transaction per batch rather
     /// than per result is what lets a busy center keep up: each queue row is locked once, and
-    /// the commit (an fsync on both backends) is paid once. Results for the same task in one
+    /// the commit (on PostgreSQL a flush of its log to disk) is paid once. Results for the same task in one
     /// batch behave as if recorded one after the other: the first in the slice settles it,
     /// the others are duplicates. A queue finished by the batch is reported on the last of its
     /// results that applied.
