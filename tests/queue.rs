@@ -1,7 +1,7 @@
 //! Queue tasks end to end: dependencies, fan-out, failures, stop, submissions, on every setup.
 
 use crate::harness::{error_code, wait_until, Setup, TestEnv};
-use crate::on_every_setup;
+use crate::{on_both_buses, on_every_setup};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
@@ -15,6 +15,9 @@ on_every_setup!(
     submission_runs_and_replies,
     submission_with_a_bad_signature_is_refused_and_runs_nothing,
 );
+
+// The center's result consumer batches with `try_next`: both buses must offer it.
+on_both_buses!(consumer_try_next_takes_what_already_arrived_without_waiting);
 
 const TERMINAL: [&str; 3] = ["finish", "skipped", "stoped"];
 
@@ -603,4 +606,31 @@ async fn submission_with_a_bad_signature_is_refused_and_runs_nothing(setup: Setu
     let q = ok_result(&answer)["id"].as_str().unwrap().to_string();
     wait_finished(&env, &q).await;
     assert_eq!(env.stats("a1").ran, 1);
+}
+
+async fn consumer_try_next_takes_what_already_arrived_without_waiting(
+    kind: crate::harness::BusKind,
+) {
+    let env = TestEnv::start(kind).await;
+    let (mut consumer, name, bus) = reply_queue(&env).await;
+    assert!(consumer.try_next().is_none(), "nothing was published yet");
+    let destination = elves_shared::bus::Destination::Queue(name);
+    for n in 0..3u8 {
+        let message = elves_shared::bus::BusMessage::msgpack("test", vec![n]);
+        bus.publish(&destination, message).await.unwrap();
+    }
+    let first = next_reply(&mut consumer).await;
+    assert_eq!(first.body, vec![0]);
+    // Deliveries reach the consumer on their own time (over RabbitMQ, from the broker).
+    let mut bodies = Vec::new();
+    wait_until("the other two deliveries", Duration::from_secs(10), || {
+        if let Some(delivery) = consumer.try_next() {
+            bodies.push(delivery.message.body.clone());
+            tokio::spawn(delivery.ack());
+        }
+        std::future::ready(bodies.len() == 2)
+    })
+    .await;
+    assert_eq!(bodies, vec![vec![1], vec![2]]);
+    assert!(consumer.try_next().is_none(), "all three were taken");
 }

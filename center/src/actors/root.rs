@@ -11,12 +11,12 @@ use super::app_store::{AgentReported, AppRegistry, AppStore};
 use super::cron::Cron;
 use super::heartbeat::{Heartbeat, HeartbeatReceived};
 use super::scheduler::{ReplyReceived, Scheduler};
-use super::task_queue::{blocking, ResultReceived, TaskQueue};
+use super::task_queue::{blocking, ResultsReceived, TaskQueue};
 use crate::config::CenterConfig;
 use crate::metrics::Metrics;
-use crate::store::{AgentRow, Store};
+use crate::store::{AgentRow, Store, StoreError};
 use actix::prelude::*;
-use elves_shared::bus::{Consumer, QueueSpec, SharedBus};
+use elves_shared::bus::{BusMessage, Consumer, Delivery, QueueSpec, SharedBus};
 use elves_shared::crypto::InstructionSigner;
 use elves_shared::time::now_unix_ms;
 use elves_shared::wire::{self, kind, routing, Heartbeat as HeartbeatMessage, JobResult, TaskId};
@@ -24,6 +24,13 @@ use std::sync::Arc;
 
 /// Unsettled deliveries per consumer; bounds memory when a burst arrives.
 const PREFETCH: u16 = 256;
+
+/// Unsettled deliveries of `center.result`: results pile up here while a batch is stored,
+/// so the next batch is a full one.
+const RESULT_PREFETCH: u16 = 1024;
+
+/// Results stored in one transaction at most.
+const RESULT_BATCH: usize = 256;
 
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -106,7 +113,7 @@ impl Root {
                     bindings: vec![routing::CENTER_RESULT.to_string()],
                     durable: true,
                 },
-                PREFETCH,
+                RESULT_PREFETCH,
             )
             .await?;
 
@@ -263,40 +270,122 @@ async fn feed_replies(mut consumer: Consumer, scheduler: Addr<Scheduler>) {
     }
 }
 
+/// Stores results batch by batch: whatever has arrived (up to [`RESULT_BATCH`]) goes to
+/// TaskQueue as one batch, and is acked only once the batch is committed.
 async fn feed_results(mut consumer: Consumer, task_queue: Addr<TaskQueue>) {
-    while let Some(delivery) = consumer.next().await {
-        let message = &delivery.message;
-        let result = match wire::decode::<JobResult>(&message.body) {
-            Ok(result) if message.kind == kind::RESULT => result,
-            Ok(_) => {
-                log::warn!("result queue: dropped message of kind {:?}", message.kind);
-                delivery.reject().await;
-                continue;
+    while let Some(first) = consumer.next().await {
+        let mut deliveries = Vec::with_capacity(RESULT_BATCH);
+        let mut results = Vec::with_capacity(RESULT_BATCH);
+        let mut next = Some(first);
+        while let Some(delivery) = next {
+            match decode_result(&delivery.message) {
+                Some(result) => {
+                    results.push(result);
+                    deliveries.push(delivery);
+                }
+                None => delivery.reject().await,
+            }
+            next = if results.len() < RESULT_BATCH {
+                consumer.try_next()
+            } else {
+                None
+            };
+        }
+        if results.is_empty() {
+            continue;
+        }
+        match task_queue.send(ResultsReceived(results.clone())).await {
+            Ok(Ok(_)) => {
+                // Acks need no answer: the next batch need not wait for them.
+                actix_rt::spawn(ack_all(deliveries));
+            }
+            Ok(Err(err)) if deliveries.len() > 1 && !is_unreachable(&err) => {
+                // One result the store cannot take must not hold back the others.
+                log::warn!(
+                    "result queue: batch of {} not stored ({err}); storing them one by one",
+                    deliveries.len()
+                );
+                store_one_by_one(&task_queue, deliveries, results).await;
+            }
+            Ok(Err(err)) => {
+                log::error!(
+                    "result queue: {} result(s) not stored, will retry: {err}",
+                    deliveries.len()
+                );
+                requeue_after_pause(deliveries).await;
             }
             Err(err) => {
-                log::warn!("result queue: dropped undecodable message: {err}");
-                delivery.reject().await;
-                continue;
+                log::error!("result queue: queue actor unavailable, will retry: {err}");
+                requeue_after_pause(deliveries).await;
             }
-        };
-        let task_queue = task_queue.clone();
-        // Results are stored concurrently (up to the prefetch); each is acked once stored.
-        actix_rt::spawn(async move {
-            let id = result.id.clone();
-            match task_queue.send(ResultReceived(result)).await {
-                Ok(Ok(_)) => delivery.ack().await,
-                Ok(Err(err)) => {
-                    log::error!("task {id}: result not stored, will retry: {err}");
-                    // A pause so that a database outage is not a hot requeue loop.
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    delivery.requeue().await;
-                }
-                Err(err) => {
-                    log::error!("task {id}: queue actor unavailable, will retry: {err}");
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    delivery.requeue().await;
+        }
+    }
+}
+
+fn decode_result(message: &BusMessage) -> Option<JobResult> {
+    match wire::decode::<JobResult>(&message.body) {
+        Ok(result) if message.kind == kind::RESULT => Some(result),
+        Ok(_) => {
+            log::warn!("result queue: dropped message of kind {:?}", message.kind);
+            None
+        }
+        Err(err) => {
+            log::warn!("result queue: dropped undecodable message: {err}");
+            None
+        }
+    }
+}
+
+/// The database could not be reached at all: trying results one by one would only fail
+/// again, each after the pool's timeout.
+fn is_unreachable(err: &StoreError) -> bool {
+    matches!(err, StoreError::Pool(_) | StoreError::Connect(_))
+}
+
+async fn store_one_by_one(
+    task_queue: &Addr<TaskQueue>,
+    deliveries: Vec<Delivery>,
+    results: Vec<JobResult>,
+) {
+    let mut stored = Vec::new();
+    let mut failed = Vec::new();
+    let mut pairs = deliveries.into_iter().zip(results);
+    for (delivery, result) in pairs.by_ref() {
+        let id = result.id.clone();
+        match task_queue.send(ResultsReceived(vec![result])).await {
+            Ok(Ok(_)) => stored.push(delivery),
+            Ok(Err(err)) => {
+                log::error!("task {id}: result not stored, will retry: {err}");
+                failed.push(delivery);
+                if is_unreachable(&err) {
+                    break;
                 }
             }
-        });
+            Err(err) => {
+                log::error!("task {id}: queue actor unavailable, will retry: {err}");
+                failed.push(delivery);
+                break;
+            }
+        }
+    }
+    failed.extend(pairs.map(|(delivery, _)| delivery));
+    ack_all(stored).await;
+    requeue_after_pause(failed).await;
+}
+
+async fn ack_all(deliveries: Vec<Delivery>) {
+    for delivery in deliveries {
+        delivery.ack().await;
+    }
+}
+
+async fn requeue_after_pause(deliveries: Vec<Delivery>) {
+    if deliveries.is_empty() {
+        return;
+    }
+    // A pause so that a database outage is not a hot requeue loop.
+    tokio::time::sleep(RETRY_PAUSE).await;
+    for delivery in deliveries {
+        delivery.requeue().await;
     }
 }

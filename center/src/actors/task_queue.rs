@@ -2,9 +2,9 @@
 //! and sends them, records results from `center.result`, fails tasks whose deadline passed,
 //! and stops queues (cancelling what runs).
 //!
-//! The database is the source of truth: the actor keeps no task state of its own beyond the
-//! reply addresses of bus submissions, so a restarted actor (or center) carries on where the
-//! stored state says. Diesel calls run on the blocking pool, never on the actor's thread.
+//! The database is the source of truth, reply addresses of bus submissions included: the
+//! actor keeps no task state of its own, so a restarted actor (or center) carries on where
+//! the stored state says. Diesel calls run on the blocking pool, never on the actor's thread.
 
 use super::scheduler::signed_message;
 use crate::config::{QueueConfig, RtConfig};
@@ -15,6 +15,7 @@ use elves_shared::bus::{BusMessage, Destination, SharedBus};
 use elves_shared::crypto::InstructionSigner;
 use elves_shared::time::now_unix_ms;
 use elves_shared::wire::{self, kind, routing, Cancel, Instruction, JobResult, TaskId, TaskType};
+use futures::stream::{FuturesUnordered, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,10 +32,11 @@ struct DispatchDone;
 #[rtype(result = "()")]
 struct Tick;
 
-/// A result arrived on `center.result`; answers once it is stored.
+/// Results arrived on `center.result`; answers once they are all stored, in one transaction,
+/// with one outcome per result in the same order.
 #[derive(Message)]
-#[rtype(result = "Result<RecordOutcome, StoreError>")]
-pub struct ResultReceived(pub JobResult);
+#[rtype(result = "Result<Vec<RecordOutcome>, StoreError>")]
+pub struct ResultsReceived(pub Vec<JobResult>);
 
 /// Stop a queue: waiting tasks become `stoped`, running ones are cancelled on their agents.
 #[derive(Message)]
@@ -201,43 +203,50 @@ impl Handler<Tick> for TaskQueue {
     }
 }
 
-impl Handler<ResultReceived> for TaskQueue {
-    type Result = ResponseActFuture<Self, Result<RecordOutcome, StoreError>>;
+impl Handler<ResultsReceived> for TaskQueue {
+    type Result = ResponseActFuture<Self, Result<Vec<RecordOutcome>, StoreError>>;
 
-    fn handle(&mut self, msg: ResultReceived, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ResultsReceived, _: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
-        let result = msg.0;
-        let for_reply = result.clone();
+        let results = msg.0;
         let record = async move {
             let now = now_unix_ms();
             blocking(move || {
-                let outcome = store.record_result(&result, now)?;
+                let outcomes = store.record_results(&results, now)?;
                 // A cron firing's result is also the cron's last result.
-                super::cron::note_result(&store, &result);
-                Ok(outcome)
+                for result in &results {
+                    super::cron::note_result(&store, result);
+                }
+                Ok((results, outcomes))
             })
             .await
         };
-        Box::pin(record.into_actor(self).map(move |outcome, actor, ctx| {
-            if let Ok(recorded) = &outcome {
-                if recorded.applied {
-                    let task_outcome = if for_reply.error.is_empty() {
-                        TaskOutcome::from_worker_flag(for_reply.worker_flag)
-                    } else {
-                        TaskOutcome::Rejected
-                    };
-                    actor.metrics.record_task(task_outcome);
-                    ctx.notify(DispatchReady);
-                    actix_rt::spawn(send_submit_replies(
-                        actor.store.clone(),
-                        actor.bus.clone(),
-                        ReplySelection::Tasks(vec![for_reply.id.clone()]),
-                    ));
-                } else {
-                    log::info!("task {}: duplicate or late result ignored", for_reply.id);
+        Box::pin(record.into_actor(self).map(|recorded, actor, ctx| {
+            let (results, outcomes) = recorded?;
+            let mut settled = Vec::new();
+            for (result, outcome) in results.into_iter().zip(&outcomes) {
+                if !outcome.applied {
+                    log::info!("task {}: duplicate or late result ignored", result.id);
+                    continue;
                 }
+                let task_outcome = if result.error.is_empty() {
+                    TaskOutcome::from_worker_flag(result.worker_flag)
+                } else {
+                    TaskOutcome::Rejected
+                };
+                actor.metrics.record_task(task_outcome);
+                settled.push(result.id);
             }
-            outcome
+            // Settled tasks may have released their dependents, and may owe submit replies.
+            if !settled.is_empty() {
+                ctx.notify(DispatchReady);
+                actix_rt::spawn(send_submit_replies(
+                    actor.store.clone(),
+                    actor.bus.clone(),
+                    ReplySelection::Tasks(settled),
+                ));
+            }
+            Ok(outcomes)
         }))
     }
 }
@@ -287,33 +296,83 @@ struct DispatchRound {
     allowance: Duration,
 }
 
+/// Batches of a dispatch round waiting for their publisher confirms at once.
+const BATCHES_IN_FLIGHT: usize = 3;
+
+/// A claimed task and its signed instruction, ready to publish.
+type Signed = Vec<(TaskRow, BusMessage)>;
+
 impl DispatchRound {
     async fn resend_unfinished(&self) -> Result<usize, StoreError> {
-        let store = self.store.clone();
+        let (store, signer) = (self.store.clone(), self.signer.clone());
         let instance = self.instance.clone();
-        let unfinished = blocking(move || store.execing_queue_tasks_of(&instance)).await?;
-        self.send_all(&unfinished).await?;
-        Ok(unfinished.len())
+        let unfinished =
+            blocking(move || Ok(sign_all(&signer, store.execing_queue_tasks_of(&instance)?)))
+                .await?;
+        let n_unfinished = unfinished.len();
+        self.send_all(unfinished).await?;
+        Ok(n_unfinished)
     }
 
+    /// Claims and signs, batch after batch, until fewer than a batch of tasks are ready. The
+    /// next batch is claimed (and signed) on the blocking pool while earlier ones are being
+    /// published, and up to [`BATCHES_IN_FLIGHT`] batches wait for their publisher confirms
+    /// at once, so the database, the broker's confirms and this center work side by side.
     async fn run(&self) -> Result<(), StoreError> {
-        loop {
-            let store = self.store.clone();
-            let instance = self.instance.clone();
-            let (batch, allowance) = (self.batch, self.allowance);
-            let claimed = blocking(move || {
-                store.claim_ready_tasks(&instance, now_unix_ms(), batch, allowance)
-            })
-            .await?;
-            self.send_all(&claimed).await?;
-            if claimed.len() < self.batch {
-                return Ok(());
+        let mut sending = FuturesUnordered::new();
+        let mut claiming = Some(self.claim_and_sign());
+        let mut first_error = None;
+        while let Some(mut claim) = claiming.take() {
+            // Publishes only progress while polled: keep them going during the claim.
+            let claimed = loop {
+                tokio::select! {
+                    claimed = &mut claim => break join_outcome(claimed),
+                    Some(sent) = sending.next(), if !sending.is_empty() => {
+                        note_error(&mut first_error, sent);
+                    }
+                }
+            };
+            let claimed = match claimed {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    note_error(&mut first_error, Err(err));
+                    break;
+                }
+            };
+            // After a failure, tasks already claimed are still sent (otherwise they would wait
+            // for their deadline), but no more are claimed.
+            if claimed.len() >= self.batch && first_error.is_none() {
+                claiming = Some(self.claim_and_sign());
+            }
+            sending.push(self.send_all(claimed));
+            while sending.len() >= BATCHES_IN_FLIGHT {
+                if let Some(sent) = sending.next().await {
+                    note_error(&mut first_error, sent);
+                }
             }
         }
+        while let Some(sent) = sending.next().await {
+            note_error(&mut first_error, sent);
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
-    async fn send_all(&self, tasks: &[TaskRow]) -> Result<(), StoreError> {
-        let sends = tasks.iter().map(|task| self.send(task));
+    /// Starts a claim on the blocking pool at once (not when first polled).
+    fn claim_and_sign(&self) -> tokio::task::JoinHandle<Result<Signed, StoreError>> {
+        let (store, signer) = (self.store.clone(), self.signer.clone());
+        let instance = self.instance.clone();
+        let (batch, allowance) = (self.batch, self.allowance);
+        tokio::task::spawn_blocking(move || {
+            let claimed = store.claim_ready_tasks(&instance, now_unix_ms(), batch, allowance)?;
+            // Ed25519 signing is CPU work: done here rather than on an actix thread.
+            Ok(sign_all(&signer, claimed))
+        })
+    }
+
+    async fn send_all(&self, tasks: Signed) -> Result<(), StoreError> {
+        let sends = tasks
+            .into_iter()
+            .map(|(task, message)| self.send(task, message));
         let failures: Vec<JobResult> = futures::future::join_all(sends)
             .await
             .into_iter()
@@ -321,23 +380,14 @@ impl DispatchRound {
             .collect();
         if !failures.is_empty() {
             let store = self.store.clone();
-            blocking(move || {
-                let now = now_unix_ms();
-                for failure in &failures {
-                    store.record_result(failure, now)?;
-                }
-                Ok(())
-            })
-            .await?;
+            blocking(move || store.record_results(&failures, now_unix_ms())).await?;
         }
         Ok(())
     }
 
     /// Sends one claimed task; a task that cannot be sent is settled at once as undelivered
     /// (so that its dependents are skipped rather than waiting for the deadline).
-    async fn send(&self, task: &TaskRow) -> Option<JobResult> {
-        let instruction = instruction_of(task);
-        let message = signed_message(&self.signer, &instruction, None);
+    async fn send(&self, task: TaskRow, message: BusMessage) -> Option<JobResult> {
         let destination = Destination::Topic(routing::agent(&task.agent));
         match self.bus.publish(&destination, message).await {
             Ok(()) => {
@@ -347,24 +397,60 @@ impl DispatchRound {
             Err(err) => {
                 log::warn!("task {}: could not send to {}: {err}", task.id, task.agent);
                 let now = now_unix_ms();
+                let error = format!(
+                    "[410.1]could not send the job to agent {}: {err}",
+                    task.agent
+                );
                 Some(JobResult {
-                    id: task.id.clone(),
-                    agent: task.agent.clone(),
+                    id: task.id,
+                    agent: task.agent,
                     task_type: task.task_type,
                     mode: task.mode,
-                    app: task.app.clone(),
-                    func: task.func.clone(),
+                    app: task.app,
+                    func: task.func,
                     worker_flag: -1,
                     worker_message: String::new(),
                     worker_costtime: 0,
                     started_at: now,
                     finished_at: now,
-                    error: format!(
-                        "[410.1]could not send the job to agent {}: {err}",
-                        task.agent
-                    ),
+                    error,
                 })
             }
+        }
+    }
+}
+
+fn sign_all(signer: &InstructionSigner, tasks: Vec<TaskRow>) -> Signed {
+    tasks
+        .into_iter()
+        .map(|task| {
+            let message = signed_message(signer, &instruction_of(&task), None);
+            (task, message)
+        })
+        .collect()
+}
+
+async fn join_blocking<T>(
+    handle: tokio::task::JoinHandle<Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    join_outcome(handle.await)
+}
+
+fn join_outcome<T>(
+    joined: Result<Result<T, StoreError>, tokio::task::JoinError>,
+) -> Result<T, StoreError> {
+    match joined {
+        Ok(outcome) => outcome,
+        Err(err) => Err(StoreError::Corrupt(format!("store task panicked: {err}"))),
+    }
+}
+
+/// Keeps the first error of a round; the later ones are only logged.
+fn note_error(first_error: &mut Option<StoreError>, outcome: Result<(), StoreError>) {
+    if let Err(err) = outcome {
+        match first_error {
+            None => *first_error = Some(err),
+            Some(_) => log::error!("task queue: dispatch round: {err}"),
         }
     }
 }
@@ -523,8 +609,5 @@ where
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(outcome) => outcome,
-        Err(err) => Err(StoreError::Corrupt(format!("store task panicked: {err}"))),
-    }
+    join_blocking(tokio::task::spawn_blocking(work)).await
 }

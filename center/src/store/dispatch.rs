@@ -13,8 +13,9 @@ use super::{
 };
 use diesel::dsl::exists;
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Integer, Text};
 use elves_shared::wire::{JobResult, TaskId, TaskType};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// The error and message of a task that the deadline settled.
@@ -204,46 +205,108 @@ impl Store {
     /// this one, directly or not. The queue finishes when none of its tasks is left pending or
     /// running.
     pub fn record_result(&self, result: &JobResult, now: u64) -> Result<RecordOutcome, StoreError> {
-        let task_id = result.id.as_str();
+        self.record_results(std::slice::from_ref(result), now)?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt(format!("task {}: no outcome", result.id)))
+    }
+
+    /// Settles a batch of results in one transaction, each as [`Store::record_result`] would;
+    /// returns one outcome per result, in the order given. One transaction per batch rather
+    /// than per result is what lets a busy center keep up: each queue row is locked once, and
+    /// the commit (on PostgreSQL a flush of its log to disk) is paid once. Results for the same task in one
+    /// batch behave as if recorded one after the other: the first in the slice settles it,
+    /// the others are duplicates. A queue finished by the batch is reported on the last of its
+    /// results that applied.
+    pub fn record_results(
+        &self,
+        results: &[JobResult],
+        now: u64,
+    ) -> Result<Vec<RecordOutcome>, StoreError> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
         self.conn()?.write_transaction(|conn| {
-            // The queue of a task never changes, so it can be read before the lock.
-            let queue_id: Option<Option<String>> = tasks::table
-                .find(task_id)
-                .select(tasks::queue_id)
-                .first(conn)
-                .optional()?;
-            let Some(queue_id) = queue_id else {
-                return Ok(RecordOutcome {
-                    applied: false,
-                    task: None,
-                    skipped_task_ids: Vec::new(),
-                    finished_queue_id: None,
-                });
-            };
-            if let Some(queue_id) = &queue_id {
+            let mut task_ids: Vec<&str> = results.iter().map(|result| result.id.as_str()).collect();
+            task_ids.sort_unstable();
+            task_ids.dedup();
+            // The queue of a task never changes, so it can be read before the locks.
+            let queue_of: HashMap<String, Option<String>> = tasks::table
+                .filter(tasks::id.eq_any(&task_ids))
+                .select((tasks::id, tasks::queue_id))
+                .load::<(String, Option<String>)>(conn)?
+                .into_iter()
+                .collect();
+            // Queue rows first, in id order (a BTreeSet), then task rows in id order, as the
+            // expiry does: two centers recording overlapping batches cannot deadlock.
+            let queue_ids: BTreeSet<&str> =
+                queue_of.values().flatten().map(String::as_str).collect();
+            for queue_id in &queue_ids {
                 lock_queue(conn, queue_id)?;
             }
-            let settlement = Settlement::from_result(result);
-            let applied = settle(conn, task_id, &settlement, now)?;
-            let mut skipped_task_ids = Vec::new();
-            let mut finished_queue_id = None;
-            if applied {
-                if settlement.worker_flag != 1 {
-                    skipped_task_ids = skip_dependents(conn, task_id, now)?;
+            // The first result for each known task settles it, if anything does; the others
+            // are duplicates. In task id order: the lock order.
+            let mut first_result_of: BTreeMap<&str, usize> = BTreeMap::new();
+            for (n, result) in results.iter().enumerate() {
+                if queue_of.contains_key(result.id.as_str()) {
+                    first_result_of.entry(result.id.as_str()).or_insert(n);
                 }
-                if let Some(queue_id) = &queue_id {
-                    if finish_queue_if_done(conn, queue_id, now)? {
-                        finished_queue_id = Some(parse_id(queue_id)?);
+            }
+            let settlements: Vec<(&str, Settlement<'_>)> = first_result_of
+                .iter()
+                .map(|(&task_id, &n)| (task_id, Settlement::from_result(&results[n])))
+                .collect();
+            let settled = settle_all(conn, &settlements, now)?;
+            let mut applied = vec![false; results.len()];
+            let mut skipped: Vec<Vec<TaskId>> = vec![Vec::new(); results.len()];
+            for (&task_id, &n) in &first_result_of {
+                if settled.contains(task_id) {
+                    applied[n] = true;
+                    if results[n].worker_flag != 1 {
+                        skipped[n] = skip_dependents(conn, task_id, now)?;
                     }
                 }
             }
-            let task = load_tasks(conn, &[task_id.to_string()])?.pop();
-            Ok(RecordOutcome {
-                applied,
-                task,
-                skipped_task_ids,
-                finished_queue_id,
-            })
+            // Only a queue that one of these results changed can have been finished by them.
+            let mut last_applied_of_queue: BTreeMap<&str, usize> = BTreeMap::new();
+            for (n, result) in results.iter().enumerate() {
+                if let (true, Some(Some(queue_id))) = (applied[n], queue_of.get(result.id.as_str()))
+                {
+                    last_applied_of_queue.insert(queue_id.as_str(), n);
+                }
+            }
+            let mut finished: Vec<Option<TaskId>> = vec![None; results.len()];
+            for (queue_id, n) in last_applied_of_queue {
+                if finish_queue_if_done(conn, queue_id, now)? {
+                    finished[n] = Some(parse_id(queue_id)?);
+                }
+            }
+            let known_ids: Vec<String> = queue_of.into_keys().collect();
+            let mut stored: HashMap<TaskId, TaskRow> = load_tasks(conn, &known_ids)?
+                .into_iter()
+                .map(|task| (task.id.clone(), task))
+                .collect();
+            let mut n_outcomes_left: HashMap<&TaskId, usize> = HashMap::new();
+            for result in results {
+                *n_outcomes_left.entry(&result.id).or_default() += 1;
+            }
+            let mut outcomes = Vec::with_capacity(results.len());
+            for (n, result) in results.iter().enumerate() {
+                // The last outcome for a task takes the row; earlier ones get a copy.
+                let left = n_outcomes_left.entry(&result.id).or_default();
+                *left = left.saturating_sub(1);
+                let task = if *left > 0 {
+                    stored.get(&result.id).cloned()
+                } else {
+                    stored.remove(&result.id)
+                };
+                outcomes.push(RecordOutcome {
+                    applied: applied[n],
+                    task,
+                    skipped_task_ids: std::mem::take(&mut skipped[n]),
+                    finished_queue_id: finished[n].take(),
+                });
+            }
+            Ok(outcomes)
         })
     }
 
@@ -339,6 +402,97 @@ fn settle(
         ))
         .execute(conn)?;
     Ok(n_updated == 1)
+}
+
+/// Moves the `execing` tasks among `settlements` (sorted by task id) to `finish`; returns the
+/// ids of those this call settled.
+fn settle_all(
+    conn: &mut DbConnection,
+    settlements: &[(&str, Settlement<'_>)],
+    now: u64,
+) -> Result<BTreeSet<String>, StoreError> {
+    let DbConnection::Pg(pg) = conn else {
+        // SQLite runs in this process: a statement per task costs microseconds.
+        let mut settled = BTreeSet::new();
+        for (task_id, settlement) in settlements {
+            if settle(conn, task_id, settlement, now)? {
+                settled.insert(task_id.to_string());
+            }
+        }
+        return Ok(settled);
+    };
+    // PostgreSQL is a round trip away: two statements for the whole batch rather than one per
+    // task. The rows are locked first, in id order, since the order in which one UPDATE … FROM
+    // locks them is the plan's.
+    let task_ids: Vec<&str> = settlements.iter().map(|(task_id, _)| *task_id).collect();
+    let execing: Vec<String> = tasks::table
+        .filter(tasks::id.eq_any(&task_ids))
+        .filter(tasks::status.eq(TaskStatus::Executing.as_str()))
+        .order(tasks::id)
+        .select(tasks::id)
+        .for_update()
+        .load(pg)?;
+    if execing.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let mut columns = SettlementColumns::default();
+    for (task_id, settlement) in settlements {
+        if execing
+            .binary_search_by(|id| id.as_str().cmp(task_id))
+            .is_ok()
+        {
+            columns.push(task_id, settlement);
+        }
+    }
+    let settled: Vec<SettledId> = diesel::sql_query(
+        "UPDATE tasks SET status = $1, flag = v.flag, error = v.error, \
+         worker_flag = v.worker_flag, worker_message = v.worker_message, \
+         worker_costtime = v.worker_costtime, finished_at = $2 \
+         FROM unnest($3::text[], $4::text[], $5::text[], $6::int4[], $7::text[], $8::int8[]) \
+         AS v(id, flag, error, worker_flag, worker_message, worker_costtime) \
+         WHERE tasks.id = v.id AND tasks.status = $9 \
+         RETURNING tasks.id",
+    )
+    .bind::<Text, _>(TaskStatus::Finished.as_str())
+    .bind::<BigInt, _>(db_time(now))
+    .bind::<Array<Text>, _>(&columns.ids)
+    .bind::<Array<Text>, _>(&columns.flags)
+    .bind::<Array<Text>, _>(&columns.errors)
+    .bind::<Array<Integer>, _>(&columns.worker_flags)
+    .bind::<Array<Text>, _>(&columns.worker_messages)
+    .bind::<Array<BigInt>, _>(&columns.worker_costtimes)
+    .bind::<Text, _>(TaskStatus::Executing.as_str())
+    .load(pg)?;
+    Ok(settled.into_iter().map(|row| row.id).collect())
+}
+
+/// A batch of settlements as one array per column, for `unnest`.
+#[derive(Default)]
+struct SettlementColumns<'a> {
+    ids: Vec<&'a str>,
+    flags: Vec<&'a str>,
+    errors: Vec<&'a str>,
+    worker_flags: Vec<i32>,
+    worker_messages: Vec<&'a str>,
+    worker_costtimes: Vec<i64>,
+}
+
+impl<'a> SettlementColumns<'a> {
+    fn push(&mut self, task_id: &'a str, settlement: &Settlement<'a>) {
+        self.ids.push(task_id);
+        self.flags.push(settlement.flag);
+        self.errors.push(settlement.error);
+        self.worker_flags.push(i32::from(settlement.worker_flag));
+        self.worker_messages.push(settlement.worker_message);
+        self.worker_costtimes
+            .push(db_time(settlement.worker_costtime));
+    }
+}
+
+#[derive(QueryableByName)]
+struct SettledId {
+    #[diesel(sql_type = Text)]
+    id: String,
 }
 
 /// Marks every pending task that depends on `failed_task_id`, directly or not, `skipped`,

@@ -16,8 +16,11 @@
 //!   ready tasks between them and never wait on each other;
 //! - whoever changes a queue's tasks (add, commit, stop, a result, an expiry) first locks
 //!   the queue's row, so that for example two centers recording the last two results of a
-//!   queue cannot both miss that the queue is done. Queue rows are locked before task rows,
-//!   and several queue rows in id order, so these transactions do not deadlock.
+//!   queue cannot both miss that the queue is done. Adding a task takes a shared lock (adds
+//!   to one queue run side by side; a commit or stop waits for them), the others an
+//!   exclusive one. Queue rows are locked before task rows, several queue rows in id order and
+//!   several task rows in id order (a batch of results is settled sorted by task id), so
+//!   these transactions do not deadlock.
 //!
 //! # A center that dies
 //!
@@ -135,7 +138,8 @@ pub struct StopOutcome {
     pub execing_task_ids: Vec<TaskId>,
 }
 
-/// What [`Store::record_result`] (and the expiry) did with a result.
+/// What [`Store::record_result`] (or [`Store::record_results`], for each result) did with a
+/// result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordOutcome {
     /// False when the task was not `execing`: a duplicate, a result after the deadline or the

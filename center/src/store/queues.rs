@@ -11,6 +11,7 @@ use super::{
     TaskStatus,
 };
 use crate::store::models::db_time;
+use diesel::dsl::exists;
 use diesel::prelude::*;
 use elves_shared::wire::{TaskId, TaskType};
 
@@ -61,7 +62,7 @@ impl Store {
             return Err(invalid("only queue tasks go into a queue"));
         }
         self.conn()?.write_transaction(|conn| {
-            let status = lock_queue(conn, queue_id.as_str())?
+            let status = lock_queue_for_add(conn, queue_id.as_str())?
                 .ok_or_else(|| StoreError::QueueNotFound(queue_id.clone()))?;
             if status != QueueStatus::Open {
                 return Err(StoreError::QueueStatusDoesNotAllow {
@@ -104,11 +105,13 @@ impl Store {
             if status != QueueStatus::Open {
                 return Err(does_not_allow("commit"));
             }
-            let n_tasks: i64 = tasks::table
-                .filter(tasks::queue_id.eq(id.as_str()))
-                .count()
-                .get_result(conn)?;
-            if n_tasks == 0 {
+            let has_tasks: bool = diesel::select(exists(
+                tasks::table
+                    .filter(tasks::queue_id.eq(id.as_str()))
+                    .select(tasks::id),
+            ))
+            .get_result(conn)?;
+            if !has_tasks {
                 return Err(does_not_allow("commit an empty queue"));
             }
             let n_updated = diesel::update(queues::table.find(id.as_str()))
@@ -220,6 +223,28 @@ pub(super) fn lock_queue(
         DbConnection::Pg(pg) => query.for_no_key_update().first(pg).optional()?,
         DbConnection::Sqlite(sqlite) => query.first(sqlite).optional()?,
     };
+    parse_queue_status(queue_id, status)
+}
+
+/// [`lock_queue`] for adding a task: a shared lock, so that tasks added to one queue at once
+/// do not wait for each other, while a commit or a stop (which lock the row exclusively) still
+/// waits for the adds in flight and is waited for by later ones.
+fn lock_queue_for_add(
+    conn: &mut DbConnection,
+    queue_id: &str,
+) -> Result<Option<QueueStatus>, StoreError> {
+    let query = queues::table.find(queue_id).select(queues::status);
+    let status: Option<String> = match conn {
+        DbConnection::Pg(pg) => query.for_share().first(pg).optional()?,
+        DbConnection::Sqlite(sqlite) => query.first(sqlite).optional()?,
+    };
+    parse_queue_status(queue_id, status)
+}
+
+fn parse_queue_status(
+    queue_id: &str,
+    status: Option<String>,
+) -> Result<Option<QueueStatus>, StoreError> {
     status
         .map(|status| {
             QueueStatus::parse(&status).ok_or_else(|| {
@@ -236,14 +261,19 @@ pub(super) fn finish_queue_if_done(
     queue_id: &str,
     now: u64,
 ) -> Result<bool, StoreError> {
-    let n_unsettled: i64 = tasks::table
-        .filter(tasks::queue_id.eq(queue_id))
-        .filter(
-            tasks::status.eq_any([TaskStatus::Pending.as_str(), TaskStatus::Executing.as_str()]),
-        )
-        .count()
-        .get_result(conn)?;
-    if n_unsettled > 0 {
+    // EXISTS stops at the first unsettled task; a count would read every one of them, which
+    // made each result of a large queue cost time in proportion to the tasks still to run.
+    let any_unsettled: bool = diesel::select(exists(
+        tasks::table
+            .filter(tasks::queue_id.eq(queue_id))
+            .filter(
+                tasks::status
+                    .eq_any([TaskStatus::Pending.as_str(), TaskStatus::Executing.as_str()]),
+            )
+            .select(tasks::id),
+    ))
+    .get_result(conn)?;
+    if any_unsettled {
         return Ok(false);
     }
     let n_updated = diesel::update(queues::table.find(queue_id))

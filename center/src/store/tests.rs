@@ -43,6 +43,8 @@ on_both_backends!(
     duplicate_result_changes_nothing,
     concurrent_claims_never_share_a_task,
     concurrent_results_finish_the_queue_exactly_once,
+    batch_of_results_settles_each_task_once,
+    overlapping_batches_from_several_centers_apply_each_result_once,
     stop_returns_the_execing_tasks,
     expire_overdue_settles_tasks_past_their_deadline,
     rt_and_cron_tasks_are_stored_dispatched,
@@ -465,6 +467,205 @@ fn duplicate_result_changes_nothing(store: &Store) {
         .unwrap();
     assert!(!unknown.applied);
     assert_eq!(unknown.task, None);
+}
+
+fn batch_of_results_settles_each_task_once(store: &Store) {
+    // 1 ← 6, 2 ← 7, and 3, 4, 5 on their own.
+    let queue_id = id(0x100);
+    committed_queue(
+        store,
+        &queue_id,
+        &[
+            (1, None),
+            (2, None),
+            (3, None),
+            (4, None),
+            (5, None),
+            (6, Some(1)),
+            (7, Some(2)),
+        ],
+    );
+    assert_eq!(claim(store, 1_000, 10), ids(&[1, 2, 3, 4, 5]));
+    assert!(store.record_results(&[], 1_500).unwrap().is_empty());
+
+    // Out of id order, with a duplicate inside the batch and a task nobody knows.
+    let batch = [
+        result(&id(3), 1, "three"),
+        result(&id(1), 1, "one"),
+        result(&id(2), 0, "two failed"),
+        result(&id(1), 0, "one again"),
+        result(&id(77), 1, "who?"),
+    ];
+    let outcomes = store.record_results(&batch, 2_000).unwrap();
+    assert_eq!(
+        outcomes
+            .iter()
+            .map(|outcome| outcome.applied)
+            .collect::<Vec<_>>(),
+        vec![true, true, true, false, false]
+    );
+    assert_eq!(outcomes[2].skipped_task_ids, vec![id(7)]);
+    assert!(outcomes
+        .iter()
+        .all(|outcome| outcome.finished_queue_id.is_none()));
+    // The first result for task 1 settled it; the second was a duplicate and sees that.
+    for outcome in &outcomes[1..=3] {
+        let stored = outcome.task.as_ref().unwrap();
+        assert_eq!(stored.status, TaskStatus::Finished);
+        assert_eq!(stored.finished_at, Some(2_000));
+    }
+    assert_eq!(
+        outcomes[1].task.as_ref().unwrap().worker_message.as_deref(),
+        Some("one")
+    );
+    assert_eq!(outcomes[3].task, outcomes[1].task);
+    assert_eq!(outcomes[4].task, None);
+    assert_eq!(task(store, 7).status, TaskStatus::Skipped);
+
+    // Task 1 succeeded once: its dependent is released once.
+    assert_eq!(claim(store, 2_001, 10), ids(&[6]));
+    assert!(claim(store, 2_002, 10).is_empty());
+
+    // The same batch again changes nothing.
+    let again = store.record_results(&batch, 2_500).unwrap();
+    assert!(again.iter().all(|outcome| !outcome.applied));
+    assert!(again
+        .iter()
+        .all(|outcome| outcome.skipped_task_ids.is_empty() && outcome.finished_queue_id.is_none()));
+    assert_eq!(task(store, 1).worker_message.as_deref(), Some("one"));
+    assert_eq!(task(store, 3).finished_at, Some(2_000));
+
+    // The batch that settles the last tasks finishes the queue, once, on its last result.
+    let last = [
+        result(&id(6), 1, "six"),
+        result(&id(4), 1, "four"),
+        result(&id(3), 1, "three again"),
+        result(&id(5), 1, "five"),
+        result(&id(5), 1, "five again"),
+    ];
+    let outcomes = store.record_results(&last, 3_000).unwrap();
+    assert_eq!(
+        outcomes
+            .iter()
+            .map(|outcome| outcome.applied)
+            .collect::<Vec<_>>(),
+        vec![true, true, false, true, false]
+    );
+    assert_eq!(
+        outcomes
+            .iter()
+            .map(|outcome| outcome.finished_queue_id.clone())
+            .collect::<Vec<_>>(),
+        vec![None, None, None, Some(queue_id.clone()), None]
+    );
+    let queue = store.get_queue(&queue_id).unwrap().unwrap();
+    assert_eq!(queue.status, QueueStatus::Finished);
+    assert_eq!(queue.finished_at, Some(3_000));
+    assert!(store
+        .record_results(&last, 4_000)
+        .unwrap()
+        .iter()
+        .all(|outcome| !outcome.applied && outcome.finished_queue_id.is_none()));
+    assert_eq!(
+        store.get_queue(&queue_id).unwrap().unwrap().finished_at,
+        Some(3_000)
+    );
+}
+
+fn overlapping_batches_from_several_centers_apply_each_result_once(store: &Store) {
+    // Two queues whose tasks interleave, each task with a dependent; every "center" records
+    // every result, in batches, in its own order (as redeliveries after a crash would): each
+    // result applies once, each queue finishes once, and no transaction deadlocks.
+    const N_TASKS: u64 = 60;
+    const N_CENTERS: usize = 4;
+    let queues = [id(0x10_000), id(0x20_000)];
+    for queue_id in &queues {
+        store.create_queue(queue_id, "demo", "ops", 1).unwrap();
+    }
+    for n in 1..=N_TASKS {
+        let queue_id = &queues[(n % 2) as usize];
+        store
+            .add_task(&queue_task(queue_id, &id(n), None, 10 + n))
+            .unwrap();
+        store
+            .add_task(&queue_task(queue_id, &id(1_000 + n), Some(&id(n)), 100 + n))
+            .unwrap();
+    }
+    for queue_id in &queues {
+        store.commit_queue(queue_id, 2).unwrap();
+    }
+    assert_eq!(claim(store, 1_000, 1_000).len() as u64, N_TASKS);
+
+    let barrier = Arc::new(Barrier::new(N_CENTERS));
+    let threads: Vec<_> = (0..N_CENTERS)
+        .map(|center| {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut order: Vec<u64> = (1..=N_TASKS).collect();
+                if center % 2 == 1 {
+                    order.reverse();
+                }
+                order.rotate_left(center * 7);
+                let results: Vec<JobResult> =
+                    order.iter().map(|&n| result(&id(n), 1, "ok")).collect();
+                barrier.wait();
+                let mut outcomes = Vec::new();
+                for batch in results.chunks(9 + center) {
+                    outcomes.extend(
+                        store
+                            .record_results(batch, 2_000)
+                            .unwrap()
+                            .into_iter()
+                            .zip(batch.iter().map(|result| result.id.clone())),
+                    );
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let outcomes: Vec<(RecordOutcome, TaskId)> = threads
+        .into_iter()
+        .flat_map(|thread| thread.join().unwrap())
+        .collect();
+    let applied: Vec<&TaskId> = outcomes
+        .iter()
+        .filter(|(outcome, _)| outcome.applied)
+        .map(|(_, task_id)| task_id)
+        .collect();
+    assert_eq!(applied.len() as u64, N_TASKS, "each result applied once");
+    assert_eq!(
+        applied.iter().collect::<BTreeSet<_>>().len() as u64,
+        N_TASKS
+    );
+    assert!(outcomes.iter().all(|(outcome, _)| outcome
+        .task
+        .as_ref()
+        .is_some_and(|task| task.status == TaskStatus::Finished)));
+    assert!(
+        outcomes
+            .iter()
+            .all(|(outcome, _)| outcome.finished_queue_id.is_none()),
+        "the dependents are still pending"
+    );
+
+    // Every dependent is released, once.
+    let released = claim(store, 3_000, 1_000);
+    assert_eq!(released, (1..=N_TASKS).map(|n| id(1_000 + n)).collect());
+    assert!(claim(store, 3_001, 1_000).is_empty());
+    let last: Vec<JobResult> = (1..=N_TASKS)
+        .map(|n| result(&id(1_000 + n), 1, "ok"))
+        .collect();
+    let finished: Vec<TaskId> = store
+        .record_results(&last, 4_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|outcome| outcome.finished_queue_id)
+        .collect();
+    assert_eq!(
+        finished.into_iter().collect::<BTreeSet<_>>(),
+        queues.iter().cloned().collect()
+    );
 }
 
 fn concurrent_claims_never_share_a_task(store: &Store) {

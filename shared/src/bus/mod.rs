@@ -156,6 +156,12 @@ impl Consumer {
     pub async fn next(&mut self) -> Option<Delivery> {
         self.receiver.recv().await
     }
+
+    /// A delivery that has already arrived, without waiting; `None` when there is none yet (or
+    /// the bus was dropped). Lets a consumer take what piled up while it was busy as one batch.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        self.receiver.try_recv().ok()
+    }
 }
 
 /// A received message that must be settled: ack after its effect is stored, reject if it can
