@@ -11,11 +11,12 @@ use crate::config::{QueueConfig, RtConfig};
 use crate::metrics::{Metrics, TaskOutcome};
 use crate::store::{RecordOutcome, StopOutcome, Store, StoreError, TaskRow, TaskStatus};
 use actix::prelude::*;
-use elves_shared::bus::{BusMessage, Destination, SharedBus};
+use elves_shared::bus::{BusError, BusMessage, Destination, SharedBus};
 use elves_shared::crypto::InstructionSigner;
 use elves_shared::time::now_unix_ms;
 use elves_shared::wire::{self, kind, routing, Cancel, Instruction, JobResult, TaskId, TaskType};
 use futures::stream::{FuturesUnordered, StreamExt};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +99,7 @@ impl TaskQueue {
             instance: self.instance.clone(),
             batch: self.queue.batch.max(1),
             allowance: self.deadline_allowance(),
+            bus_unavailable: AtomicBool::new(false),
         }
     }
 
@@ -294,6 +296,17 @@ struct DispatchRound {
     instance: String,
     batch: usize,
     allowance: Duration,
+    /// Set when a publish found the bus unavailable: the round claims no more.
+    bus_unavailable: AtomicBool,
+}
+
+/// What became of one claimed task.
+enum Sent {
+    Published,
+    /// The agent cannot get it (no queue for it, or the broker refused it): settled as failed.
+    Undeliverable(JobResult),
+    /// The bus is away: the task goes back to `pendding` and a later round sends it.
+    BusUnavailable(TaskId),
 }
 
 /// Batches of a dispatch round waiting for their publisher confirms at once.
@@ -341,7 +354,10 @@ impl DispatchRound {
             };
             // After a failure, tasks already claimed are still sent (otherwise they would wait
             // for their deadline), but no more are claimed.
-            if claimed.len() >= self.batch && first_error.is_none() {
+            if claimed.len() >= self.batch
+                && first_error.is_none()
+                && !self.bus_unavailable.load(Ordering::Relaxed)
+            {
                 claiming = Some(self.claim_and_sign());
             }
             sending.push(self.send_all(claimed));
@@ -373,26 +389,47 @@ impl DispatchRound {
         let sends = tasks
             .into_iter()
             .map(|(task, message)| self.send(task, message));
-        let failures: Vec<JobResult> = futures::future::join_all(sends)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        let mut failures = Vec::new();
+        let mut unsent = Vec::new();
+        for sent in futures::future::join_all(sends).await {
+            match sent {
+                Sent::Published => {}
+                Sent::Undeliverable(failure) => failures.push(failure),
+                Sent::BusUnavailable(task_id) => unsent.push(task_id),
+            }
+        }
         if !failures.is_empty() {
             let store = self.store.clone();
             blocking(move || store.record_results(&failures, now_unix_ms())).await?;
         }
+        if !unsent.is_empty() {
+            self.bus_unavailable.store(true, Ordering::Relaxed);
+            let (store, instance) = (self.store.clone(), self.instance.clone());
+            let n_unsent = unsent.len();
+            let released = blocking(move || store.release_unsent(&unsent, &instance)).await?;
+            log::warn!(
+                "task queue: bus unavailable; {released} of {n_unsent} unsent tasks back to \
+                 pendding, sent on a later round"
+            );
+        }
         Ok(())
     }
 
-    /// Sends one claimed task; a task that cannot be sent is settled at once as undelivered
-    /// (so that its dependents are skipped rather than waiting for the deadline).
-    async fn send(&self, task: TaskRow, message: BusMessage) -> Option<JobResult> {
+    /// Sends one claimed task. A task the agent cannot get is settled at once as undelivered
+    /// (so that its dependents are skipped rather than waiting for the deadline); one that
+    /// met a bus outage is left to be released and sent again.
+    async fn send(&self, task: TaskRow, message: BusMessage) -> Sent {
         let destination = Destination::Topic(routing::agent(&task.agent));
         match self.bus.publish(&destination, message).await {
             Ok(()) => {
                 log::debug!("task {}: sent to {}", task.id, task.agent);
-                None
+                Sent::Published
+            }
+            // A publish that failed with the connection may still have reached the agent; then
+            // the agent drops the second copy as a replay (same task id).
+            Err(BusError::Unavailable(err)) => {
+                log::debug!("task {}: not sent, bus unavailable: {err}", task.id);
+                Sent::BusUnavailable(task.id)
             }
             Err(err) => {
                 log::warn!("task {}: could not send to {}: {err}", task.id, task.agent);
@@ -401,7 +438,7 @@ impl DispatchRound {
                     "[410.1]could not send the job to agent {}: {err}",
                     task.agent
                 );
-                Some(JobResult {
+                Sent::Undeliverable(JobResult {
                     id: task.id,
                     agent: task.agent,
                     task_type: task.task_type,
@@ -610,4 +647,132 @@ where
     T: Send + 'static,
 {
     join_blocking(tokio::task::spawn_blocking(work)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::TestDatabase;
+    use crate::store::NewTask;
+    use async_trait::async_trait;
+    use elves_shared::bus::{Bus, Consumer, InProcBus, QueueSpec};
+    use elves_shared::wire::{AgentId, Mode};
+
+    /// The in-process bus, except that publishes fail as a broker outage while `down` is set.
+    struct FlakyBus {
+        down: AtomicBool,
+        inner: InProcBus,
+    }
+
+    #[async_trait]
+    impl Bus for FlakyBus {
+        fn namespace(&self) -> &str {
+            self.inner.namespace()
+        }
+
+        async fn declare(&self, spec: &QueueSpec) -> Result<(), BusError> {
+            self.inner.declare(spec).await
+        }
+
+        async fn publish(
+            &self,
+            destination: &Destination,
+            message: BusMessage,
+        ) -> Result<(), BusError> {
+            if self.down.load(Ordering::SeqCst) {
+                Err(BusError::Unavailable("broker restarting".into()))
+            } else {
+                self.inner.publish(destination, message).await
+            }
+        }
+
+        async fn consume(&self, spec: QueueSpec, prefetch: u16) -> Result<Consumer, BusError> {
+            self.inner.consume(spec, prefetch).await
+        }
+    }
+
+    fn task(queue_id: &TaskId, n: u64, agent: &AgentId) -> NewTask {
+        NewTask {
+            id: TaskId::parse(&format!("{n:016x}")).unwrap(),
+            queue_id: Some(queue_id.clone()),
+            task_type: TaskType::Queue,
+            agent: agent.clone(),
+            app: "demo".into(),
+            func: "ok".into(),
+            param: String::new(),
+            timeout_s: 10,
+            proxy: String::new(),
+            mode: Mode::NP,
+            depend_task_id: None,
+            created_at: n,
+        }
+    }
+
+    #[actix_rt::test]
+    async fn tasks_that_meet_a_bus_outage_wait_for_the_bus_instead_of_failing() {
+        let database = TestDatabase::sqlite().unwrap();
+        let store = Store::open(&database.url).unwrap();
+        let agent = AgentId::parse("agent-1").unwrap();
+        let queue_id = TaskId::parse("00000000000000ff").unwrap();
+        store.create_queue(&queue_id, "demo", "ops", 1).unwrap();
+        for n in 1..=3 {
+            store.add_task(&task(&queue_id, n, &agent)).unwrap();
+        }
+        store.commit_queue(&queue_id, 2).unwrap();
+
+        let bus = Arc::new(FlakyBus {
+            down: AtomicBool::new(true),
+            inner: InProcBus::new("test"),
+        });
+        let mut agent_queue = bus
+            .consume(
+                QueueSpec {
+                    name: bus.queue_name("agent.agent-1"),
+                    bindings: vec![routing::agent(&agent)],
+                    durable: true,
+                },
+                16,
+            )
+            .await
+            .unwrap();
+        let round = || DispatchRound {
+            store: store.clone(),
+            bus: bus.clone(),
+            signer: Arc::new(InstructionSigner::generate("center")),
+            instance: "center-a".into(),
+            batch: 2,
+            allowance: Duration::from_secs(5),
+            bus_unavailable: AtomicBool::new(false),
+        };
+
+        round().run().await.unwrap();
+        let tasks = store.queue_tasks(&queue_id).unwrap();
+        assert!(
+            tasks.iter().all(|task| task.status == TaskStatus::Pending),
+            "{tasks:?}"
+        );
+        assert!(agent_queue.try_next().is_none(), "nothing was sent");
+
+        bus.down.store(false, Ordering::SeqCst);
+        round().run().await.unwrap();
+        let tasks = store.queue_tasks(&queue_id).unwrap();
+        assert!(
+            tasks
+                .iter()
+                .all(|task| task.status == TaskStatus::Executing),
+            "{tasks:?}"
+        );
+        let expected: Vec<TaskId> = tasks.into_iter().map(|task| task.id).collect();
+        let mut sent = Vec::new();
+        for _ in &expected {
+            let delivery = tokio::time::timeout(Duration::from_secs(10), agent_queue.next())
+                .await
+                .expect("an instruction")
+                .expect("the queue is open");
+            let instruction: Instruction = wire::decode(&delivery.message.body).unwrap();
+            sent.push(instruction.id);
+        }
+        sent.sort();
+        assert_eq!(sent, expected, "each task sent once the bus was back");
+    }
 }
