@@ -34,8 +34,10 @@ use std::time::Duration;
 
 /// How often due firings are looked for; small next to `prepare_ahead_ms`.
 const TICK: Duration = Duration::from_millis(20);
-/// Claims per database transaction.
-const CLAIM_BATCH: usize = 2_000;
+/// Claims per database transaction. Large: a SQLite commit writes (and then checkpoints) every
+/// page the transaction touched, and the firings of one fire time share many index pages, so
+/// one transaction of 10,000 firings costs far less than five of 2,000.
+const CLAIM_BATCH: usize = 10_000;
 /// Firing rows are kept a day (or twice the misfire threshold if longer), then pruned.
 const FIRINGS_KEPT_S: u64 = 86_400;
 /// How often old firing rows are pruned.

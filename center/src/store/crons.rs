@@ -19,6 +19,10 @@ use diesel::prelude::*;
 use elves_shared::wire::{JobResult, Mode, TaskId};
 use std::collections::{BTreeMap, HashMap};
 
+/// Firing rows per claiming `INSERT`: five bound parameters each keeps a statement well under
+/// SQLite's limit of 32,766 and PostgreSQL's of 65,535.
+const CLAIM_ROWS_PER_INSERT: usize = 2_000;
+
 /// What a cron runs, and when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CronDefinition {
@@ -132,8 +136,9 @@ struct CronRecord {
     last_exec_result: Option<String>,
 }
 
+/// No defaultable values (see `NewTaskRecord`): a batch of these is one statement on SQLite.
 #[derive(Debug, Insertable)]
-#[diesel(table_name = cron_firings)]
+#[diesel(table_name = cron_firings, treat_none_as_default_value = false)]
 struct FiringRecord<'a> {
     cron_id: &'a str,
     fire_time: i64,
@@ -459,38 +464,59 @@ impl Store {
                 revisions.extend(found);
             }
             let mut outcome = ClaimOutcome::default();
-            let mut tasks_to_insert = Vec::new();
-            let mut won_by_time: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+            let mut current: Vec<usize> = Vec::with_capacity(claims.len());
             for (index, claim) in claims.iter().enumerate() {
-                if revisions.get(claim.cron_id.as_str()) != Some(&claim.revision) {
-                    if !outcome.stale.contains(&claim.cron_id) {
-                        outcome.stale.push(claim.cron_id.clone());
-                    }
-                    continue;
+                if revisions.get(claim.cron_id.as_str()) == Some(&claim.revision) {
+                    current.push(index);
+                } else if !outcome.stale.contains(&claim.cron_id) {
+                    outcome.stale.push(claim.cron_id.clone());
                 }
-                let record = FiringRecord {
-                    cron_id: claim.cron_id.as_str(),
-                    fire_time: db_time(claim.fire_time),
-                    task_id: claim.task.id.as_str(),
-                    center_instance,
-                    claimed_at: db_time(now),
-                };
-                let insert = diesel::insert_into(cron_firings::table)
-                    .values(&record)
-                    .on_conflict_do_nothing();
-                // The multi-backend connection has no ON CONFLICT; each backend has.
-                let n_inserted = match conn {
-                    DbConnection::Pg(pg) => insert.execute(pg)?,
-                    DbConnection::Sqlite(sqlite) => insert.execute(sqlite)?,
-                };
-                if n_inserted == 1 {
-                    outcome.won.push(index);
-                    tasks_to_insert.push(NewTaskRecord::executing(&claim.task, &claim.dispatch));
-                    won_by_time
-                        .entry(claim.fire_time)
-                        .or_default()
-                        .push(claim.cron_id.as_str());
+            }
+            // In key order, so that concurrent claimers on PostgreSQL take the unique index's
+            // locks in the same order and wait for each other rather than deadlock. A firing
+            // given twice is claimed by its first claim only.
+            let key = |index: &usize| (claims[*index].cron_id.as_str(), claims[*index].fire_time);
+            current.sort_by(|a, b| key(a).cmp(&key(b)).then(a.cmp(b)));
+            current.dedup_by(|later, first| key(later) == key(first));
+            for chunk in current.chunks(CLAIM_ROWS_PER_INSERT) {
+                let records: Vec<FiringRecord<'_>> = chunk
+                    .iter()
+                    .map(|index| {
+                        let claim = &claims[*index];
+                        FiringRecord {
+                            cron_id: claim.cron_id.as_str(),
+                            fire_time: db_time(claim.fire_time),
+                            task_id: claim.task.id.as_str(),
+                            center_instance,
+                            claimed_at: db_time(now),
+                        }
+                    })
+                    .collect();
+                let by_key: HashMap<(&str, i64), usize> = chunk
+                    .iter()
+                    .zip(&records)
+                    .map(|(index, record)| ((record.cron_id, record.fire_time), *index))
+                    .collect();
+                for (cron_id, fire_time) in insert_firings(conn, &records)? {
+                    let index = by_key.get(&(cron_id.as_str(), fire_time)).ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "cron {cron_id}: claimed a firing at {fire_time} nobody asked for"
+                        ))
+                    })?;
+                    outcome.won.push(*index);
                 }
+            }
+            // Callers pair `won` with their claims in the order they gave them.
+            outcome.won.sort_unstable();
+            let mut tasks_to_insert = Vec::with_capacity(outcome.won.len());
+            let mut won_by_time: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+            for index in &outcome.won {
+                let claim = &claims[*index];
+                tasks_to_insert.push(NewTaskRecord::executing(&claim.task, &claim.dispatch));
+                won_by_time
+                    .entry(claim.fire_time)
+                    .or_default()
+                    .push(claim.cron_id.as_str());
             }
             // 22 columns per task: stay below SQLite's bound-parameter limit.
             for chunk in tasks_to_insert.chunks(1_000) {
@@ -613,6 +639,26 @@ fn delete_with_firings(conn: &mut DbConnection, ids: &[String]) -> Result<(), St
         diesel::delete(crons::table.filter(crons::id.eq_any(chunk))).execute(conn)?;
     }
     Ok(())
+}
+
+/// Inserts firing rows in one statement, skipping those already there, and returns the keys
+/// `(cron_id, fire_time)` of the rows it inserted: the firings this call won.
+fn insert_firings(
+    conn: &mut DbConnection,
+    records: &[FiringRecord<'_>],
+) -> Result<Vec<(String, i64)>, StoreError> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let insert = diesel::insert_into(cron_firings::table)
+        .values(records)
+        .on_conflict_do_nothing()
+        .returning((cron_firings::cron_id, cron_firings::fire_time));
+    // The multi-backend connection has no ON CONFLICT; each backend has.
+    Ok(match conn {
+        DbConnection::Pg(pg) => insert.get_results(pg)?,
+        DbConnection::Sqlite(sqlite) => insert.get_results(sqlite)?,
+    })
 }
 
 /// Inserts tasks in one statement per backend call (a multi-row insert).
@@ -871,6 +917,135 @@ mod tests {
                     assert!(store.get_task(&task_id).unwrap().is_some());
                 }
             }
+        });
+    }
+
+    /// 100 crons × 25 fire times: 2,500 claims, more than one claiming `INSERT`.
+    fn firing_set(store: &Store) -> Vec<FiringClaim> {
+        let mut crons = Vec::new();
+        for n in 0..100 {
+            store
+                .create_cron(
+                    &id(1_000 + n),
+                    &definition("0/1 * * * * ?"),
+                    &CronSource::Api,
+                    true,
+                    "ops",
+                    0,
+                )
+                .unwrap();
+            crons.push(store.get_cron(&id(1_000 + n)).unwrap().unwrap());
+        }
+        let claims: Vec<FiringClaim> = (1..=25u64)
+            .flat_map(|second| crons.iter().map(move |cron| (cron.clone(), second)))
+            .map(|(cron, second)| claim(&cron, second * 1_000))
+            .collect();
+        assert!(claims.len() > CLAIM_ROWS_PER_INSERT);
+        claims
+    }
+
+    /// The same firings with task ids of their own, as another center would claim them.
+    fn reclaimed(claims: &[FiringClaim]) -> Vec<FiringClaim> {
+        claims
+            .iter()
+            .map(|claim| {
+                let mut claim = claim.clone();
+                claim.task.id = TaskId::random();
+                claim
+            })
+            .collect()
+    }
+
+    #[test]
+    fn two_claims_of_one_firing_set_split_it_exactly() {
+        on_both_backends(|store| {
+            let first = firing_set(store);
+            // The second claimer lists the firings in the opposite order.
+            let mut second = reclaimed(&first);
+            second.reverse();
+            let barrier = Arc::new(Barrier::new(2));
+            let handles: Vec<_> = [("a", first.clone()), ("b", second.clone())]
+                .into_iter()
+                .map(|(center, claims)| {
+                    let (store, barrier) = (store.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        store.claim_cron_firings(center, &claims, 1).unwrap()
+                    })
+                })
+                .collect();
+            let outcomes: Vec<ClaimOutcome> = handles
+                .into_iter()
+                .map(|handle| handle.join().unwrap())
+                .collect();
+            assert!(outcomes.iter().all(|outcome| outcome.stale.is_empty()));
+
+            // Every firing went to exactly one of the two, with that claimer's task.
+            let mut winner: HashMap<(TaskId, u64), (&str, TaskId)> = HashMap::new();
+            for ((center, claims), outcome) in [("a", &first), ("b", &second)].iter().zip(&outcomes)
+            {
+                for index in &outcome.won {
+                    let claim = &claims[*index];
+                    let previous = winner.insert(
+                        (claim.cron_id.clone(), claim.fire_time),
+                        (*center, claim.task.id.clone()),
+                    );
+                    assert!(previous.is_none(), "firing claimed twice");
+                }
+            }
+            assert_eq!(winner.len(), first.len());
+            for claim in &first {
+                let firings = store.cron_firings(&claim.cron_id).unwrap();
+                let (_, task_id, center) = firings
+                    .iter()
+                    .find(|(fire_time, _, _)| *fire_time == claim.fire_time)
+                    .unwrap();
+                let (expected_center, expected_task) =
+                    &winner[&(claim.cron_id.clone(), claim.fire_time)];
+                assert_eq!(
+                    (center.as_str(), task_id),
+                    (*expected_center, expected_task)
+                );
+            }
+            // Only the winners' tasks are stored.
+            for claims in [&first, &second] {
+                for claim in claims {
+                    let won = winner[&(claim.cron_id.clone(), claim.fire_time)].1 == claim.task.id;
+                    assert_eq!(store.get_task(&claim.task.id).unwrap().is_some(), won);
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn a_partly_claimed_firing_set_yields_only_the_unclaimed_firings() {
+        on_both_backends(|store| {
+            let all = firing_set(store);
+            let taken: Vec<FiringClaim> = all.iter().step_by(3).cloned().collect();
+            let outcome = store.claim_cron_firings("a", &taken, 1).unwrap();
+            assert_eq!(outcome.won, (0..taken.len()).collect::<Vec<_>>());
+
+            // The whole set again, with one firing given twice: the rest is won, once.
+            let mut again = reclaimed(&all);
+            again.push(FiringClaim {
+                task: NewTask {
+                    id: TaskId::random(),
+                    ..again[1].task.clone()
+                },
+                ..again[1].clone()
+            });
+            let outcome = store.claim_cron_firings("b", &again, 2).unwrap();
+            let expected: Vec<usize> = (0..all.len()).filter(|index| index % 3 != 0).collect();
+            assert_eq!(outcome.won, expected);
+            assert!(outcome.stale.is_empty());
+            assert!(store
+                .get_task(&again[again.len() - 1].task.id)
+                .unwrap()
+                .is_none());
+
+            // Nothing is left to claim.
+            let outcome = store.claim_cron_firings("c", &reclaimed(&all), 3).unwrap();
+            assert!(outcome.won.is_empty());
         });
     }
 

@@ -377,8 +377,11 @@ impl TryFrom<TaskRecord> for TaskRow {
     }
 }
 
+/// `None` is NULL, which is also every optional column's default: without the defaultable
+/// values diesel would otherwise use, a batch of these is one multi-row `INSERT` on SQLite
+/// too, not one statement per row.
 #[derive(Debug, Insertable)]
-#[diesel(table_name = tasks)]
+#[diesel(table_name = tasks, treat_none_as_default_value = false)]
 pub(super) struct NewTaskRecord<'a> {
     pub id: &'a str,
     pub queue_id: Option<&'a str>,
