@@ -1,9 +1,14 @@
 //! RT call latency and idle memory (not a test: it prints figures).
 //!
-//! Measures, for `apptest.helloword`:
-//! - the worker run directly with the real python3 (the floor);
-//! - an RT call over HTTP through the in-process bus;
-//! - an RT call over HTTP through RabbitMQ (`ELVES_TEST_AMQP_URL`, default the local broker);
+//! Measures, for `apptest.helloword`, over the in-process bus and over RabbitMQ
+//! (`ELVES_TEST_AMQP_URL`, default the local broker):
+//! - the worker run directly with the real python3 (the floor), once before each rt call, so
+//!   that drift in python's start-up time hits both sides alike; the platform's cost is the
+//!   median of the paired differences;
+//! - the rt call over HTTP, the `worker_costtime` the agent reports, and the same worker run
+//!   through the agent's `exec::run` (its process group, pipes and reaping);
+//! - a no-op shell worker run directly and through an rt call: the platform's own cost
+//!   without python's noise;
 //! - the idle RSS of `elves-center` and `elves-agent` as separate processes over RabbitMQ
 //!   (built by `scripts/bench` before this runs).
 //!
@@ -39,17 +44,37 @@ fn main() {
         .expect("runtime");
 
     let python = real_python();
-    let direct = direct_worker_runs(&python, &root.join("apps/apptest"), calls / 3);
-    report("worker run directly (python3)", &direct);
-    let inproc = runtime.block_on(rt_calls("inproc", &root, calls));
-    report("rt call, in-process bus", &inproc);
-    let rabbit = runtime.block_on(rt_calls(&amqp, &root, calls));
-    report("rt call, RabbitMQ", &rabbit);
-    println!(
-        "added by the platform (p50): in-process {:.2} ms, RabbitMQ {:.2} ms",
-        percentile(&inproc, 50.0) - percentile(&direct, 50.0),
-        percentile(&rabbit, 50.0) - percentile(&direct, 50.0)
-    );
+    let app_dir = root.join("apps/apptest");
+    // Each rt call is paired with a direct run just before it, so that drift in the machine's
+    // speed (python start-up varies by several ms over a minute) hits both sides alike.
+    let inproc = runtime.block_on(rt_calls("inproc", &root, calls, &python, &app_dir));
+    let rabbit = runtime.block_on(rt_calls(&amqp, &root, calls, &python, &app_dir));
+    for (bus, series) in [("in-process bus", &inproc), ("RabbitMQ", &rabbit)] {
+        report(
+            &format!("worker run directly, paired with {bus}"),
+            &series.direct,
+        );
+        report(&format!("rt call, {bus}"), &series.rt);
+        let added: Vec<f64> = series
+            .rt
+            .iter()
+            .zip(&series.direct)
+            .map(|(rt, direct)| rt - direct)
+            .collect();
+        println!(
+            "added by the platform, {bus}: median of paired differences {:.2} ms, \
+             difference of p50s {:.2} ms",
+            percentile(&added, 50.0),
+            percentile(&series.rt, 50.0) - percentile(&series.direct, 50.0)
+        );
+        report("  worker_costtime", &series.costtime);
+        report("  worker through the agent's exec::run", &series.exec);
+        report("  no-op shell worker run directly", &series.noop_direct);
+        report(
+            &format!("  rt call of the no-op worker, {bus}"),
+            &series.noop_rt,
+        );
+    }
     idle_rss(&amqp, &root);
 }
 
@@ -61,21 +86,68 @@ fn real_python() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
 
-fn direct_worker_runs(python: &Path, app_dir: &Path, runs: usize) -> Vec<f64> {
+/// One run of the worker with the real python3, as the agent would start it; in ms.
+fn direct_worker_run(python: &Path, app_dir: &Path) -> f64 {
     let param = base64_of(r#"{"my":"bench"}"#);
-    (0..runs.max(10))
-        .map(|_| {
-            let started = Instant::now();
-            let output = std::process::Command::new(python)
-                .current_dir(app_dir)
-                .args(["app-worker.py", "apptest", "helloword", &param])
-                .stdin(Stdio::null())
-                .output()
-                .expect("worker runs");
-            assert!(String::from_utf8_lossy(&output.stdout).contains("<ElvesWFlag>true"));
-            started.elapsed().as_secs_f64() * 1000.0
-        })
-        .collect()
+    let started = Instant::now();
+    let output = std::process::Command::new(python)
+        .current_dir(app_dir)
+        .args(["app-worker.py", "apptest", "helloword", &param])
+        .stdin(Stdio::null())
+        .output()
+        .expect("worker runs");
+    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+    assert!(String::from_utf8_lossy(&output.stdout).contains("<ElvesWFlag>true"));
+    elapsed
+}
+
+/// One run of the no-op shell worker, as the agent would start it; in ms.
+fn direct_noop_run(worker: &Path) -> f64 {
+    let started = Instant::now();
+    let output = std::process::Command::new(worker)
+        .args(["noop", "noop", "e30="])
+        .stdin(Stdio::null())
+        .output()
+        .expect("noop worker runs");
+    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+    assert!(String::from_utf8_lossy(&output.stdout).contains("<ElvesWFlag>true"));
+    elapsed
+}
+
+/// The agent's apps: `apptest` from the repository, and `noop`, a shell worker that answers at
+/// once, whose rt calls show the platform's own cost without python's start-up noise.
+fn bench_apps(root: &Path, dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let apps = dir.join("apps");
+    let apptest = apps.join("apptest");
+    std::fs::create_dir_all(&apptest).expect("apps dir");
+    for entry in std::fs::read_dir(root.join("apps/apptest")).expect("apps/apptest") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("file type").is_file() {
+            std::fs::copy(entry.path(), apptest.join(entry.file_name())).expect("copy");
+        }
+    }
+    let noop = apps.join("noop");
+    std::fs::create_dir_all(&noop).expect("noop dir");
+    let worker = noop.join("app-worker");
+    std::fs::write(
+        &worker,
+        "#!/bin/sh\nprintf '<ElvesWFlag>true</ElvesWFlag><ElvesWResult>ok</ElvesWResult>\\n'\n",
+    )
+    .expect("noop worker");
+    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    apps
+}
+
+/// Latencies of rt calls and of the direct runs paired with them, in ms.
+#[derive(Default)]
+struct Series {
+    rt: Vec<f64>,
+    direct: Vec<f64>,
+    noop_rt: Vec<f64>,
+    noop_direct: Vec<f64>,
+    costtime: Vec<f64>,
+    exec: Vec<f64>,
 }
 
 fn base64_of(text: &str) -> String {
@@ -83,7 +155,13 @@ fn base64_of(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
-async fn rt_calls(bus_url: &str, root: &Path, calls: usize) -> Vec<f64> {
+async fn rt_calls(
+    bus_url: &str,
+    root: &Path,
+    calls: usize,
+    python: &Path,
+    app_dir: &Path,
+) -> Series {
     let dir = tempfile::tempdir().expect("temp dir");
     let namespace = format!("elves-bench-{:08x}", rand::random::<u32>());
     let env = vec![
@@ -109,7 +187,8 @@ async fn rt_calls(bus_url: &str, root: &Path, calls: usize) -> Vec<f64> {
         elves_shared::bus::open(bus_url, &namespace).expect("agent bus")
     };
     let mut agent = AgentConfig::new(AgentId::parse("bench").expect("id"));
-    agent.apps_dir = root.join("apps");
+    let agent_apps = bench_apps(root, dir.path());
+    agent.apps_dir = agent_apps.clone();
     agent.spool_dir = dir.path().join("spool");
     agent.heartbeat_interval_ms = 500;
     agent.center.key_id = center.key_id.clone();
@@ -125,12 +204,13 @@ async fn rt_calls(bus_url: &str, root: &Path, calls: usize) -> Vec<f64> {
     ));
 
     let http = reqwest::Client::new();
-    let call = || async {
+    let (http, base) = (&http, &base);
+    let call = |app: &'static str, func: &'static str| async move {
         let path = "/api/v2/rt/exec";
         let pairs = vec![
             ("ip".to_string(), "bench".to_string()),
-            ("app".to_string(), "apptest".to_string()),
-            ("func".to_string(), "helloword".to_string()),
+            ("app".to_string(), app.to_string()),
+            ("func".to_string(), func.to_string()),
             ("param".to_string(), r#"{"my":"bench"}"#.to_string()),
             ("auth_id".to_string(), AUTH_ID.to_string()),
             (
@@ -153,7 +233,7 @@ async fn rt_calls(bus_url: &str, root: &Path, calls: usize) -> Vec<f64> {
     // Wait until the agent's first heartbeat made it online, then warm up.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let answer = call().await;
+        let answer = call("apptest", "helloword").await;
         if answer["result"]["worker_flag"] == "1" {
             break;
         }
@@ -164,21 +244,59 @@ async fn rt_calls(bus_url: &str, root: &Path, calls: usize) -> Vec<f64> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for _ in 0..10 {
-        call().await;
+        call("apptest", "helloword").await;
+        call("noop", "noop").await;
     }
-    let mut latencies = Vec::with_capacity(calls);
+    let mut series = Series::default();
+    let noop_worker = agent_apps.join("noop").join("app-worker");
     for _ in 0..calls {
+        let (python_path, app_path) = (python.to_path_buf(), app_dir.to_path_buf());
+        let direct =
+            tokio::task::spawn_blocking(move || direct_worker_run(&python_path, &app_path))
+                .await
+                .expect("direct run");
+        series.direct.push(direct);
         let started = Instant::now();
-        let answer = call().await;
+        let answer = call("apptest", "helloword").await;
         assert_eq!(answer["result"]["worker_flag"], "1", "{answer}");
-        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        series.rt.push(started.elapsed().as_secs_f64() * 1000.0);
+        series
+            .costtime
+            .push(answer["result"]["worker_costtime"].as_f64().unwrap_or(0.0));
+        let spec = elves_agent::exec::ExecSpec {
+            program: python.to_path_buf(),
+            args: vec![
+                "app-worker.py".into(),
+                "apptest".into(),
+                "helloword".into(),
+                base64_of(r#"{"my":"bench"}"#).into(),
+            ],
+            cwd: app_dir.to_path_buf(),
+            env: Vec::new(),
+        };
+        let started = Instant::now();
+        let outcome = elves_agent::exec::run(spec, &elves_agent::exec::ExecLimits::default()).await;
+        assert!(String::from_utf8_lossy(&outcome.stdout).contains("<ElvesWFlag>true"));
+        series.exec.push(started.elapsed().as_secs_f64() * 1000.0);
+
+        let noop_worker = noop_worker.clone();
+        let direct = tokio::task::spawn_blocking(move || direct_noop_run(&noop_worker))
+            .await
+            .expect("direct noop run");
+        series.noop_direct.push(direct);
+        let started = Instant::now();
+        let answer = call("noop", "noop").await;
+        assert_eq!(answer["result"]["worker_flag"], "1", "{answer}");
+        series
+            .noop_rt
+            .push(started.elapsed().as_secs_f64() * 1000.0);
     }
     let _ = stop.send(());
     let _ = agent_task.await;
     tokio::task::spawn_blocking(move || center.stop())
         .await
         .expect("center stops");
-    latencies
+    series
 }
 
 fn percentile(samples: &[f64], pct: f64) -> f64 {
@@ -190,7 +308,7 @@ fn percentile(samples: &[f64], pct: f64) -> f64 {
 
 fn report(name: &str, samples: &[f64]) {
     println!(
-        "{name:<34} n={:<5} p50 {:>7.2} ms   p99 {:>7.2} ms",
+        "{name:<44} n={:<5} p50 {:>7.2} ms   p99 {:>7.2} ms",
         samples.len(),
         percentile(samples, 50.0),
         percentile(samples, 99.0)
