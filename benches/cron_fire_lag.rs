@@ -29,7 +29,10 @@ fn main() {
     if std::env::args().any(|arg| arg == "--list") {
         return;
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // lapin's spans reach `log` as ERROR lines; RUST_LOG must not bring them back.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .filter_module("tracing::span", log::LevelFilter::Off)
+        .init();
     let n_crons: usize = env_number("ELVES_BENCH_CRONS", 10_000);
     let seconds: u64 = env_number("ELVES_BENCH_SECONDS", 20) as u64;
     let runtime = tokio::runtime::Builder::new_multi_thread()

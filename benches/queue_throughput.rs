@@ -123,10 +123,10 @@ fn main() {
         // `cargo test --benches` lists benches; there is nothing to list as a test.
         return;
     }
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("warn,tracing::span=off"),
-    )
-    .init();
+    // lapin's spans reach `log` as ERROR lines; RUST_LOG must not bring them back.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .filter_module("tracing::span", log::LevelFilter::Off)
+        .init();
     let number = |name: &str, default: usize| {
         std::env::var(name)
             .ok()
