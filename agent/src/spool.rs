@@ -366,10 +366,9 @@ pub async fn run_flusher(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use async_trait::async_trait;
+    use elves_shared::bus::testing::PublishOutageBus;
     use elves_shared::bus::{Consumer, InProcBus, QueueSpec};
     use elves_shared::wire::{AgentId, Mode, TaskId, TaskType};
-    use std::sync::atomic::AtomicBool;
 
     fn result(id: &str) -> JobResult {
         JobResult {
@@ -393,39 +392,6 @@ mod tests {
             destination: Destination::Topic(routing::CENTER_RESULT.into()),
             correlation_id: None,
             result: result(id),
-        }
-    }
-
-    /// A bus that is away until told otherwise, then behaves like the in-process bus.
-    struct FlakyBus {
-        up: AtomicBool,
-        inner: InProcBus,
-    }
-
-    #[async_trait]
-    impl Bus for FlakyBus {
-        fn namespace(&self) -> &str {
-            self.inner.namespace()
-        }
-
-        async fn declare(&self, spec: &QueueSpec) -> Result<(), BusError> {
-            self.inner.declare(spec).await
-        }
-
-        async fn publish(
-            &self,
-            destination: &Destination,
-            message: BusMessage,
-        ) -> Result<(), BusError> {
-            if self.up.load(Ordering::SeqCst) {
-                self.inner.publish(destination, message).await
-            } else {
-                Err(BusError::Unavailable("broker down".into()))
-            }
-        }
-
-        async fn consume(&self, spec: QueueSpec, prefetch: u16) -> Result<Consumer, BusError> {
-            self.inner.consume(spec, prefetch).await
         }
     }
 
@@ -470,10 +436,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Arc::new(Spool::open(dir.path()).unwrap());
         let stats = AgentStats::new();
-        let bus = FlakyBus {
-            up: AtomicBool::new(false),
-            inner: InProcBus::new("spooltest"),
-        };
+        let bus = PublishOutageBus::new("spooltest", true);
         let mut consumer = center_results(&bus).await;
         spool_result(
             &spool,
@@ -497,7 +460,7 @@ mod tests {
         assert_eq!(outcome, FlushOutcome::Stalled { n_sent: 0 });
         assert_eq!(spool.pending().unwrap().len(), 2);
 
-        bus.up.store(true, Ordering::SeqCst);
+        bus.set_down(false);
         let outcome = flush_once(&spool, &bus, &stats).await;
         assert_eq!(outcome, FlushOutcome::Drained { n_sent: 2 });
         assert!(spool.pending().unwrap().is_empty());

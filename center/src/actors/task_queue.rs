@@ -654,42 +654,9 @@ mod tests {
     use super::*;
     use crate::store::testing::TestDatabase;
     use crate::store::NewTask;
-    use async_trait::async_trait;
-    use elves_shared::bus::{Bus, Consumer, InProcBus, QueueSpec};
+    use elves_shared::bus::testing::PublishOutageBus;
+    use elves_shared::bus::{Bus, QueueSpec};
     use elves_shared::wire::{AgentId, Mode};
-
-    /// The in-process bus, except that publishes fail as a broker outage while `down` is set.
-    struct FlakyBus {
-        down: AtomicBool,
-        inner: InProcBus,
-    }
-
-    #[async_trait]
-    impl Bus for FlakyBus {
-        fn namespace(&self) -> &str {
-            self.inner.namespace()
-        }
-
-        async fn declare(&self, spec: &QueueSpec) -> Result<(), BusError> {
-            self.inner.declare(spec).await
-        }
-
-        async fn publish(
-            &self,
-            destination: &Destination,
-            message: BusMessage,
-        ) -> Result<(), BusError> {
-            if self.down.load(Ordering::SeqCst) {
-                Err(BusError::Unavailable("broker restarting".into()))
-            } else {
-                self.inner.publish(destination, message).await
-            }
-        }
-
-        async fn consume(&self, spec: QueueSpec, prefetch: u16) -> Result<Consumer, BusError> {
-            self.inner.consume(spec, prefetch).await
-        }
-    }
 
     fn task(queue_id: &TaskId, n: u64, agent: &AgentId) -> NewTask {
         NewTask {
@@ -720,10 +687,7 @@ mod tests {
         }
         store.commit_queue(&queue_id, 2).unwrap();
 
-        let bus = Arc::new(FlakyBus {
-            down: AtomicBool::new(true),
-            inner: InProcBus::new("test"),
-        });
+        let bus = Arc::new(PublishOutageBus::new("test", true));
         let mut agent_queue = bus
             .consume(
                 QueueSpec {
@@ -753,7 +717,7 @@ mod tests {
         );
         assert!(agent_queue.try_next().is_none(), "nothing was sent");
 
-        bus.down.store(false, Ordering::SeqCst);
+        bus.set_down(false);
         round().run().await.unwrap();
         let tasks = store.queue_tasks(&queue_id).unwrap();
         assert!(

@@ -9,6 +9,7 @@
 
 mod inproc;
 mod rabbit;
+pub mod testing;
 
 pub use inproc::InProcBus;
 pub use rabbit::RabbitBus;
