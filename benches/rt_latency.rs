@@ -14,6 +14,7 @@
 //!
 //! Run: `scripts/bench` (or `cargo bench --bench rt_latency`). `ELVES_BENCH_CALLS` sets the count.
 
+use elves_agent::exec::{self, ExecLimits, ExecSpec};
 use elves_agent::{AgentConfig, AgentStats};
 use elves_shared::sign::{self, SignType};
 use elves_shared::wire::AgentId;
@@ -86,13 +87,12 @@ fn real_python() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
 
-/// One run of the worker with the real python3, as the agent would start it; in ms.
-fn direct_worker_run(python: &Path, app_dir: &Path) -> f64 {
-    let param = base64_of(r#"{"my":"bench"}"#);
+/// One run of a worker started as `std::process::Command` would (the floor); in ms.
+fn direct_run(spec: &ExecSpec) -> f64 {
     let started = Instant::now();
-    let output = std::process::Command::new(python)
-        .current_dir(app_dir)
-        .args(["app-worker.py", "apptest", "helloword", &param])
+    let output = std::process::Command::new(&spec.program)
+        .current_dir(&spec.cwd)
+        .args(&spec.args)
         .stdin(Stdio::null())
         .output()
         .expect("worker runs");
@@ -101,17 +101,11 @@ fn direct_worker_run(python: &Path, app_dir: &Path) -> f64 {
     elapsed
 }
 
-/// One run of the no-op shell worker, as the agent would start it; in ms.
-fn direct_noop_run(worker: &Path) -> f64 {
-    let started = Instant::now();
-    let output = std::process::Command::new(worker)
-        .args(["noop", "noop", "e30="])
-        .stdin(Stdio::null())
-        .output()
-        .expect("noop worker runs");
-    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-    assert!(String::from_utf8_lossy(&output.stdout).contains("<ElvesWFlag>true"));
-    elapsed
+async fn direct_run_off_runtime(spec: &ExecSpec) -> f64 {
+    let spec = spec.clone();
+    tokio::task::spawn_blocking(move || direct_run(&spec))
+        .await
+        .expect("direct run")
 }
 
 /// The agent's apps: `apptest` from the repository, and `noop`, a shell worker that answers at
@@ -248,14 +242,31 @@ async fn rt_calls(
         call("noop", "noop").await;
     }
     let mut series = Series::default();
-    let noop_worker = agent_apps.join("noop").join("app-worker");
+    let worker_args = |app: &str, func: &str| {
+        [app, func, &base64_of(r#"{"my":"bench"}"#)]
+            .map(std::ffi::OsString::from)
+            .to_vec()
+    };
+    let python_worker = ExecSpec {
+        program: python.to_path_buf(),
+        args: [
+            vec!["app-worker.py".into()],
+            worker_args("apptest", "helloword"),
+        ]
+        .concat(),
+        cwd: app_dir.to_path_buf(),
+        env: Vec::new(),
+    };
+    let noop_worker = ExecSpec {
+        program: agent_apps.join("noop/app-worker"),
+        args: worker_args("noop", "noop"),
+        cwd: agent_apps.join("noop"),
+        env: Vec::new(),
+    };
     for _ in 0..calls {
-        let (python_path, app_path) = (python.to_path_buf(), app_dir.to_path_buf());
-        let direct =
-            tokio::task::spawn_blocking(move || direct_worker_run(&python_path, &app_path))
-                .await
-                .expect("direct run");
-        series.direct.push(direct);
+        series
+            .direct
+            .push(direct_run_off_runtime(&python_worker).await);
         let started = Instant::now();
         let answer = call("apptest", "helloword").await;
         assert_eq!(answer["result"]["worker_flag"], "1", "{answer}");
@@ -263,27 +274,14 @@ async fn rt_calls(
         series
             .costtime
             .push(answer["result"]["worker_costtime"].as_f64().unwrap_or(0.0));
-        let spec = elves_agent::exec::ExecSpec {
-            program: python.to_path_buf(),
-            args: vec![
-                "app-worker.py".into(),
-                "apptest".into(),
-                "helloword".into(),
-                base64_of(r#"{"my":"bench"}"#).into(),
-            ],
-            cwd: app_dir.to_path_buf(),
-            env: Vec::new(),
-        };
         let started = Instant::now();
-        let outcome = elves_agent::exec::run(spec, &elves_agent::exec::ExecLimits::default()).await;
+        let outcome = exec::run(python_worker.clone(), &ExecLimits::default()).await;
         assert!(String::from_utf8_lossy(&outcome.stdout).contains("<ElvesWFlag>true"));
         series.exec.push(started.elapsed().as_secs_f64() * 1000.0);
 
-        let noop_worker = noop_worker.clone();
-        let direct = tokio::task::spawn_blocking(move || direct_noop_run(&noop_worker))
-            .await
-            .expect("direct noop run");
-        series.noop_direct.push(direct);
+        series
+            .noop_direct
+            .push(direct_run_off_runtime(&noop_worker).await);
         let started = Instant::now();
         let answer = call("noop", "noop").await;
         assert_eq!(answer["result"]["worker_flag"], "1", "{answer}");
