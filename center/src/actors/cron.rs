@@ -828,7 +828,7 @@ impl Preparer {
                     instruction.id,
                     instruction.agent
                 );
-                undelivered(&instruction, &err)
+                super::scheduler::undelivered(&instruction, &err)
             })
             .collect();
         if !failures.is_empty() {
@@ -871,27 +871,6 @@ fn instruction_of(claim: &FiringClaim) -> Instruction {
 }
 
 /// The result of a firing that could not be published.
-fn undelivered(instruction: &Instruction, err: &str) -> JobResult {
-    let now = now_unix_ms();
-    JobResult {
-        id: instruction.id.clone(),
-        agent: instruction.agent.clone(),
-        task_type: TaskType::Cron,
-        mode: instruction.mode,
-        app: instruction.app.clone(),
-        func: instruction.func.clone(),
-        worker_flag: -1,
-        worker_message: String::new(),
-        worker_costtime: 0,
-        started_at: now,
-        finished_at: now,
-        error: format!(
-            "[410.1]could not send the job to agent {}: {err}",
-            instruction.agent
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -268,6 +268,29 @@ pub fn signed_message(
     message
 }
 
+/// The result of a task whose instruction could not be sent: it fails at once with 410.1, so
+/// that its dependents and its cron see the failure now rather than at its deadline.
+pub fn undelivered(instruction: &Instruction, err: &dyn std::fmt::Display) -> JobResult {
+    let now = now_unix_ms();
+    JobResult {
+        id: instruction.id.clone(),
+        agent: instruction.agent.clone(),
+        task_type: instruction.task_type,
+        mode: instruction.mode,
+        app: instruction.app.clone(),
+        func: instruction.func.clone(),
+        worker_flag: -1,
+        worker_message: String::new(),
+        worker_costtime: 0,
+        started_at: now,
+        finished_at: now,
+        error: format!(
+            "[410.1]could not send the job to agent {}: {err}",
+            instruction.agent
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

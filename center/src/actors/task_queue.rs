@@ -433,25 +433,7 @@ impl DispatchRound {
             }
             Err(err) => {
                 log::warn!("task {}: could not send to {}: {err}", task.id, task.agent);
-                let now = now_unix_ms();
-                let error = format!(
-                    "[410.1]could not send the job to agent {}: {err}",
-                    task.agent
-                );
-                Sent::Undeliverable(JobResult {
-                    id: task.id,
-                    agent: task.agent,
-                    task_type: task.task_type,
-                    mode: task.mode,
-                    app: task.app,
-                    func: task.func,
-                    worker_flag: -1,
-                    worker_message: String::new(),
-                    worker_costtime: 0,
-                    started_at: now,
-                    finished_at: now,
-                    error,
-                })
+                Sent::Undeliverable(super::scheduler::undelivered(&instruction_of(&task), &err))
             }
         }
     }
