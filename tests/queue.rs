@@ -14,6 +14,7 @@ on_every_setup!(
     quick_queue_runs_one_task,
     submission_runs_and_replies,
     submission_with_a_bad_signature_is_refused_and_runs_nothing,
+    results_packed_in_one_message_are_stored_each_once,
 );
 
 // The center's result consumer batches with `try_next`: both buses must offer it.
@@ -633,4 +634,114 @@ async fn consumer_try_next_takes_what_already_arrived_without_waiting(
     .await;
     assert_eq!(bodies, vec![vec![1], vec![2]]);
     assert!(consumer.try_next().is_none(), "all three were taken");
+}
+
+/// Agents send the results they have ready at once as one `results` message. Here the test
+/// plays the agent: it takes the instructions from the agent's queue itself and answers them
+/// all in one message, next to a malformed and an empty one, then sends the batch again.
+async fn results_packed_in_one_message_are_stored_each_once(setup: Setup) {
+    use elves_shared::bus::{BusMessage, Destination, QueueSpec};
+    use elves_shared::wire::{self, kind, routing, Instruction, JobResult, ResultBatch};
+
+    let mut env = env_with_agents(setup, &["a1"]).await;
+    let q = create_queue(&env).await;
+    let mut tasks = Vec::new();
+    for n in 0..5 {
+        tasks.push(add_task(&env, &q, "ip-a1", "ok", &json!({ "n": n }).to_string(), "").await);
+    }
+    // The real agent goes away; its queue stays, and the test reads it instead.
+    env.stop_agent("a1").await;
+    let bus = env.participant_bus();
+    let spec = QueueSpec {
+        name: bus.queue_name("agent.a1"),
+        bindings: vec!["agent.a1".to_string()],
+        durable: true,
+    };
+    let mut agent_queue = bus.consume(spec, 16).await.unwrap();
+    commit(&env, &q).await;
+
+    let mut answered = Vec::new();
+    while answered.len() < tasks.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), agent_queue.next())
+            .await
+            .expect("an instruction within 30 s")
+            .unwrap();
+        assert_eq!(delivery.message.kind, kind::INSTRUCTION);
+        let instruction: Instruction = wire::decode(&delivery.message.body).unwrap();
+        delivery.ack().await;
+        answered.push(JobResult {
+            id: instruction.id.clone(),
+            agent: instruction.agent.clone(),
+            task_type: instruction.task_type,
+            mode: instruction.mode,
+            app: instruction.app.clone(),
+            func: instruction.func.clone(),
+            worker_flag: 1,
+            worker_message: format!("answer to {}", instruction.param),
+            worker_costtime: 3,
+            started_at: instruction.issued_at,
+            finished_at: instruction.issued_at + 3,
+            error: String::new(),
+        });
+    }
+    let center_result = Destination::Topic(routing::CENTER_RESULT.to_string());
+    let garbage = BusMessage::msgpack(kind::RESULTS, b"\xc1 not msgpack".to_vec());
+    let empty = BusMessage::msgpack(
+        kind::RESULTS,
+        wire::encode(&ResultBatch { results: vec![] }),
+    );
+    let batch = |results: &[JobResult]| {
+        let body = wire::encode(&ResultBatch {
+            results: results.to_vec(),
+        });
+        BusMessage::msgpack(kind::RESULTS, body)
+    };
+    for message in [garbage, empty, batch(&answered)] {
+        bus.publish(&center_result, message).await.unwrap();
+    }
+
+    let done = wait_finished(&env, &q).await;
+    for task in &tasks {
+        assert_eq!(done[task]["status"], "finish", "{task}: {:?}", done[task]);
+        assert_eq!(done[task]["worker_flag"], "1");
+    }
+    let mut answers: Vec<String> = done
+        .values()
+        .map(|task| task["worker_message"].as_str().unwrap().to_string())
+        .collect();
+    answers.sort();
+    let expected: Vec<String> = (0..5)
+        .map(|n| format!("answer to {}", json!({ "n": n })))
+        .collect();
+    assert_eq!(answers, expected);
+
+    // The same results again, now with other answers: a late duplicate changes nothing.
+    // A later task's result, sent after it on the same queue, shows when it was consumed.
+    for result in &mut answered {
+        result.worker_message = "changed".to_string();
+        result.worker_flag = 0;
+    }
+    bus.publish(&center_result, batch(&answered)).await.unwrap();
+    let later_queue = create_queue(&env).await;
+    add_task(&env, &later_queue, "ip-a1", "ok", "{}", "").await;
+    commit(&env, &later_queue).await;
+    let delivery = tokio::time::timeout(Duration::from_secs(30), agent_queue.next())
+        .await
+        .expect("the later instruction within 30 s")
+        .unwrap();
+    let instruction: Instruction = wire::decode(&delivery.message.body).unwrap();
+    delivery.ack().await;
+    let later = JobResult {
+        id: instruction.id.clone(),
+        worker_message: "later".to_string(),
+        ..answered[0].clone()
+    };
+    let message = BusMessage::msgpack(kind::RESULT, wire::encode(&later));
+    bus.publish(&center_result, message).await.unwrap();
+    wait_finished(&env, &later_queue).await;
+    assert_eq!(
+        results(&env, &q).await,
+        done,
+        "a duplicate batch changes nothing"
+    );
 }

@@ -4,7 +4,8 @@
 //! `exec` runs child processes within limits; `worker` speaks the ELVES worker protocol on
 //! top of it.
 //! `config` loads the agent's settings, `guard` decides whether an instruction may run,
-//! `spool` keeps results on disk while the bus is away, `stats` counts what happened, and
+//! `spool` keeps results on disk while the bus is away, `result_batcher` packs the results
+//! ready at once into one `center.result` message, `stats` counts what happened, and
 //! `runtime` ties them to the bus: it is the agent's one entry point, [`run`].
 
 pub mod config;
@@ -13,6 +14,7 @@ pub mod guard;
 pub mod installer;
 pub mod local_cron;
 pub mod processor;
+pub mod result_batcher;
 pub mod runtime;
 pub mod spool;
 pub mod stats;

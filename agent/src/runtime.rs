@@ -13,6 +13,7 @@
 use crate::config::AgentConfig;
 use crate::exec::ExecLimits;
 use crate::guard::{InstructionGuard, Refusal, Verdict};
+use crate::result_batcher::ResultBatcher;
 use crate::spool::{self, Outgoing, Spool};
 use crate::stats::{bump, AgentStats};
 use crate::worker::{self, WorkerError, WorkerJob, WorkerReport, WorkerRunner};
@@ -51,6 +52,8 @@ struct Agent {
     runner: WorkerRunner,
     spool: Arc<Spool>,
     spool_wake: Arc<Notify>,
+    /// Publishes the results bound for `center.result`.
+    results: ResultBatcher,
     /// Task id → the sender that cancels it, for every accepted task not finished yet.
     running: Mutex<HashMap<TaskId, oneshot::Sender<()>>>,
     /// Becomes true when shutdown starts; retry loops give up on it.
@@ -99,6 +102,7 @@ pub async fn run(
         .await
         .context("opening the spool")??;
     let (stop, stopping) = watch::channel(false);
+    let results = ResultBatcher::start(bus.clone());
     let agent = Arc::new(Agent {
         config,
         bus,
@@ -106,6 +110,7 @@ pub async fn run(
         runner,
         spool: Arc::new(spool),
         spool_wake: Arc::new(Notify::new()),
+        results,
         running: Mutex::new(HashMap::new()),
         stopping,
         app_sets: watch::channel(None).0,
@@ -522,7 +527,12 @@ async fn deliver(agent: &Agent, outgoing: &Outgoing) -> bool {
     let mut stopping = agent.stopping.clone();
     let mut backoff = DELIVER_FIRST_BACKOFF;
     loop {
-        match spool::publish(agent.bus.as_ref(), outgoing).await {
+        let published = if outgoing.goes_to_center_result() {
+            agent.results.publish(outgoing.result.clone()).await
+        } else {
+            spool::publish(agent.bus.as_ref(), outgoing).await
+        };
+        match published {
             Ok(()) => {
                 bump(&agent.stats.results_published);
                 log::debug!("task {task_id}: result published");

@@ -43,6 +43,11 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
+    /// True for results any center may take (not an RT reply that a center waits for).
+    pub fn goes_to_center_result(&self) -> bool {
+        matches!(&self.destination, Destination::Topic(key) if key == routing::CENTER_RESULT)
+    }
+
     pub fn message(&self) -> BusMessage {
         let mut message = BusMessage::msgpack(wire::kind::RESULT, wire::encode(&self.result));
         message.message_id = Some(self.result.id.to_string());

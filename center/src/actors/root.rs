@@ -19,7 +19,9 @@ use actix::prelude::*;
 use elves_shared::bus::{BusMessage, Consumer, Delivery, QueueSpec, SharedBus};
 use elves_shared::crypto::InstructionSigner;
 use elves_shared::time::now_unix_ms;
-use elves_shared::wire::{self, kind, routing, Heartbeat as HeartbeatMessage, JobResult, TaskId};
+use elves_shared::wire::{
+    self, kind, routing, Heartbeat as HeartbeatMessage, JobResult, ResultBatch, TaskId,
+};
 use std::sync::Arc;
 
 /// Unsettled deliveries per consumer; bounds memory when a burst arrives.
@@ -270,18 +272,19 @@ async fn feed_replies(mut consumer: Consumer, scheduler: Addr<Scheduler>) {
     }
 }
 
-/// Stores results batch by batch: whatever has arrived (up to [`RESULT_BATCH`]) goes to
-/// TaskQueue as one batch, and is acked only once the batch is committed.
+/// Stores results batch by batch: whatever has arrived (up to about [`RESULT_BATCH`] results;
+/// one message may carry several) goes to TaskQueue as one batch, and each message is acked
+/// only once the batch is committed.
 async fn feed_results(mut consumer: Consumer, task_queue: Addr<TaskQueue>) {
     while let Some(first) = consumer.next().await {
-        let mut deliveries = Vec::with_capacity(RESULT_BATCH);
+        let mut messages = Vec::with_capacity(RESULT_BATCH);
         let mut results = Vec::with_capacity(RESULT_BATCH);
         let mut next = Some(first);
         while let Some(delivery) = next {
-            match decode_result(&delivery.message) {
-                Some(result) => {
-                    results.push(result);
-                    deliveries.push(delivery);
+            match decode_results(&delivery.message) {
+                Some(decoded) => {
+                    results.extend(decoded.iter().cloned());
+                    messages.push((delivery, decoded));
                 }
                 None => delivery.reject().await,
             }
@@ -294,41 +297,52 @@ async fn feed_results(mut consumer: Consumer, task_queue: Addr<TaskQueue>) {
         if results.is_empty() {
             continue;
         }
-        match task_queue.send(ResultsReceived(results.clone())).await {
+        match task_queue.send(ResultsReceived(results)).await {
             Ok(Ok(_)) => {
                 // Acks need no answer: the next batch need not wait for them.
+                let deliveries = messages.into_iter().map(|(delivery, _)| delivery).collect();
                 actix_rt::spawn(ack_all(deliveries));
             }
-            Ok(Err(err)) if deliveries.len() > 1 && !is_unreachable(&err) => {
+            Ok(Err(err)) if !is_unreachable(&err) && carries_several(&messages) => {
                 // One result the store cannot take must not hold back the others.
                 log::warn!(
-                    "result queue: batch of {} not stored ({err}); storing them one by one",
-                    deliveries.len()
+                    "result queue: batch of {} message(s) not stored ({err}); storing them one by one",
+                    messages.len()
                 );
-                store_one_by_one(&task_queue, deliveries, results).await;
+                store_one_by_one(&task_queue, messages).await;
             }
             Ok(Err(err)) => {
                 log::error!(
-                    "result queue: {} result(s) not stored, will retry: {err}",
-                    deliveries.len()
+                    "result queue: {} message(s) not stored, will retry: {err}",
+                    messages.len()
                 );
-                requeue_after_pause(deliveries).await;
+                requeue_after_pause(messages).await;
             }
             Err(err) => {
                 log::error!("result queue: queue actor unavailable, will retry: {err}");
-                requeue_after_pause(deliveries).await;
+                requeue_after_pause(messages).await;
             }
         }
     }
 }
 
-fn decode_result(message: &BusMessage) -> Option<JobResult> {
-    match wire::decode::<JobResult>(&message.body) {
-        Ok(result) if message.kind == kind::RESULT => Some(result),
-        Ok(_) => {
-            log::warn!("result queue: dropped message of kind {:?}", message.kind);
+/// The results a `center.result` message carries: one (`result`) or several (`results`).
+/// `None` for a message that cannot be one of these; it is dropped.
+fn decode_results(message: &BusMessage) -> Option<Vec<JobResult>> {
+    let decoded = match message.kind.as_str() {
+        kind::RESULT => wire::decode::<JobResult>(&message.body).map(|result| vec![result]),
+        kind::RESULTS => wire::decode::<ResultBatch>(&message.body).map(|batch| batch.results),
+        other => {
+            log::warn!("result queue: dropped message of kind {other:?}");
+            return None;
+        }
+    };
+    match decoded {
+        Ok(results) if results.is_empty() => {
+            log::warn!("result queue: dropped a results message with no result");
             None
         }
+        Ok(results) => Some(results),
         Err(err) => {
             log::warn!("result queue: dropped undecodable message: {err}");
             None
@@ -342,33 +356,42 @@ fn is_unreachable(err: &StoreError) -> bool {
     matches!(err, StoreError::Pool(_) | StoreError::Connect(_))
 }
 
-async fn store_one_by_one(
-    task_queue: &Addr<TaskQueue>,
-    deliveries: Vec<Delivery>,
-    results: Vec<JobResult>,
-) {
+/// A message with its results.
+type ResultMessage = (Delivery, Vec<JobResult>);
+
+fn carries_several(messages: &[ResultMessage]) -> bool {
+    messages.len() > 1 || messages.iter().any(|(_, results)| results.len() > 1)
+}
+
+/// Stores each result in a transaction of its own. A message is acked once all its results
+/// are stored and requeued otherwise (its stored results are ignored when it comes back).
+async fn store_one_by_one(task_queue: &Addr<TaskQueue>, messages: Vec<ResultMessage>) {
     let mut stored = Vec::new();
     let mut failed = Vec::new();
-    let mut pairs = deliveries.into_iter().zip(results);
-    for (delivery, result) in pairs.by_ref() {
-        let id = result.id.clone();
-        match task_queue.send(ResultsReceived(vec![result])).await {
-            Ok(Ok(_)) => stored.push(delivery),
-            Ok(Err(err)) => {
-                log::error!("task {id}: result not stored, will retry: {err}");
-                failed.push(delivery);
-                if is_unreachable(&err) {
-                    break;
+    let mut messages = messages.into_iter();
+    'messages: for (delivery, results) in messages.by_ref() {
+        for result in results {
+            let id = result.id.clone();
+            let gave_up = match task_queue.send(ResultsReceived(vec![result])).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(err)) => {
+                    log::error!("task {id}: result not stored, will retry: {err}");
+                    is_unreachable(&err)
                 }
+                Err(err) => {
+                    log::error!("task {id}: queue actor unavailable, will retry: {err}");
+                    true
+                }
+            };
+            failed.push((delivery, Vec::new()));
+            if gave_up {
+                break 'messages;
             }
-            Err(err) => {
-                log::error!("task {id}: queue actor unavailable, will retry: {err}");
-                failed.push(delivery);
-                break;
-            }
+            continue 'messages;
         }
+        stored.push(delivery);
     }
-    failed.extend(pairs.map(|(delivery, _)| delivery));
+    failed.extend(messages);
     ack_all(stored).await;
     requeue_after_pause(failed).await;
 }
@@ -379,13 +402,13 @@ async fn ack_all(deliveries: Vec<Delivery>) {
     }
 }
 
-async fn requeue_after_pause(deliveries: Vec<Delivery>) {
-    if deliveries.is_empty() {
+async fn requeue_after_pause(messages: Vec<ResultMessage>) {
+    if messages.is_empty() {
         return;
     }
     // A pause so that a database outage is not a hot requeue loop.
     tokio::time::sleep(RETRY_PAUSE).await;
-    for delivery in deliveries {
+    for (delivery, _) in messages {
         delivery.requeue().await;
     }
 }

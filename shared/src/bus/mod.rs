@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     #[error("bus unavailable: {0}")]
     Unavailable(String),

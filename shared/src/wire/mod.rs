@@ -21,6 +21,8 @@ pub mod kind {
     pub const CANCEL: &str = "cancel";
     pub const APP_SET: &str = "app_set";
     pub const RESULT: &str = "result";
+    /// Several [`super::ResultBatch`] results in one message, on `center.result` only.
+    pub const RESULTS: &str = "results";
     pub const HEARTBEAT: &str = "heartbeat";
     pub const SUBMIT: &str = "submit";
     pub const SUBMIT_REPLY: &str = "submit_reply";
@@ -149,6 +151,13 @@ pub struct JobResult {
     pub finished_at: u64,
     /// Empty when the agent ran the task; otherwise why it did not (e.g. `expired`).
     pub error: String,
+}
+
+/// Agent → center: the results an agent had ready at once, in one `center.result` message
+/// (kind [`kind::RESULTS`]), so that the broker carries one message instead of many.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultBatch {
+    pub results: Vec<JobResult>,
 }
 
 /// Agent → center: I am alive, and this is what I have.
