@@ -641,7 +641,7 @@ async fn consumer_try_next_takes_what_already_arrived_without_waiting(
 /// all in one message, next to a malformed and an empty one, then sends the batch again.
 async fn results_packed_in_one_message_are_stored_each_once(setup: Setup) {
     use elves_shared::bus::{BusMessage, Destination, QueueSpec};
-    use elves_shared::wire::{self, kind, routing, Instruction, JobResult, ResultBatch};
+    use elves_shared::wire::{self, kind, routing, JobResult, ResultBatch};
 
     let mut env = env_with_agents(setup, &["a1"]).await;
     let q = create_queue(&env).await;
@@ -666,23 +666,25 @@ async fn results_packed_in_one_message_are_stored_each_once(setup: Setup) {
             .await
             .expect("an instruction within 30 s")
             .unwrap();
-        assert_eq!(delivery.message.kind, kind::INSTRUCTION);
-        let instruction: Instruction = wire::decode(&delivery.message.body).unwrap();
+        // Tasks claimed together for one agent come as one `instructions` message.
+        let instructions = instructions_in(&delivery.message);
         delivery.ack().await;
-        answered.push(JobResult {
-            id: instruction.id.clone(),
-            agent: instruction.agent.clone(),
-            task_type: instruction.task_type,
-            mode: instruction.mode,
-            app: instruction.app.clone(),
-            func: instruction.func.clone(),
-            worker_flag: 1,
-            worker_message: format!("answer to {}", instruction.param),
-            worker_costtime: 3,
-            started_at: instruction.issued_at,
-            finished_at: instruction.issued_at + 3,
-            error: String::new(),
-        });
+        for instruction in instructions {
+            answered.push(JobResult {
+                id: instruction.id.clone(),
+                agent: instruction.agent.clone(),
+                task_type: instruction.task_type,
+                mode: instruction.mode,
+                app: instruction.app.clone(),
+                func: instruction.func.clone(),
+                worker_flag: 1,
+                worker_message: format!("answer to {}", instruction.param),
+                worker_costtime: 3,
+                started_at: instruction.issued_at,
+                finished_at: instruction.issued_at + 3,
+                error: String::new(),
+            });
+        }
     }
     let center_result = Destination::Topic(routing::CENTER_RESULT.to_string());
     let garbage = BusMessage::msgpack(kind::RESULTS, b"\xc1 not msgpack".to_vec());
@@ -729,7 +731,7 @@ async fn results_packed_in_one_message_are_stored_each_once(setup: Setup) {
         .await
         .expect("the later instruction within 30 s")
         .unwrap();
-    let instruction: Instruction = wire::decode(&delivery.message.body).unwrap();
+    let instruction = instructions_in(&delivery.message).remove(0);
     delivery.ack().await;
     let later = JobResult {
         id: instruction.id.clone(),
@@ -744,4 +746,21 @@ async fn results_packed_in_one_message_are_stored_each_once(setup: Setup) {
         done,
         "a duplicate batch changes nothing"
     );
+}
+
+/// The instructions an agent-queue message carries: one (`instruction`) or several
+/// (`instructions`).
+fn instructions_in(
+    message: &elves_shared::bus::BusMessage,
+) -> Vec<elves_shared::wire::Instruction> {
+    use elves_shared::wire::{self, kind, InstructionBatch};
+    match message.kind.as_str() {
+        kind::INSTRUCTION => vec![wire::decode(&message.body).unwrap()],
+        kind::INSTRUCTIONS => {
+            wire::decode::<InstructionBatch>(&message.body)
+                .unwrap()
+                .instructions
+        }
+        other => panic!("not an instruction message: {other}"),
+    }
 }

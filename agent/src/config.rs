@@ -46,7 +46,8 @@ pub struct AgentConfig {
     pub asset: String,
     #[serde(default = "default_apps_dir")]
     pub apps_dir: PathBuf,
-    /// Results that could not be published wait here until the bus is back.
+    /// Results that could not be published wait here until the bus is back; the done journal
+    /// (tasks finished lately, see `done_journal`) lives here too.
     #[serde(default = "default_spool_dir")]
     pub spool_dir: PathBuf,
     #[serde(default = "default_heartbeat_interval_ms")]

@@ -4,13 +4,19 @@
 //! body decodes, the instruction is addressed to this agent, its id was not seen before, and its
 //! deadline has not passed. Seen ids are remembered until their deadline and then forgotten:
 //! after the deadline a replay is refused as expired anyway, so memory stays bounded by the ids
-//! of the instructions that are still live.
+//! of the instructions that are still live. The runtime also hands it, at start, the ids of
+//! tasks an earlier run of the agent finished (see `done_journal`), so that an instruction the
+//! broker delivers again after a restart does not run twice.
+//!
+//! An `instructions` message carries several instructions under one signature: it is refused
+//! as a whole when the signature, the body or any instruction's addressee is wrong, and
+//! otherwise each instruction gets its own verdict.
 //!
 //! Pure: no I/O, no clock (the caller passes `now`), no counters; the runtime acts on the verdict.
 
 use elves_shared::bus::BusMessage;
 use elves_shared::crypto::{InstructionVerifier, VerifyError};
-use elves_shared::wire::{self, AgentId, AppSet, Cancel, Instruction, TaskId};
+use elves_shared::wire::{self, AgentId, AppSet, Cancel, Instruction, InstructionBatch, TaskId};
 use std::collections::{BTreeSet, HashMap};
 
 /// What to do with one received instruction.
@@ -71,16 +77,55 @@ impl InstructionGuard {
         if instruction.agent != self.agent_id {
             return Verdict::Refused(Refusal::WrongAgent(instruction.agent));
         }
+        self.judge(instruction, now_ms)
+    }
+
+    /// Judges one `instructions` message received at `now_ms`: one verdict per instruction,
+    /// in order, or one refusal for the whole message.
+    pub fn check_batch(
+        &mut self,
+        message: &BusMessage,
+        now_ms: u64,
+    ) -> Result<Vec<Verdict>, Refusal> {
+        self.forget_until(now_ms);
+        self.verify(message)?;
+        let batch: InstructionBatch =
+            wire::decode(&message.body).map_err(|err| Refusal::Undecodable(err.to_string()))?;
+        if batch.instructions.is_empty() {
+            return Err(Refusal::Undecodable(
+                "an instructions message with no instruction".to_string(),
+            ));
+        }
+        if let Some(stray) = batch
+            .instructions
+            .iter()
+            .find(|instruction| instruction.agent != self.agent_id)
+        {
+            return Err(Refusal::WrongAgent(stray.agent.clone()));
+        }
+        Ok(batch
+            .instructions
+            .into_iter()
+            .map(|instruction| self.judge(instruction, now_ms))
+            .collect())
+    }
+
+    /// Remembers `id` as seen until `deadline`: for the tasks an earlier run of this agent
+    /// finished.
+    pub fn remember(&mut self, id: TaskId, deadline: u64) {
+        if self.seen.insert(id.clone(), deadline).is_none() {
+            self.by_deadline.insert((deadline, id));
+        }
+    }
+
+    fn judge(&mut self, instruction: Instruction, now_ms: u64) -> Verdict {
         if self.seen.contains_key(&instruction.id) {
             return Verdict::Replayed(instruction.id);
         }
         if instruction.deadline < now_ms {
             return Verdict::Expired(instruction);
         }
-        self.seen
-            .insert(instruction.id.clone(), instruction.deadline);
-        self.by_deadline
-            .insert((instruction.deadline, instruction.id.clone()));
+        self.remember(instruction.id.clone(), instruction.deadline);
         Verdict::Run(instruction)
     }
 
@@ -357,6 +402,95 @@ mod tests {
         assert_eq!(
             guard.check_cancel(&message),
             Err(Refusal::Signature(VerifyError::BadSignature))
+        );
+    }
+
+    fn signed_batch(signer: &InstructionSigner, instructions: &[Instruction]) -> BusMessage {
+        let body = wire::encode(&InstructionBatch {
+            instructions: instructions.to_vec(),
+        });
+        let mut message = BusMessage::msgpack(wire::kind::INSTRUCTIONS, body);
+        message.sig = Some(signer.sign(&message.body));
+        message.key_id = Some(signer.key_id().to_string());
+        message
+    }
+
+    #[test]
+    fn a_batch_gets_one_verdict_per_instruction() {
+        let (signer, mut guard) = setup();
+        let seen_before = instruction("0000000000000001", NOW + 60_000);
+        assert!(matches!(
+            guard.check(&signed(&signer, &seen_before), NOW),
+            Verdict::Run(_)
+        ));
+        let fresh = instruction("0000000000000002", NOW + 60_000);
+        let late = instruction("0000000000000003", NOW - 1);
+        let batch = [
+            seen_before.clone(),
+            fresh.clone(),
+            late.clone(),
+            fresh.clone(),
+        ];
+        let verdicts = guard
+            .check_batch(&signed_batch(&signer, &batch), NOW)
+            .unwrap();
+        assert_eq!(
+            verdicts,
+            vec![
+                Verdict::Replayed(seen_before.id),
+                Verdict::Run(fresh.clone()),
+                Verdict::Expired(late),
+                Verdict::Replayed(fresh.id),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_batch_is_refused_whole_when_forged_tampered_empty_or_partly_for_another_agent() {
+        let (signer, mut guard) = setup();
+        let ours = instruction("0000000000000001", NOW + 60_000);
+        let theirs = Instruction {
+            agent: AgentId::parse("host-2").unwrap(),
+            ..instruction("0000000000000002", NOW + 60_000)
+        };
+        let forger = InstructionSigner::generate("center");
+        let forged = signed_batch(&forger, std::slice::from_ref(&ours));
+        assert!(matches!(
+            guard.check_batch(&forged, NOW),
+            Err(Refusal::Signature(_))
+        ));
+        let mut tampered = signed_batch(&signer, std::slice::from_ref(&ours));
+        tampered.body.push(0);
+        assert!(guard.check_batch(&tampered, NOW).is_err());
+        assert!(matches!(
+            guard.check_batch(&signed_batch(&signer, &[]), NOW),
+            Err(Refusal::Undecodable(_))
+        ));
+        assert_eq!(
+            guard.check_batch(&signed_batch(&signer, &[ours.clone(), theirs]), NOW),
+            Err(Refusal::WrongAgent(AgentId::parse("host-2").unwrap()))
+        );
+        assert_eq!(
+            guard.n_remembered(),
+            0,
+            "nothing of a refused batch is remembered"
+        );
+        // A single instruction signed alone is not a batch.
+        assert!(guard.check_batch(&signed(&signer, &ours), NOW).is_err());
+    }
+
+    #[test]
+    fn remembered_ids_are_replays_until_their_deadline() {
+        let (signer, mut guard) = setup();
+        let done = instruction("0000000000000001", NOW + 60_000);
+        guard.remember(done.id.clone(), done.deadline);
+        assert_eq!(
+            guard.check(&signed(&signer, &done), NOW),
+            Verdict::Replayed(done.id.clone())
+        );
+        assert_eq!(
+            guard.check(&signed(&signer, &done), NOW + 60_001),
+            Verdict::Expired(done)
         );
     }
 }

@@ -3,12 +3,14 @@
 //!
 //! `exec` runs child processes within limits; `worker` speaks the ELVES worker protocol on
 //! top of it.
-//! `config` loads the agent's settings, `guard` decides whether an instruction may run,
+//! `config` loads the agent's settings, `guard` decides whether an instruction may run (with
+//! `done_journal` remembering, across restarts, which tasks already ran),
 //! `spool` keeps results on disk while the bus is away, `result_batcher` packs the results
 //! ready at once into one `center.result` message, `stats` counts what happened, and
 //! `runtime` ties them to the bus: it is the agent's one entry point, [`run`].
 
 pub mod config;
+pub mod done_journal;
 pub mod exec;
 pub mod guard;
 pub mod installer;

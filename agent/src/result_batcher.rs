@@ -7,6 +7,7 @@
 //! finish meanwhile gather for the next one. A lone result goes out at once, alone, in the
 //! plain single-result form, so that a quiet agent adds no latency.
 
+use crate::spool::Outgoing;
 use elves_shared::bus::{BusError, BusMessage, Destination, SharedBus};
 use elves_shared::wire::{self, routing, JobResult, ResultBatch};
 use tokio::sync::{mpsc, oneshot};
@@ -20,7 +21,7 @@ const MAX_BYTES_PER_MESSAGE: usize = 1 << 20;
 const RESULT_OVERHEAD_BYTES: usize = 256;
 
 struct Waiting {
-    result: JobResult,
+    outgoing: Outgoing,
     published: oneshot::Sender<Result<(), BusError>>,
 }
 
@@ -38,13 +39,17 @@ impl ResultBatcher {
         ResultBatcher { waiting }
     }
 
-    /// Publishes `result` to `center.result`, perhaps in one message with others; returns once
-    /// the broker confirmed that message (or refused it).
-    pub async fn publish(&self, result: JobResult) -> Result<(), BusError> {
+    /// Publishes `outgoing`'s result to `center.result` (whatever its destination says),
+    /// perhaps in one message with others; returns once the broker confirmed that message (or
+    /// refused it).
+    pub async fn publish(&self, outgoing: Outgoing) -> Result<(), BusError> {
         let (published, confirmed) = oneshot::channel();
         let stopped = || BusError::Unavailable("the result publisher has stopped".to_string());
         self.waiting
-            .send(Waiting { result, published })
+            .send(Waiting {
+                outgoing,
+                published,
+            })
             .map_err(|_| stopped())?;
         confirmed.await.unwrap_or_else(|_| Err(stopped()))
     }
@@ -62,10 +67,10 @@ async fn publish_batches(bus: SharedBus, mut queue: mpsc::UnboundedReceiver<Wait
             },
         };
         let mut batch = vec![first];
-        let mut bytes = size_of(&batch[0].result);
+        let mut bytes = size_of(&batch[0].outgoing.result);
         while batch.len() < MAX_RESULTS_PER_MESSAGE && bytes < MAX_BYTES_PER_MESSAGE {
             let Ok(next) = queue.try_recv() else { break };
-            let next_bytes = size_of(&next.result);
+            let next_bytes = size_of(&next.outgoing.result);
             if bytes + next_bytes > MAX_BYTES_PER_MESSAGE {
                 carried = Some(next);
                 break;
@@ -91,12 +96,13 @@ fn size_of(result: &JobResult) -> usize {
 
 fn message_of(batch: &[Waiting]) -> BusMessage {
     if let [only] = batch {
-        let mut message = BusMessage::msgpack(wire::kind::RESULT, wire::encode(&only.result));
-        message.message_id = Some(only.result.id.to_string());
-        return message;
+        return only.outgoing.message();
     }
     let results = ResultBatch {
-        results: batch.iter().map(|waiting| waiting.result.clone()).collect(),
+        results: batch
+            .iter()
+            .map(|waiting| waiting.outgoing.result.clone())
+            .collect(),
     };
     BusMessage::msgpack(wire::kind::RESULTS, wire::encode(&results))
 }
@@ -109,6 +115,18 @@ mod tests {
     use std::sync::Arc;
 
     fn result(n: usize, message_bytes: usize) -> JobResult {
+        outgoing(n, message_bytes).result
+    }
+
+    fn outgoing(n: usize, message_bytes: usize) -> Outgoing {
+        Outgoing {
+            destination: Destination::Topic(routing::CENTER_RESULT.to_string()),
+            correlation_id: Some(format!("{n:016x}")),
+            result: result_only(n, message_bytes),
+        }
+    }
+
+    fn result_only(n: usize, message_bytes: usize) -> JobResult {
         JobResult {
             id: TaskId::parse(&format!("{n:016x}")).unwrap(),
             agent: AgentId::parse("agent-1").unwrap(),
@@ -148,14 +166,18 @@ mod tests {
         let mut consumer = center_result_queue(&bus).await;
         let batcher = ResultBatcher::start(bus.clone());
 
-        batcher.publish(result(0, 10)).await.unwrap();
+        batcher.publish(outgoing(0, 10)).await.unwrap();
         let lone = consumer.next().await.unwrap();
         assert_eq!(lone.message.kind, wire::kind::RESULT);
         assert_eq!(lone.message.message_id.as_deref(), Some("0000000000000000"));
+        assert_eq!(
+            lone.message.correlation_id.as_deref(),
+            Some("0000000000000000")
+        );
         assert_eq!(results_in(&lone.message), vec![result(0, 10)]);
 
         let n = 600;
-        let publishes = (1..=n).map(|i| batcher.publish(result(i, 10)));
+        let publishes = (1..=n).map(|i| batcher.publish(outgoing(i, 10)));
         for outcome in futures::future::join_all(publishes).await {
             outcome.unwrap();
         }
@@ -180,7 +202,7 @@ mod tests {
         let mut consumer = center_result_queue(&bus).await;
         let batcher = ResultBatcher::start(bus.clone());
         let big = MAX_BYTES_PER_MESSAGE / 2;
-        let publishes = (0..4).map(|i| batcher.publish(result(i, big)));
+        let publishes = (0..4).map(|i| batcher.publish(outgoing(i, big)));
         for outcome in futures::future::join_all(publishes).await {
             outcome.unwrap();
         }
@@ -198,7 +220,7 @@ mod tests {
         // No queue is bound to center.result: the bus refuses the message as unroutable.
         let bus = Arc::new(InProcBus::new("batcher-unroutable"));
         let batcher = ResultBatcher::start(bus);
-        let publishes = (0..3).map(|i| batcher.publish(result(i, 10)));
+        let publishes = (0..3).map(|i| batcher.publish(outgoing(i, 10)));
         for outcome in futures::future::join_all(publishes).await {
             assert!(
                 matches!(outcome, Err(BusError::Unroutable(_))),

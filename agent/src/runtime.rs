@@ -11,6 +11,7 @@
 //! The agent opens no listening port.
 
 use crate::config::AgentConfig;
+use crate::done_journal::DoneJournal;
 use crate::exec::ExecLimits;
 use crate::guard::{InstructionGuard, Refusal, Verdict};
 use crate::result_batcher::ResultBatcher;
@@ -54,6 +55,8 @@ struct Agent {
     spool_wake: Arc<Notify>,
     /// Publishes the results bound for `center.result`.
     results: ResultBatcher,
+    /// The tasks finished here, across restarts.
+    done: DoneJournal,
     /// Task id → the sender that cancels it, for every accepted task not finished yet.
     running: Mutex<HashMap<TaskId, oneshot::Sender<()>>>,
     /// Becomes true when shutdown starts; retry loops give up on it.
@@ -101,6 +104,11 @@ pub async fn run(
     let spool = tokio::task::spawn_blocking(move || Spool::open(&spool_dir))
         .await
         .context("opening the spool")??;
+    let journal_dir = config.spool_dir.clone();
+    let (done, done_before) =
+        tokio::task::spawn_blocking(move || DoneJournal::open(&journal_dir, now_unix_ms()))
+            .await
+            .context("opening the done journal")??;
     let (stop, stopping) = watch::channel(false);
     let results = ResultBatcher::start(bus.clone());
     let agent = Arc::new(Agent {
@@ -111,6 +119,7 @@ pub async fn run(
         spool: Arc::new(spool),
         spool_wake: Arc::new(Notify::new()),
         results,
+        done,
         running: Mutex::new(HashMap::new()),
         stopping,
         app_sets: watch::channel(None).0,
@@ -151,6 +160,9 @@ pub async fn run(
         // agent online must be able to route work to it.
         background.spawn(heartbeat_loop(agent.clone()));
         let mut guard = InstructionGuard::new(verifier, agent_id.clone());
+        for (task_id, deadline) in done_before {
+            guard.remember(task_id, deadline);
+        }
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -291,38 +303,23 @@ async fn handle(
         .unwrap_or_else(|| "-".to_string());
     match delivery.message.kind.as_str() {
         wire::kind::INSTRUCTION => match guard.check(&delivery.message, now_unix_ms()) {
-            Verdict::Run(instruction) => {
-                bump(&stats.ran);
-                let (cancel, cancelled) = oneshot::channel();
-                agent.running().insert(instruction.id.clone(), cancel);
-                log::info!(
-                    "task {}: accepted, app {} func {} type {} mode {}",
-                    instruction.id,
-                    instruction.app,
-                    instruction.func,
-                    instruction.task_type,
-                    instruction.mode
-                );
-                tasks.spawn(run_task(agent.clone(), instruction, delivery, cancelled));
-            }
-            Verdict::Expired(instruction) => {
-                bump(&stats.expired);
-                log::warn!(
-                    "task {}: expired before it ran (deadline {}, now {})",
-                    instruction.id,
-                    instruction.deadline,
-                    now_unix_ms()
-                );
-                tasks.spawn(report_expired(agent.clone(), instruction, delivery));
-            }
-            Verdict::Replayed(task_id) => {
-                bump(&stats.replayed);
-                log::warn!("task {task_id}: received again, dropped");
-                delivery.ack().await;
-            }
             Verdict::Refused(refusal) => {
                 refuse(stats, &message_id, "instruction", refusal, delivery).await
             }
+            verdict => {
+                let delivery = InstructionDelivery::Single(Box::new(delivery));
+                start(agent, verdict, delivery, tasks).await;
+            }
+        },
+        wire::kind::INSTRUCTIONS => match guard.check_batch(&delivery.message, now_unix_ms()) {
+            Ok(verdicts) => {
+                let batch = Arc::new(SharedDelivery::new(delivery, verdicts.len()));
+                for verdict in verdicts {
+                    let delivery = InstructionDelivery::Shared(batch.clone());
+                    start(agent, verdict, delivery, tasks).await;
+                }
+            }
+            Err(refusal) => refuse(stats, &message_id, "instructions", refusal, delivery).await,
         },
         wire::kind::CANCEL => match guard.check_cancel(&delivery.message) {
             Ok(cancel) => {
@@ -355,6 +352,127 @@ async fn handle(
             bump(&stats.undecodable);
             log::warn!("message {message_id}: unknown kind {other:?}, rejected");
             delivery.reject().await;
+        }
+    }
+}
+
+/// Acts on the verdict about one instruction (never a refusal: those settle the message).
+async fn start(
+    agent: &Arc<Agent>,
+    verdict: Verdict,
+    delivery: InstructionDelivery,
+    tasks: &mut JoinSet<()>,
+) {
+    let stats = &agent.stats;
+    match verdict {
+        Verdict::Run(instruction) => {
+            bump(&stats.ran);
+            let (cancel, cancelled) = oneshot::channel();
+            agent.running().insert(instruction.id.clone(), cancel);
+            log::info!(
+                "task {}: accepted, app {} func {} type {} mode {}",
+                instruction.id,
+                instruction.app,
+                instruction.func,
+                instruction.task_type,
+                instruction.mode
+            );
+            tasks.spawn(run_task(agent.clone(), instruction, delivery, cancelled));
+        }
+        Verdict::Expired(instruction) => {
+            bump(&stats.expired);
+            log::warn!(
+                "task {}: expired before it ran (deadline {}, now {})",
+                instruction.id,
+                instruction.deadline,
+                now_unix_ms()
+            );
+            tasks.spawn(report_expired(agent.clone(), instruction, delivery));
+        }
+        Verdict::Replayed(task_id) => {
+            bump(&stats.replayed);
+            log::warn!("task {task_id}: received again, dropped");
+            delivery.done().await;
+        }
+        Verdict::Refused(refusal) => {
+            // `handle` settles refusals itself; reaching here is a bug, not a reason to run.
+            log::error!("instruction refused late: {refusal}");
+            delivery.done().await;
+        }
+    }
+}
+
+/// The delivery an instruction came in: its own, or one shared with the other instructions of
+/// an `instructions` message.
+enum InstructionDelivery {
+    Single(Box<Delivery>),
+    Shared(Arc<SharedDelivery>),
+}
+
+impl InstructionDelivery {
+    fn message(&self) -> &BusMessage {
+        match self {
+            InstructionDelivery::Single(delivery) => &delivery.message,
+            InstructionDelivery::Shared(shared) => &shared.message,
+        }
+    }
+
+    /// This instruction is settled: its result is safe, or it needs none.
+    async fn done(self) {
+        match self {
+            InstructionDelivery::Single(delivery) => delivery.ack().await,
+            InstructionDelivery::Shared(shared) => shared.settle(false).await,
+        }
+    }
+
+    /// This instruction should come again (it never started before shutdown).
+    async fn give_back(self) {
+        match self {
+            InstructionDelivery::Single(delivery) => delivery.requeue().await,
+            InstructionDelivery::Shared(shared) => shared.settle(true).await,
+        }
+    }
+}
+
+/// One message of several instructions: acked once every instruction in it is settled, or
+/// requeued then if any of them asked to come again. The ones already done are in the done
+/// journal by then, so that the next delivery runs only the others.
+struct SharedDelivery {
+    message: BusMessage,
+    delivery: Mutex<Option<Delivery>>,
+    unsettled: std::sync::atomic::AtomicUsize,
+    give_back: std::sync::atomic::AtomicBool,
+}
+
+impl SharedDelivery {
+    fn new(delivery: Delivery, n_instructions: usize) -> Self {
+        SharedDelivery {
+            message: delivery.message.clone(),
+            delivery: Mutex::new(Some(delivery)),
+            unsettled: std::sync::atomic::AtomicUsize::new(n_instructions),
+            give_back: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    async fn settle(&self, give_back: bool) {
+        use std::sync::atomic::Ordering;
+        if give_back {
+            self.give_back.store(true, Ordering::SeqCst);
+        }
+        if self.unsettled.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
+        let delivery = self
+            .delivery
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(delivery) = delivery {
+            if self.give_back.load(Ordering::SeqCst) {
+                delivery.requeue().await;
+            } else {
+                delivery.ack().await;
+            }
         }
     }
 }
@@ -457,7 +575,7 @@ fn outgoing_for(instruction_message: &BusMessage, result: JobResult) -> Outgoing
 async fn run_task(
     agent: Arc<Agent>,
     instruction: Instruction,
-    delivery: Delivery,
+    delivery: InstructionDelivery,
     cancelled: oneshot::Receiver<()>,
 ) {
     let _running = agent.stats.running_guard();
@@ -476,7 +594,7 @@ async fn run_task(
             // It never started: give it back for the next agent start rather than report a
             // failure that only says this process was stopping.
             log::info!("task {task_id}: not started before shutdown, requeued");
-            delivery.requeue().await;
+            delivery.give_back().await;
             return;
         }
         Some(report) => result_of(agent_id, &instruction, report),
@@ -488,11 +606,13 @@ async fn run_task(
             started_at,
         ),
     };
-    let outgoing = outgoing_for(&delivery.message, result);
+    let outgoing = outgoing_for(delivery.message(), result);
     if !deliver(&agent, &outgoing).await {
+        // Left unsettled: the broker delivers it again once this agent's channel closes.
         return;
     }
-    delivery.ack().await;
+    note_done(&agent, &instruction);
+    delivery.done().await;
     if instruction.mode == Mode::P {
         publish_to_processor(&agent, &outgoing.result).await;
     }
@@ -506,7 +626,11 @@ fn is_shutdown_refusal(report: &WorkerReport) -> bool {
         && report.worker_message == WorkerError::ShuttingDown.to_string()
 }
 
-async fn report_expired(agent: Arc<Agent>, instruction: Instruction, delivery: Delivery) {
+async fn report_expired(
+    agent: Arc<Agent>,
+    instruction: Instruction,
+    delivery: InstructionDelivery,
+) {
     let result = failed_result(
         &agent.config.id,
         &instruction,
@@ -514,9 +638,23 @@ async fn report_expired(agent: Arc<Agent>, instruction: Instruction, delivery: D
         "instruction expired before it ran",
         now_unix_ms(),
     );
-    let outgoing = outgoing_for(&delivery.message, result);
+    let outgoing = outgoing_for(delivery.message(), result);
     if deliver(&agent, &outgoing).await {
-        delivery.ack().await;
+        delivery.done().await;
+    }
+}
+
+/// Writes the task into the done journal, so that a later delivery of its instruction (after
+/// a restart) is dropped as a replay.
+fn note_done(agent: &Agent, instruction: &Instruction) {
+    if let Err(err) = agent
+        .done
+        .record(&instruction.id, instruction.deadline, now_unix_ms())
+    {
+        log::warn!(
+            "task {}: not written to the done journal (a redelivery after a restart would run it again): {err}",
+            instruction.id
+        );
     }
 }
 
@@ -528,7 +666,7 @@ async fn deliver(agent: &Agent, outgoing: &Outgoing) -> bool {
     let mut backoff = DELIVER_FIRST_BACKOFF;
     loop {
         let published = if outgoing.goes_to_center_result() {
-            agent.results.publish(outgoing.result.clone()).await
+            agent.results.publish(outgoing.clone()).await
         } else {
             spool::publish(agent.bus.as_ref(), outgoing).await
         };
@@ -977,6 +1115,144 @@ mod tests {
         Arc::new(InProcBus::new(&format!("test-{}", TaskId::random())))
     }
 
+    /// The results in a `center.result` message, alone or packed.
+    async fn next_results(consumer: &mut Consumer) -> Vec<JobResult> {
+        let delivery = tokio::time::timeout(WAIT, consumer.next())
+            .await
+            .expect("a result in time")
+            .expect("the bus is open");
+        let message = delivery.message.clone();
+        delivery.ack().await;
+        match message.kind.as_str() {
+            wire::kind::RESULT => vec![wire::decode(&message.body).unwrap()],
+            wire::kind::RESULTS => {
+                wire::decode::<wire::ResultBatch>(&message.body)
+                    .unwrap()
+                    .results
+            }
+            other => panic!("not a result message: {other}"),
+        }
+    }
+
+    fn batch_message(harness: &Harness, instructions: &[Instruction]) -> BusMessage {
+        let body = wire::encode(&wire::InstructionBatch {
+            instructions: instructions.to_vec(),
+        });
+        harness.signed(wire::kind::INSTRUCTIONS, body)
+    }
+
+    #[tokio::test]
+    async fn every_instruction_of_a_signed_batch_gets_its_own_verdict_and_result() {
+        let harness = Harness::start(inproc(), |_| {}).await;
+        let mut results = harness
+            .consume("center.result", routing::CENTER_RESULT)
+            .await;
+        let earlier = harness.instruction("0000000000000001", "demo", TaskType::Queue);
+        harness
+            .send(harness.signed(wire::kind::INSTRUCTION, wire::encode(&earlier)))
+            .await;
+        assert_eq!(next_results(&mut results).await[0].id, earlier.id);
+
+        let fresh = ["0000000000000002", "0000000000000003"]
+            .map(|id| harness.instruction(id, "demo", TaskType::Queue));
+        let mut late = harness.instruction("0000000000000004", "demo", TaskType::Queue);
+        late.deadline = late.issued_at - 1;
+        let batch = [
+            earlier.clone(),
+            fresh[0].clone(),
+            late.clone(),
+            fresh[1].clone(),
+        ];
+        harness.send(batch_message(&harness, &batch)).await;
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            got.extend(next_results(&mut results).await);
+        }
+        got.sort_by(|a, b| a.id.cmp(&b.id));
+        let ids: Vec<&TaskId> = got.iter().map(|result| &result.id).collect();
+        assert_eq!(ids, [&fresh[0].id, &fresh[1].id, &late.id]);
+        assert_eq!(
+            (got[0].worker_flag, got[0].worker_message.as_str()),
+            (1, "hi")
+        );
+        assert_eq!(
+            (got[1].worker_flag, got[1].worker_message.as_str()),
+            (1, "hi")
+        );
+        assert_eq!(got[2].error, "expired");
+        let stats = harness.stats.snapshot();
+        assert_eq!((stats.ran, stats.replayed, stats.expired), (3, 1, 1));
+
+        // A batch with one instruction for another host is refused whole: nothing runs.
+        let mut stray = harness.instruction("0000000000000006", "demo", TaskType::Queue);
+        stray.agent = AgentId::parse("host-2").unwrap();
+        let ours = harness.instruction("0000000000000005", "demo", TaskType::Queue);
+        harness.send(batch_message(&harness, &[ours, stray])).await;
+        let stats = harness.stats.clone();
+        wait_until("the re-routed batch to be refused", || {
+            stats.snapshot().refused_signature == 1
+        })
+        .await;
+        assert_eq!(stats.snapshot().ran, 3);
+        assert!(
+            results.try_next().is_none(),
+            "no result for a refused batch"
+        );
+        harness.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_task_finished_before_a_restart_does_not_run_again_when_its_instruction_returns() {
+        let bus = inproc();
+        let spool = tempfile::tempdir().unwrap();
+        let spool_dir = spool.path().to_path_buf();
+        let harness = Harness::start(bus.clone(), |config| {
+            config.spool_dir = spool_dir.clone();
+        })
+        .await;
+        let mut results = harness
+            .consume("center.result", routing::CENTER_RESULT)
+            .await;
+        let done = harness.instruction("0000000000000001", "demo", TaskType::Queue);
+        let message = harness.signed(wire::kind::INSTRUCTION, wire::encode(&done));
+        harness.send(message.clone()).await;
+        assert_eq!(next_results(&mut results).await[0].id, done.id);
+        let center_key = harness.signer.public_key_hex();
+        harness.stop().await;
+
+        let restarted = Harness::start(bus.clone(), |config| {
+            config.spool_dir = spool_dir.clone();
+            config.center.public_key = center_key;
+        })
+        .await;
+        let not_done = harness_instruction(&restarted, "0000000000000002");
+        let second = sign_with(
+            &restarted.signer,
+            wire::kind::INSTRUCTION,
+            wire::encode(&not_done),
+        );
+        restarted.send(message).await;
+        let stats = restarted.stats.clone();
+        wait_until("the returning instruction to be dropped", || {
+            stats.snapshot().replayed == 1
+        })
+        .await;
+        assert_eq!(stats.snapshot().ran, 0);
+        // The restarted agent trusts the first signer only: the second instruction is refused,
+        // which shows the key override took effect rather than a fresh agent ignoring all.
+        restarted.send(second).await;
+        wait_until("the other signer to be refused", || {
+            stats.snapshot().refused_signature == 1
+        })
+        .await;
+        assert!(results.try_next().is_none(), "nothing ran twice");
+        restarted.stop().await;
+    }
+
+    fn harness_instruction(harness: &Harness, id: &str) -> Instruction {
+        harness.instruction(id, "demo", TaskType::Queue)
+    }
+
     #[tokio::test]
     async fn signed_instructions_run_and_forged_garbage_and_late_ones_do_not() {
         let harness = Harness::start(inproc(), |_| {}).await;
@@ -1191,7 +1467,17 @@ mod tests {
         })
         .await;
         let spool_dir = harness.dir.path().join("spool");
-        assert_eq!(std::fs::read_dir(&spool_dir).unwrap().count(), 1);
+        let spooled_results = |dir: &Path| {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "result"))
+                        .count()
+                })
+                .unwrap_or(1)
+        };
+        assert_eq!(spooled_results(&spool_dir), 1);
 
         // A center appears and binds center.result: the flusher's next attempt gets through.
         let mut results = harness
@@ -1201,10 +1487,7 @@ mod tests {
         assert_eq!(result.id, task.id);
         assert_eq!(result.worker_flag, 1);
         wait_until("the spool file to be removed", || {
-            std::fs::read_dir(&spool_dir)
-                .map(|dir| dir.count())
-                .unwrap_or(1)
-                == 0
+            spooled_results(&spool_dir) == 0
         })
         .await;
         assert_eq!(stats.snapshot().results_published, 1);

@@ -268,6 +268,26 @@ pub fn signed_message(
     message
 }
 
+/// One `instructions` message for several instructions to the same agent, signed once.
+pub fn signed_batch_message(
+    signer: &InstructionSigner,
+    instructions: Vec<Instruction>,
+) -> BusMessage {
+    let now = now_unix_ms();
+    // The broker may drop the message only once every instruction in it has expired.
+    let last_deadline = instructions
+        .iter()
+        .map(|instruction| instruction.deadline)
+        .max()
+        .unwrap_or(now);
+    let body = wire::encode(&wire::InstructionBatch { instructions });
+    let mut message = BusMessage::msgpack(kind::INSTRUCTIONS, body);
+    message.sig = Some(signer.sign(&message.body));
+    message.key_id = Some(signer.key_id().to_string());
+    message.expiration_ms = Some(last_deadline.saturating_sub(now).max(1));
+    message
+}
+
 /// The result of a task whose instruction could not be sent: it fails at once with 410.1, so
 /// that its dependents and its cron see the failure now rather than at its deadline.
 pub fn undelivered(instruction: &Instruction, err: &dyn std::fmt::Display) -> JobResult {

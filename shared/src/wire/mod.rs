@@ -18,6 +18,8 @@ use std::str::FromStr;
 /// AMQP `type` property values, one per message kind.
 pub mod kind {
     pub const INSTRUCTION: &str = "instruction";
+    /// Several [`super::InstructionBatch`] instructions for one agent in one signed message.
+    pub const INSTRUCTIONS: &str = "instructions";
     pub const CANCEL: &str = "cancel";
     pub const APP_SET: &str = "app_set";
     pub const RESULT: &str = "result";
@@ -106,6 +108,14 @@ impl FromStr for Mode {
             Err(format!("mode must be P or NP, got {text:?}"))
         }
     }
+}
+
+/// Center → agent: instructions for one agent, claimed together, in one message (kind
+/// [`kind::INSTRUCTIONS`]) signed once over its whole body, so that the broker carries one
+/// message instead of many. Each instruction keeps its own id and deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstructionBatch {
+    pub instructions: Vec<Instruction>,
 }
 
 /// Center → agent: run one app function. Signed by the center (Ed25519 over the exact body bytes).
