@@ -4,25 +4,36 @@
 //! over `ELVES_BENCH_AGENTS` (default 100) agents, over RabbitMQ (`ELVES_TEST_AMQP_URL`), in four
 //! runs: {SQLite, PostgreSQL (`ELVES_TEST_PG_URL`)} × {real agents, simulated agents}.
 //!
-//! - Real agents: `elves_agent::run` in this process, one bus connection each, each spawning
-//!   the shell worker `noop/app-worker` for every task.
+//! - Real agents: one `elves-agent` process each, the release binary next to this bench
+//!   (`scripts/bench` builds it), each with its own TOML configuration in the run's temp dir
+//!   (the same settings as the in-process agents, checked by loading the file back), `RUST_LOG`
+//!   passed through (default `warn`) and its stderr forwarded with its id; each spawns the shell
+//!   worker `noop/app-worker` for every task. A real host runs one agent with a few dozen file
+//!   descriptors: 100 agents in this process made every worker spawn copy and close ~2,400
+//!   of them, about a quarter of the machine. The agents' own counters are out of reach in
+//!   their processes, so for them the report gives the stored results that carry the worker's
+//!   "ok" and the agents' RSS summed once the queue is done, not what the agents ran and
+//!   published. When the binary is missing, or with `ELVES_BENCH_AGENTS=inproc` (`=50,inproc`
+//!   with a count), they run in this process instead: `elves_agent::run`, one bus connection
+//!   each, and their counters (`AgentStats`) are reported.
 //! - Simulated agents: light agents in this process that speak the real protocol without
-//!   spawning (consume `<ns>.agent.<id>`, verify the Ed25519 signature, decode the instruction,
-//!   publish a `JobResult` to `center.result`, ack; heartbeat every second), ten agents per bus
-//!   connection. They measure the center, not the host's fork/exec rate.
+//!   spawning (consume `<ns>.agent.<id>`, verify the Ed25519 signature, decode the instruction
+//!   or the pack of them, publish their results to `center.result` in one message, ack;
+//!   heartbeat every second), ten agents per bus connection. They measure the center, not the host's fork/exec rate.
 //!
 //! Tasks are added through the signed HTTP API (`queue/create`, `queue/addtask` with 16 calls
-//! in flight), then `queue/commit`; the clock starts just before the commit is sent and stops
-//! at the last task's `finished_at` as stored by the center. Completion is polled every 500 ms
-//! straight from the database (`Store::queue_tasks`), which also gives the dispatch times.
+//! in flight), then `queue/commit` once every agent is online; the clock starts just before the
+//! commit is sent and stops at the last task's `finished_at` as stored by the center. Completion
+//! is polled every 500 ms straight from the database (`Store::queue_tasks`), which also gives the
+//! dispatch times.
 //!
 //! The center is the release binary `elves-center` as a child process when it exists next to
 //! this bench (`scripts/bench` builds it), so that its peak RSS (VmHWM) is its own; otherwise,
 //! or with `ELVES_BENCH_CENTER=inproc`, it runs in this process (`elves_center::start`) and the
-//! peak is this whole process's (center and agents), reported next to the baseline before the
-//! center started; `ELVES_BENCH_CENTER=<path>` runs another build of the center (e.g. one with
-//! debug info, for `perf`). `ELVES_QUEUE__*`, `ELVES_HTTP__*` and `ELVES_RT__*` variables reach
-//! the center.
+//! peak is this whole process's (the center, and the agents unless they are processes),
+//! reported next to the baseline before the center started; `ELVES_BENCH_CENTER=<path>` runs
+//! another build of the center (e.g. one with debug info, for `perf`). `ELVES_QUEUE__*`,
+//! `ELVES_HTTP__*` and `ELVES_RT__*` variables reach the center (never the agents).
 //!
 //! Run: `scripts/bench` (or `cargo bench --bench queue_throughput`); extra arguments select
 //! runs by name, e.g. `cargo bench --bench queue_throughput -- sqlite-simulated`.
@@ -116,6 +127,9 @@ struct Settings {
     root: PathBuf,
     /// The release `elves-center` to run as a child process; `None` runs it in-process.
     center_bin: Option<PathBuf>,
+    /// The release `elves-agent` to run each real agent as a child process; `None` runs them
+    /// in-process.
+    agent_bin: Option<PathBuf>,
 }
 
 fn main() {
@@ -134,15 +148,17 @@ fn main() {
             .filter(|n| *n > 0)
             .unwrap_or(default)
     };
+    let (agents, agents_inproc) = agents_setting();
     let settings = Settings {
         tasks: number("ELVES_BENCH_TASKS", 10_000),
-        agents: number("ELVES_BENCH_AGENTS", 100),
+        agents,
         amqp: std::env::var("ELVES_TEST_AMQP_URL")
             .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string()),
         pg_url: std::env::var("ELVES_TEST_PG_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string()),
         root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
         center_bin: center_binary(),
+        agent_bin: if agents_inproc { None } else { agent_binary() },
     };
     // Arguments that are not flags select runs by name, as `cargo bench -- <filter>` does.
     let filters: Vec<String> = std::env::args()
@@ -165,15 +181,26 @@ fn main() {
         Some(bin) => println!(
             "center: child process {} (built {} ago; peak RSS = its VmHWM)",
             bin.display(),
-            std::fs::metadata(bin)
-                .and_then(|meta| meta.modified())
-                .ok()
-                .and_then(|built| built.elapsed().ok())
-                .map_or_else(|| "?".to_string(), |age| format!("{} s", age.as_secs()))
+            built_ago(bin)
         ),
         None => println!(
             "center: in-process (elves_center::start; peak RSS = this whole process's VmHWM, \
-             agents included)"
+             in-process agents included)"
+        ),
+    }
+    match &settings.agent_bin {
+        Some(bin) => println!(
+            "real agents: one child process each, {} (built {} ago; agents' RSS = their VmRSS \
+             summed once the queue is done)",
+            bin.display(),
+            built_ago(bin)
+        ),
+        None if agents_inproc => {
+            println!("real agents: in-process (elves_agent::run; ELVES_BENCH_AGENTS=inproc)")
+        }
+        None => println!(
+            "real agents: in-process (elves_agent::run), as there is no elves-agent next to this \
+             bench (scripts/bench builds it)"
         ),
     }
     println!(
@@ -202,6 +229,7 @@ fn main() {
     }
     // Opt-in diagnostics, only when named (`-- timings`, `-- sqlite-store-timings`, …): where
     // the center's time goes, measured on its store and bus calls directly.
+    let mut diagnostics = 0;
     for db in [Db::Sqlite, Db::Postgres] {
         let name = format!("{}-store-timings", db.name());
         if filters
@@ -209,6 +237,7 @@ fn main() {
             .any(|filter| filter.contains("timings") && name.contains(filter.as_str()))
         {
             runtime.block_on(store_timings(&settings, db));
+            diagnostics += 1;
         }
     }
     if filters
@@ -216,7 +245,15 @@ fn main() {
         .any(|filter| "bus-timings".contains(filter.as_str()))
     {
         runtime.block_on(bus_timings(&settings));
+        diagnostics += 1;
     }
+    // A filter that selects nothing would otherwise end the bench silently, as if it had passed.
+    assert!(
+        !lines.is_empty() || diagnostics > 0,
+        "no run matches {filters:?}: the runs are sqlite-real, sqlite-simulated, postgres-real \
+         and postgres-simulated; the diagnostics sqlite-store-timings, postgres-store-timings \
+         and bus-timings"
+    );
     if lines.len() > 1 {
         println!("summary:");
         for line in &lines {
@@ -244,6 +281,53 @@ fn center_binary() -> Option<PathBuf> {
     bin.exists().then_some(bin)
 }
 
+/// `ELVES_BENCH_AGENTS`: the number of agents and/or `inproc`, comma-separated (`100`,
+/// `inproc`, `50,inproc`). A word that is neither fails the bench: a typo must not silently
+/// change what is measured.
+fn agents_setting() -> (usize, bool) {
+    let (mut count, mut inproc) = (100, false);
+    let Ok(value) = std::env::var("ELVES_BENCH_AGENTS") else {
+        return (count, inproc);
+    };
+    for word in value
+        .split(',')
+        .map(str::trim)
+        .filter(|word| !word.is_empty())
+    {
+        if word == "inproc" {
+            inproc = true;
+            continue;
+        }
+        match word.parse::<usize>() {
+            Ok(n) if n > 0 => count = n,
+            _ => panic!(
+                "ELVES_BENCH_AGENTS={value:?}: expected a number of agents and/or `inproc`, \
+                 e.g. `50,inproc`"
+            ),
+        }
+    }
+    (count, inproc)
+}
+
+/// `target/release/elves-agent` next to this bench, when it was built.
+fn agent_binary() -> Option<PathBuf> {
+    let bin = std::env::current_exe()
+        .ok()?
+        .parent()?
+        .parent()?
+        .join("elves-agent");
+    bin.exists().then_some(bin)
+}
+
+/// How long ago `bin` was built: a stale binary measures old code.
+fn built_ago(bin: &Path) -> String {
+    std::fs::metadata(bin)
+        .and_then(|meta| meta.modified())
+        .ok()
+        .and_then(|built| built.elapsed().ok())
+        .map_or_else(|| "?".to_string(), |age| format!("{} s", age.as_secs()))
+}
+
 /// What one run measured.
 struct Figures {
     db: Db,
@@ -257,22 +341,50 @@ struct Figures {
     /// Commit → the first and the last claim (`dispatched_at`).
     first_dispatch_ms: u64,
     last_dispatch_ms: u64,
-    /// Commit → the agents had published every result.
+    /// Commit → the agents had published every result; `None` when not seen or not counted.
     agents_done_ms: Option<u64>,
     /// Commit → the poll that saw the queue done.
     observed_ms: u64,
-    /// Results the center applied (`elves_tasks_total`), and what the agents ran and published.
+    /// Results the center applied (`elves_tasks_total`), and what the agents ran and published
+    /// (`None`: agents in their own processes, whose counters this bench cannot read).
     center_results: u64,
-    ran: u64,
-    published: u64,
+    ran: Option<u64>,
+    published: Option<u64>,
+    /// Stored results that carry the noop worker's "ok": proof from the database that an agent
+    /// ran the worker and its result arrived, whatever the agents' mode.
+    worker_ok: u64,
     rss: Rss,
+    /// The agents' memory when they are child processes.
+    agents_rss: Option<AgentsRss>,
+    /// Lines the agent processes wrote on stderr (forwarded as they came).
+    agent_log_lines: Option<u64>,
     /// What the checks found wrong; empty when every task ran once and succeeded.
     problems: Vec<String>,
 }
 
 enum Rss {
-    Process { peak_kib: u64 },
-    InProcess { baseline_kib: u64, peak_kib: u64 },
+    Process {
+        peak_kib: u64,
+    },
+    InProcess {
+        baseline_kib: u64,
+        peak_kib: u64,
+        /// False when the agents of the run are child processes.
+        agents_included: bool,
+    },
+}
+
+/// The agent processes' memory, read from `/proc/<pid>/status` once the queue is done.
+struct AgentsRss {
+    /// Processes whose status could be read (all of them, unless one had exited).
+    processes: usize,
+    /// Their VmRSS at that moment, summed; pages they share (the binary's code, libc) count
+    /// once per process.
+    rss_kib: u64,
+    /// The anonymous part of it (RssAnon): memory of each agent's own.
+    anon_kib: u64,
+    /// Their VmHWM summed: each one's own peak, which need not have been at the same time.
+    peaks_kib: u64,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -296,16 +408,29 @@ impl Figures {
             Rss::InProcess {
                 baseline_kib,
                 peak_kib,
+                agents_included,
             } => format!(
-                "process peak RSS {:6.1} MiB, baseline {:.1} MiB ({}; in-process, agents included)",
+                "process peak RSS {:6.1} MiB, baseline {:.1} MiB ({}; in-process, {})",
                 mib(peak_kib),
                 mib(baseline_kib),
-                verdict(mib(peak_kib) < TARGET_CENTER_RSS_MIB)
+                verdict(mib(peak_kib) < TARGET_CENTER_RSS_MIB),
+                if agents_included {
+                    "agents included"
+                } else {
+                    "agent processes not included"
+                }
             ),
         };
+        let agents_rss = self.agents_rss.as_ref().map_or_else(String::new, |agents| {
+            format!(
+                "  agents' RSS {:.1} MiB ({} processes, summed)",
+                mib(agents.rss_kib),
+                agents.processes
+            )
+        });
         format!(
             "{:<8} {:<9} agents: tasks {:>6}  agents {:>4}  {:>7.2} s  {:>7.0} tasks/s \
-             (target >= {target:.0}: {})  {rss}",
+             (target >= {target:.0}: {})  {rss}{agents_rss}",
             self.db.name(),
             self.agents_kind.name(),
             self.tasks,
@@ -317,15 +442,20 @@ impl Figures {
     }
 
     fn details(&self) -> String {
-        let agents_done = self.agents_done_ms.map_or_else(
-            || "-".to_string(),
-            |ms| format!("+{:.2} s", ms as f64 / 1000.0),
-        );
-        format!(
+        let agents_done = match (self.published, self.agents_done_ms) {
+            (None, _) => "not counted".to_string(),
+            (Some(_), None) => "-".to_string(),
+            (Some(_), Some(ms)) => format!("+{:.2} s", ms as f64 / 1000.0),
+        };
+        let agents = match (self.ran, self.published) {
+            (Some(ran), Some(published)) => format!("agents ran {ran} and published {published}"),
+            _ => "the agents' own counts are not read (agent processes)".to_string(),
+        };
+        let mut text = format!(
             "adding the tasks took {:.2} s ({:.0}/s); after commit: first claim +{:.3} s, last \
              claim +{:.2} s, agents published every result {agents_done}, last result stored \
-             +{:.2} s, seen by the poll +{:.2} s; center applied {} results, agents ran {} and \
-             published {}",
+             +{:.2} s, seen by the poll +{:.2} s; center applied {} results, {agents}; stored \
+             results with the worker's \"ok\": {}",
             self.add_seconds,
             self.tasks as f64 / self.add_seconds.max(1e-6),
             self.first_dispatch_ms as f64 / 1000.0,
@@ -333,9 +463,22 @@ impl Figures {
             self.seconds,
             self.observed_ms as f64 / 1000.0,
             self.center_results,
-            self.ran,
-            self.published,
-        )
+            self.worker_ok,
+        );
+        if let Some(agents) = &self.agents_rss {
+            text.push_str(&format!(
+                "; agents' RSS summed {:.1} MiB, of which anonymous (their own) {:.1} MiB, the \
+                 rest shared pages counted once per process; their peaks summed {:.1} MiB (each \
+                 its own peak)",
+                mib(agents.rss_kib),
+                mib(agents.anon_kib),
+                mib(agents.peaks_kib)
+            ));
+        }
+        if let Some(lines) = self.agent_log_lines {
+            text.push_str(&format!("; agents' stderr lines {lines}"));
+        }
+        text
     }
 }
 
@@ -386,15 +529,18 @@ async fn run(settings: &Settings, db: Db, agents_kind: AgentKind) -> Figures {
     let agent_ids: Vec<AgentId> = (0..settings.agents)
         .map(|n| AgentId::parse(&format!("bench-{n:04}")).expect("agent id"))
         .collect();
-    let agents = match agents_kind {
-        AgentKind::Real => {
+    let mut agents = match (agents_kind, &settings.agent_bin) {
+        (AgentKind::Real, Some(bin)) => {
+            Agents::start_processes(bin, settings, &center, &namespace, dir.path(), &agent_ids)
+        }
+        (AgentKind::Real, None) => {
             Agents::start_real(settings, &center, &namespace, dir.path(), &agent_ids)
         }
-        AgentKind::Simulated => {
+        (AgentKind::Simulated, _) => {
             Agents::start_simulated(settings, &center, &namespace, &agent_ids).await
         }
     };
-    api.wait_online(settings.agents).await;
+    api.wait_online(settings.agents, || agents.alive()).await;
     eprintln!("[{name}] {} agents online", settings.agents);
 
     // Fill the queue through the API.
@@ -442,10 +588,9 @@ async fn run(settings: &Settings, db: Db, agents_kind: AgentKind) -> Figures {
             .expect("the bench's own store handle")
     };
     let queue = TaskId::parse(&queue_id).expect("queue id");
-    let published = agents.published_counter();
     let expected = settings.tasks as u64;
     let agents_done_at = Arc::new(AtomicU64::new(0));
-    let sampler = {
+    let sampler = agents.published_counter().map(|published| {
         let agents_done_at = agents_done_at.clone();
         tokio::spawn(async move {
             while published() < expected {
@@ -453,16 +598,19 @@ async fn run(settings: &Settings, db: Db, agents_kind: AgentKind) -> Figures {
             }
             agents_done_at.store(now_unix_ms(), Ordering::Relaxed);
         })
-    };
+    });
 
     let committed_at = now_unix_ms();
     let commit_clock = Instant::now();
     api.ok("queue/commit", &[("queue_id", &queue_id)]).await;
-    let rows = wait_queue_done(&name, &store, &queue, settings.tasks).await;
+    let rows = wait_queue_done(&name, &store, &queue, settings.tasks, || agents.alive()).await;
     let observed_ms = u64::try_from(commit_clock.elapsed().as_millis()).unwrap_or(u64::MAX);
     // The last results may have been published a few ms before the sampler looked.
-    let _ = tokio::time::timeout(Duration::from_secs(2), sampler).await;
-    let peak = center.peak_rss();
+    if let Some(sampler) = sampler {
+        let _ = tokio::time::timeout(Duration::from_secs(2), sampler).await;
+    }
+    let peak = center.peak_rss(agents.in_this_process());
+    let agents_rss = agents.rss();
     let center_results = api.settled_tasks().await;
 
     let counts = agents.counts();
@@ -480,7 +628,11 @@ async fn run(settings: &Settings, db: Db, agents_kind: AgentKind) -> Figures {
         .expect("finished tasks have a finish time");
     let since_commit = |at: u64| at.saturating_sub(committed_at);
     let agents_done = agents_done_at.load(Ordering::Relaxed);
-    let figures = Figures {
+    let worker_ok = rows
+        .iter()
+        .filter(|row| row.worker_flag == Some(1) && row.worker_message.as_deref() == Some("ok"))
+        .count() as u64;
+    let mut figures = Figures {
         db,
         agents_kind,
         tasks: settings.tasks,
@@ -494,11 +646,17 @@ async fn run(settings: &Settings, db: Db, agents_kind: AgentKind) -> Figures {
         center_results,
         ran: counts.ran,
         published: counts.published,
+        worker_ok,
         rss: peak,
+        agents_rss,
+        agent_log_lines: None,
         problems,
     };
 
+    let log_lines = agents.log_lines();
     agents.stop().await;
+    // Read after the stop, so that what the agents logged while stopping counts too.
+    figures.agent_log_lines = log_lines.map(|lines| lines.load(Ordering::Relaxed));
     drop(store);
     tokio::task::spawn_blocking(move || center.stop())
         .await
@@ -558,19 +716,29 @@ fn check(
         }
     };
     count_is("results the center applied", center_results);
-    count_is("instructions the agents ran", counts.ran);
-    count_is("results the agents published", counts.published);
-    if counts.anomalies != 0 {
+    if let Some(ran) = counts.ran {
+        count_is("instructions the agents ran", ran);
+    }
+    if let Some(published) = counts.published {
+        count_is("results the agents published", published);
+    }
+    if let Some(anomalies) = counts.anomalies.filter(|n| *n != 0) {
         problems.push(format!(
-            "{} instruction(s) refused, expired, replayed or received twice",
-            counts.anomalies
+            "{anomalies} instruction(s) refused, expired, replayed or received twice"
         ));
     }
     problems
 }
 
-/// Polls the database until every task of the queue is settled; fails on a stall.
-async fn wait_queue_done(name: &str, store: &Store, queue: &TaskId, tasks: usize) -> Vec<TaskRow> {
+/// Polls the database until every task of the queue is settled; fails on a stall, or at once
+/// when `alive` reports an agent gone (its tasks would only stall).
+async fn wait_queue_done(
+    name: &str,
+    store: &Store,
+    queue: &TaskId,
+    tasks: usize,
+    mut alive: impl FnMut() -> Result<(), String>,
+) -> Vec<TaskRow> {
     let started = Instant::now();
     let mut last_progress = (0usize, Instant::now());
     let mut last_report = Instant::now();
@@ -596,6 +764,9 @@ async fn wait_queue_done(name: &str, store: &Store, queue: &TaskId, tasks: usize
             .count();
         if settled == tasks {
             return rows;
+        }
+        if let Err(gone) = alive() {
+            panic!("[{name}] {gone} with {by_status:?}");
         }
         if settled > last_progress.0 {
             last_progress = (settled, Instant::now());
@@ -657,9 +828,14 @@ impl Api {
             .expect("http call")
     }
 
-    async fn wait_online(&self, agents: usize) {
+    /// Polls `/healthz` until `agents` agents are online; fails after a minute, or at once
+    /// when `alive` reports an agent gone (one that exited will never come online).
+    async fn wait_online(&self, agents: usize, mut alive: impl FnMut() -> Result<(), String>) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            if let Err(gone) = alive() {
+                panic!("waiting for the agents to come online: {gone}");
+            }
             let health: Value = self.get("/healthz").await.json().await.expect("healthz");
             let online = health["heartbeat"]["agents_online"].as_u64().unwrap_or(0);
             if online >= agents as u64 {
@@ -820,7 +996,9 @@ impl RunningCenter {
         }
     }
 
-    fn peak_rss(&self) -> Rss {
+    /// The center's peak; in-process, this whole process's, which holds the agents too when
+    /// `agents_included`.
+    fn peak_rss(&self, agents_included: bool) -> Rss {
         match &self.kind {
             CenterKind::Process { child, .. } => Rss::Process {
                 peak_kib: status_kib(child.0.id(), "VmHWM:").unwrap_or(0),
@@ -828,6 +1006,7 @@ impl RunningCenter {
             CenterKind::InProcess { baseline_kib, .. } => Rss::InProcess {
                 baseline_kib: *baseline_kib,
                 peak_kib: status_kib(std::process::id(), "VmHWM:").unwrap_or(0),
+                agents_included,
             },
         }
     }
@@ -879,19 +1058,25 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// What the agents of a run counted.
+/// What the agents of a run counted; `None` where this bench cannot see it (agent processes).
 struct Counts {
     /// Instructions accepted and run (real: the worker was started).
-    ran: u64,
+    ran: Option<u64>,
     /// Results published to `center.result`.
-    published: u64,
+    published: Option<u64>,
     /// Refused, expired or replayed (real) / refused or duplicate (simulated) instructions.
-    anomalies: u64,
+    anomalies: Option<u64>,
 }
 
 enum Agents {
-    Real {
-        agents: Vec<RealAgent>,
+    /// Real agents in this process.
+    Real { agents: Vec<RealAgent> },
+    /// Real agents, one `elves-agent` process each.
+    Processes {
+        children: Vec<AgentChild>,
+        /// Forward each agent's stderr; they end when its process does.
+        forwarders: JoinSet<()>,
+        log_lines: Arc<AtomicU64>,
     },
     Simulated {
         shared: Arc<SimShared>,
@@ -906,6 +1091,81 @@ struct RealAgent {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// One agent's process, killed and reaped when dropped while still running (a run that
+/// panicked), so that no agent outlives the bench.
+struct AgentChild {
+    id: AgentId,
+    child: std::process::Child,
+}
+
+impl Drop for AgentChild {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The configuration of one real agent, the same whether it runs in this process or reads it
+/// from a file: the two modes differ only in where the agent runs.
+fn real_agent_config(
+    id: &AgentId,
+    dir: &Path,
+    center: &RunningCenter,
+    amqp: &str,
+    namespace: &str,
+) -> AgentConfig {
+    let mut config = AgentConfig::new(id.clone());
+    config.apps_dir = dir.join(format!("apps-{id}"));
+    config.spool_dir = dir.join(format!("spool-{id}"));
+    config.heartbeat_interval_ms = HEARTBEAT_MS;
+    config.bus.url = amqp.to_string();
+    config.bus.namespace = namespace.to_string();
+    config.center.key_id = center.key_id.clone();
+    config.center.public_key = center.public_key_hex.clone();
+    config
+}
+
+/// The TOML file of an agent process: the keys [`real_agent_config`] sets; every other key is
+/// left to its default, as it is for the in-process agents.
+fn agent_config_toml(config: &AgentConfig) -> String {
+    let path = |path: &Path| {
+        toml::Value::String(
+            path.to_str()
+                .unwrap_or_else(|| panic!("agent path {} is not UTF-8", path.display()))
+                .to_string(),
+        )
+    };
+    let mut bus = toml::Table::new();
+    bus.insert("url".into(), config.bus.url.clone().into());
+    bus.insert("namespace".into(), config.bus.namespace.clone().into());
+    let mut center = toml::Table::new();
+    center.insert("key_id".into(), config.center.key_id.clone().into());
+    center.insert("public_key".into(), config.center.public_key.clone().into());
+    let mut file = toml::Table::new();
+    file.insert("id".into(), config.id.to_string().into());
+    file.insert("apps_dir".into(), path(&config.apps_dir));
+    file.insert("spool_dir".into(), path(&config.spool_dir));
+    file.insert(
+        "heartbeat_interval_ms".into(),
+        toml::Value::Integer(i64::try_from(config.heartbeat_interval_ms).unwrap_or(i64::MAX)),
+    );
+    file.insert("bus".into(), bus.into());
+    file.insert("center".into(), center.into());
+    toml::to_string(&file).expect("an agent configuration serializes as TOML")
+}
+
+/// Forwards an agent process's stderr line by line, with its id, counting the lines.
+async fn forward_log(id: AgentId, stderr: tokio::process::ChildStderr, lines: Arc<AtomicU64>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = reader.next_line().await {
+        lines.fetch_add(1, Ordering::Relaxed);
+        eprintln!("[agent {id}] {line}");
+    }
+}
+
 impl Agents {
     fn start_real(
         settings: &Settings,
@@ -917,17 +1177,13 @@ impl Agents {
         let agents = ids
             .iter()
             .map(|id| {
-                let apps_dir = dir.join(format!("apps-{id}"));
-                install_noop_app(&apps_dir);
-                let mut config = AgentConfig::new(id.clone());
-                config.apps_dir = apps_dir;
-                config.spool_dir = dir.join(format!("spool-{id}"));
-                config.heartbeat_interval_ms = HEARTBEAT_MS;
-                config.center.key_id = center.key_id.clone();
-                config.center.public_key = center.public_key_hex.clone();
+                let config = real_agent_config(id, dir, center, &settings.amqp, namespace);
+                install_noop_app(&config.apps_dir);
                 let stats = Arc::new(AgentStats::new());
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let bus = bus::open(&settings.amqp, namespace).expect("agent bus");
+                // Opened as the `elves-agent` binary opens it, frame size included.
+                let url = bus::with_frame_max(&config.bus.url, config.bus.frame_max);
+                let bus = bus::open(&url, &config.bus.namespace).expect("agent bus");
                 let task = tokio::spawn(elves_agent::run(config, bus, stats.clone(), async move {
                     let _ = stopped.await;
                 }));
@@ -935,6 +1191,74 @@ impl Agents {
             })
             .collect();
         Agents::Real { agents }
+    }
+
+    /// Starts one `bin` process per agent, each reading its own configuration file.
+    fn start_processes(
+        bin: &Path,
+        settings: &Settings,
+        center: &RunningCenter,
+        namespace: &str,
+        dir: &Path,
+        ids: &[AgentId],
+    ) -> Agents {
+        let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string());
+        let log_lines = Arc::new(AtomicU64::new(0));
+        let mut forwarders = JoinSet::new();
+        let mut children = Vec::with_capacity(ids.len());
+        for id in ids {
+            let config = real_agent_config(id, dir, center, &settings.amqp, namespace);
+            install_noop_app(&config.apps_dir);
+            let path = dir.join(format!("agent-{id}.toml"));
+            std::fs::write(&path, agent_config_toml(&config))
+                .unwrap_or_else(|err| panic!("writing {}: {err}", path.display()));
+            // The file must give the agent exactly the in-process configuration, defaults
+            // included; reading it back as the binary will is the check.
+            let loaded = AgentConfig::load(Some(&path), Vec::new())
+                .unwrap_or_else(|err| panic!("{} does not load: {err}", path.display()));
+            assert_eq!(
+                format!("{loaded:?}"),
+                format!("{config:?}"),
+                "{} reads back as another configuration than the in-process agent's",
+                path.display()
+            );
+            let mut command = std::process::Command::new(bin);
+            // The working directory stays this bench's, so that relative defaults (the cron
+            // file) resolve as they do for the in-process agents.
+            command
+                .arg("--config")
+                .arg(&path)
+                .env("RUST_LOG", &rust_log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            // The agent reads every `ELVES_…` variable as configuration: the file alone is its
+            // configuration, whatever this bench was given for the center.
+            for (name, _) in std::env::vars_os() {
+                if name.to_str().is_some_and(|name| name.starts_with("ELVES_")) {
+                    command.env_remove(name);
+                }
+            }
+            let mut child = command
+                .spawn()
+                .unwrap_or_else(|err| panic!("{} does not start: {err}", bin.display()));
+            let stderr = child.stderr.take();
+            // Owned before anything else can fail, so that a panic kills it.
+            children.push(AgentChild {
+                id: id.clone(),
+                child,
+            });
+            let stderr = stderr
+                .map(tokio::process::ChildStderr::from_std)
+                .expect("the agent's stderr is piped")
+                .expect("the agent's stderr registers with the runtime");
+            forwarders.spawn(forward_log(id.clone(), stderr, log_lines.clone()));
+        }
+        Agents::Processes {
+            children,
+            forwarders,
+            log_lines,
+        }
     }
 
     async fn start_simulated(
@@ -974,22 +1298,77 @@ impl Agents {
         }
     }
 
-    /// Results published so far, readable from another task.
-    fn published_counter(&self) -> Box<dyn Fn() -> u64 + Send + Sync> {
+    /// Whether the agents live in this process (and so in its RSS).
+    fn in_this_process(&self) -> bool {
+        !matches!(self, Agents::Processes { .. })
+    }
+
+    /// `Err` naming the first agent process that has exited; in-process agents are not checked.
+    fn alive(&mut self) -> Result<(), String> {
+        let Agents::Processes { children, .. } = self else {
+            return Ok(());
+        };
+        for agent in children.iter_mut() {
+            match agent.child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => return Err(format!("agent {} exited ({status})", agent.id)),
+                Err(err) => return Err(format!("agent {}: cannot wait for it: {err}", agent.id)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent processes' VmRSS and VmHWM now, summed.
+    fn rss(&self) -> Option<AgentsRss> {
+        let Agents::Processes { children, .. } = self else {
+            return None;
+        };
+        let mut total = AgentsRss {
+            processes: 0,
+            rss_kib: 0,
+            anon_kib: 0,
+            peaks_kib: 0,
+        };
+        for agent in children {
+            let pid = agent.child.id();
+            let figure = |field| status_kib(pid, field);
+            if let (Some(rss), Some(anon), Some(peak)) =
+                (figure("VmRSS:"), figure("RssAnon:"), figure("VmHWM:"))
+            {
+                total.processes += 1;
+                total.rss_kib += rss;
+                total.anon_kib += anon;
+                total.peaks_kib += peak;
+            }
+        }
+        Some(total)
+    }
+
+    /// Lines the agent processes write on stderr, readable after [`Agents::stop`].
+    fn log_lines(&self) -> Option<Arc<AtomicU64>> {
+        match self {
+            Agents::Processes { log_lines, .. } => Some(log_lines.clone()),
+            _ => None,
+        }
+    }
+
+    /// Results published so far, readable from another task; `None` for agent processes.
+    fn published_counter(&self) -> Option<Box<dyn Fn() -> u64 + Send + Sync>> {
         match self {
             Agents::Real { agents } => {
                 let stats: Vec<Arc<AgentStats>> =
                     agents.iter().map(|agent| agent.stats.clone()).collect();
-                Box::new(move || {
+                Some(Box::new(move || {
                     stats
                         .iter()
                         .map(|stats| stats.results_published.load(Ordering::Relaxed))
                         .sum()
-                })
+                }))
             }
+            Agents::Processes { .. } => None,
             Agents::Simulated { shared, .. } => {
                 let shared = shared.clone();
-                Box::new(move || shared.published.load(Ordering::Relaxed))
+                Some(Box::new(move || shared.published.load(Ordering::Relaxed)))
             }
         }
     }
@@ -997,27 +1376,34 @@ impl Agents {
     fn counts(&self) -> Counts {
         match self {
             Agents::Real { agents } => {
-                let mut counts = Counts {
-                    ran: 0,
-                    published: 0,
-                    anomalies: 0,
-                };
+                let (mut ran, mut published, mut anomalies) = (0, 0, 0);
                 for agent in agents {
                     let snapshot = agent.stats.snapshot();
-                    counts.ran += snapshot.ran;
-                    counts.published += snapshot.results_published + snapshot.results_spooled;
-                    counts.anomalies += snapshot.refused_signature
+                    ran += snapshot.ran;
+                    published += snapshot.results_published + snapshot.results_spooled;
+                    anomalies += snapshot.refused_signature
                         + snapshot.expired
                         + snapshot.replayed
                         + snapshot.undecodable;
                 }
-                counts
+                Counts {
+                    ran: Some(ran),
+                    published: Some(published),
+                    anomalies: Some(anomalies),
+                }
             }
+            Agents::Processes { .. } => Counts {
+                ran: None,
+                published: None,
+                anomalies: None,
+            },
             Agents::Simulated { shared, .. } => Counts {
-                ran: shared.seen.lock().expect("seen ids").len() as u64,
-                published: shared.published.load(Ordering::Relaxed),
-                anomalies: shared.refused.load(Ordering::Relaxed)
-                    + shared.duplicates.load(Ordering::Relaxed),
+                ran: Some(shared.seen.lock().expect("seen ids").len() as u64),
+                published: Some(shared.published.load(Ordering::Relaxed)),
+                anomalies: Some(
+                    shared.refused.load(Ordering::Relaxed)
+                        + shared.duplicates.load(Ordering::Relaxed),
+                ),
             },
         }
     }
@@ -1033,6 +1419,56 @@ impl Agents {
                         Ok(Err(err)) => eprintln!("agent task failed: {err}"),
                         Err(_) => eprintln!("agent did not stop within 40 s"),
                     }
+                }
+            }
+            Agents::Processes {
+                mut children,
+                mut forwarders,
+                ..
+            } => {
+                // SIGTERM, as systemd stops an agent: each one shuts down as on a real host.
+                for agent in &mut children {
+                    // A reaped child's pid may belong to another process by now: signal only
+                    // those still running.
+                    if !matches!(agent.child.try_wait(), Ok(None)) {
+                        continue;
+                    }
+                    if let Ok(pid) = i32::try_from(agent.child.id()) {
+                        // SAFETY: kill(2) on the pid of our own child, which is not reaped.
+                        unsafe {
+                            libc::kill(pid, libc::SIGTERM);
+                        }
+                    }
+                }
+                let deadline = Instant::now() + Duration::from_secs(40);
+                while Instant::now() < deadline
+                    && children
+                        .iter_mut()
+                        .any(|agent| matches!(agent.child.try_wait(), Ok(None)))
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                for agent in &mut children {
+                    match agent.child.try_wait() {
+                        Ok(Some(status)) if status.success() => {}
+                        Ok(Some(status)) => eprintln!("agent {} ended with {status}", agent.id),
+                        Ok(None) => {
+                            eprintln!("agent {} did not stop within 40 s; killing it", agent.id);
+                            let _ = agent.child.kill();
+                            let _ = agent.child.wait();
+                        }
+                        Err(err) => eprintln!("agent {}: cannot wait for it: {err}", agent.id),
+                    }
+                }
+                // Each forwarder ends at its agent's end of stderr; one held open by some
+                // leftover process must not hang the bench.
+                let drained = tokio::time::timeout(Duration::from_secs(5), async {
+                    while forwarders.join_next().await.is_some() {}
+                })
+                .await;
+                if drained.is_err() {
+                    eprintln!("agents' stderr still open 5 s after they ended; not waiting");
+                    forwarders.abort_all();
                 }
             }
             Agents::Simulated {
@@ -1103,74 +1539,106 @@ async fn simulated_agent(
     let _ = beats.await;
 }
 
+/// Answers one delivery the way the real agent does: a lone `instruction` or a signed
+/// `instructions` pack, refused whole when its signature, body or any addressee is wrong; the
+/// results of one delivery leave in one message (`result` for one, `results` for several), and
+/// the delivery is acked once that message is published.
 async fn answer(id: AgentId, bus: SharedBus, shared: Arc<SimShared>, delivery: Delivery) {
     let message = &delivery.message;
-    let verified = message.kind == kind::INSTRUCTION
-        && shared
-            .verifier
-            .verify(
-                &message.body,
-                message.key_id.as_deref(),
-                message.sig.as_deref(),
-            )
-            .is_ok();
-    let instruction = verified
-        .then(|| wire::decode::<Instruction>(&message.body).ok())
-        .flatten()
-        .filter(|instruction| instruction.agent == id);
-    let Some(instruction) = instruction else {
+    let verified = shared
+        .verifier
+        .verify(
+            &message.body,
+            message.key_id.as_deref(),
+            message.sig.as_deref(),
+        )
+        .is_ok();
+    let instructions = match message.kind.as_str() {
+        _ if !verified => None,
+        kind::INSTRUCTION => wire::decode::<Instruction>(&message.body)
+            .ok()
+            .map(|instruction| vec![instruction]),
+        kind::INSTRUCTIONS => wire::decode::<wire::InstructionBatch>(&message.body)
+            .ok()
+            .map(|batch| batch.instructions),
+        _ => None,
+    }
+    .filter(|instructions| {
+        !instructions.is_empty() && instructions.iter().all(|one| one.agent == id)
+    });
+    let Some(instructions) = instructions else {
         shared.refused.fetch_add(1, Ordering::Relaxed);
         delivery.reject().await;
         return;
     };
-    let first_time = shared
-        .seen
-        .lock()
-        .expect("seen ids")
-        .insert(instruction.id.clone());
-    if !first_time {
-        shared.duplicates.fetch_add(1, Ordering::Relaxed);
+    let delivered = instructions.len();
+    let fresh: Vec<Instruction> = {
+        let mut seen = shared.seen.lock().expect("seen ids");
+        instructions
+            .into_iter()
+            .filter(|instruction| seen.insert(instruction.id.clone()))
+            .collect()
+    };
+    shared
+        .duplicates
+        .fetch_add((delivered - fresh.len()) as u64, Ordering::Relaxed);
+    if fresh.is_empty() {
         delivery.ack().await;
         return;
     }
     let now = now_unix_ms();
-    let result = JobResult {
-        id: instruction.id.clone(),
-        agent: id,
-        task_type: instruction.task_type,
-        mode: instruction.mode,
-        app: instruction.app,
-        func: instruction.func,
-        worker_flag: 1,
-        worker_message: "ok".to_string(),
-        worker_costtime: 0,
-        started_at: now,
-        finished_at: now,
-        error: String::new(),
+    let results: Vec<JobResult> = fresh
+        .iter()
+        .map(|instruction| JobResult {
+            id: instruction.id.clone(),
+            agent: id.clone(),
+            task_type: instruction.task_type,
+            mode: instruction.mode,
+            app: instruction.app.clone(),
+            func: instruction.func.clone(),
+            worker_flag: 1,
+            worker_message: "ok".to_string(),
+            worker_costtime: 0,
+            started_at: now,
+            finished_at: now,
+            error: String::new(),
+        })
+        .collect();
+    let mut reply = match results.as_slice() {
+        [one] => BusMessage::msgpack(kind::RESULT, wire::encode(one)),
+        _ => BusMessage::msgpack(
+            kind::RESULTS,
+            wire::encode(&wire::ResultBatch {
+                results: results.clone(),
+            }),
+        ),
     };
-    let mut reply = BusMessage::msgpack(kind::RESULT, wire::encode(&result));
     reply.correlation_id = Some(
         message
             .correlation_id
             .clone()
-            .unwrap_or_else(|| instruction.id.to_string()),
+            .unwrap_or_else(|| fresh[0].id.to_string()),
     );
     let destination = Destination::Topic(routing::CENTER_RESULT.to_string());
     match bus.publish(&destination, reply).await {
         Ok(()) => {
-            shared.published.fetch_add(1, Ordering::Relaxed);
+            shared
+                .published
+                .fetch_add(results.len() as u64, Ordering::Relaxed);
             delivery.ack().await;
         }
         Err(err) => {
             eprintln!(
-                "simulated agent: result of {} not published: {err}",
-                instruction.id
+                "simulated agent: {} result(s) starting with {} not published: {err}",
+                results.len(),
+                fresh[0].id
             );
-            shared
-                .seen
-                .lock()
-                .expect("seen ids")
-                .remove(&instruction.id);
+            {
+                let mut seen = shared.seen.lock().expect("seen ids");
+                for instruction in &fresh {
+                    seen.remove(&instruction.id);
+                }
+            }
             delivery.requeue().await;
         }
     }
