@@ -1124,6 +1124,10 @@ fn real_agent_config(
     config.bus.namespace = namespace.to_string();
     config.center.key_id = center.key_id.clone();
     config.center.public_key = center.public_key_hex.clone();
+    // The noop worker is a native entry and needs no interpreter; the default allow-list would
+    // make 100 agents starting at once probe pyenv's python shims together, which on 2 cores
+    // outlasts the probe timeout and fills the log with warnings that have nothing to measure.
+    config.interpreters = [("sh".to_string(), "/bin/sh".to_string())].into();
     config
 }
 
@@ -1151,6 +1155,12 @@ fn agent_config_toml(config: &AgentConfig) -> String {
         "heartbeat_interval_ms".into(),
         toml::Value::Integer(i64::try_from(config.heartbeat_interval_ms).unwrap_or(i64::MAX)),
     );
+    let interpreters: toml::Table = config
+        .interpreters
+        .iter()
+        .map(|(name, path)| (name.clone(), path.clone().into()))
+        .collect();
+    file.insert("interpreters".into(), interpreters.into());
     file.insert("bus".into(), bus.into());
     file.insert("center".into(), center.into());
     toml::to_string(&file).expect("an agent configuration serializes as TOML")
