@@ -9,6 +9,9 @@
 //!   through the agent's `exec::run` (its process group, pipes and reaping);
 //! - a no-op shell worker run directly and through an rt call: the platform's own cost
 //!   without python's noise;
+//! - the broker's own floor: a bare round trip over two RabbitMQ buses (a message out, its
+//!   answer back: the two hops of an rt call, nothing else), idle between trips as long as a
+//!   python worker runs, and back to back;
 //! - the idle RSS of `elves-center` and `elves-agent` as separate processes over RabbitMQ
 //!   (built by `scripts/bench` before this runs).
 //!
@@ -76,7 +79,63 @@ fn main() {
             &series.noop_rt,
         );
     }
+    runtime.block_on(bus_floor(&amqp));
     idle_rss(&amqp, &root);
+}
+
+/// Round trips over two RabbitMQ connections with nothing of the platform in between: what
+/// the two broker hops of an rt call cost on this machine by themselves.
+async fn bus_floor(amqp: &str) {
+    use elves_shared::bus::{BusMessage, Destination, QueueSpec};
+    let namespace = format!("elves-bench-floor-{:08x}", rand::random::<u32>());
+    let caller = elves_shared::bus::open(amqp, &namespace).expect("bus");
+    let answerer = elves_shared::bus::open(amqp, &namespace).expect("bus");
+    let queue = |bus: &elves_shared::bus::SharedBus, suffix: &str| QueueSpec {
+        name: bus.queue_name(suffix),
+        bindings: vec![suffix.to_string()],
+        durable: false,
+    };
+    let mut replies = caller
+        .consume(queue(&caller, "reply"), 10)
+        .await
+        .expect("reply queue");
+    let mut requests = answerer
+        .consume(queue(&answerer, "request"), 10)
+        .await
+        .expect("request queue");
+    let echo = answerer.clone();
+    let echoing = tokio::spawn(async move {
+        while let Some(delivery) = requests.next().await {
+            let mut answer = BusMessage::msgpack("answer", delivery.message.body.clone());
+            answer.transient = true;
+            let _ = echo
+                .publish(&Destination::Topic("reply".to_string()), answer)
+                .await;
+            delivery.ack().await;
+        }
+    });
+    for (name, gap) in [
+        ("idle 50 ms between trips", Duration::from_millis(50)),
+        ("back to back", Duration::ZERO),
+    ] {
+        let mut trips = Vec::new();
+        for _ in 0..200 {
+            tokio::time::sleep(gap).await;
+            let started = Instant::now();
+            let mut request = BusMessage::msgpack("request", vec![0; 64]);
+            request.transient = true;
+            caller
+                .publish(&Destination::Topic("request".to_string()), request)
+                .await
+                .expect("publish");
+            replies.next().await.expect("answer").ack().await;
+            trips.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        report(&format!("bare RabbitMQ round trip, {name}"), &trips);
+    }
+    echoing.abort();
+    caller.close().await;
+    answerer.close().await;
 }
 
 fn real_python() -> PathBuf {

@@ -133,7 +133,7 @@ impl Handler<RunInstant> for Scheduler {
         };
         let (sender, receiver) = oneshot::channel();
         self.waiters.insert(instruction.id.clone(), sender);
-        let message = signed_message(&self.signer, &instruction, Some(&self.reply_queue));
+        let message = rt_message(&self.signer, &instruction, &self.reply_queue);
         let bus = self.bus.clone();
         let metrics = self.metrics.clone();
         let scheduler = ctx.address();
@@ -268,6 +268,22 @@ pub fn signed_message(
     message
 }
 
+/// The message of an RT instruction: signed, answered on `reply_queue`, and transient.
+///
+/// The caller's wait and the center's reply queue both end with a broker restart, so an RT
+/// instruction kept on the broker's disk would only run later with nobody waiting for its
+/// result; kept in memory, it also spares the broker a disk write on the caller's clock.
+/// Queue and cron instructions stay persistent: they must survive the restart.
+pub fn rt_message(
+    signer: &InstructionSigner,
+    instruction: &Instruction,
+    reply_queue: &str,
+) -> BusMessage {
+    let mut message = signed_message(signer, instruction, Some(reply_queue));
+    message.transient = true;
+    message
+}
+
 /// One `instructions` message for several instructions to the same agent, signed once.
 pub fn signed_batch_message(
     signer: &InstructionSigner,
@@ -355,5 +371,36 @@ mod tests {
             .unwrap();
         assert_eq!(message.expiration_ms, Some(10));
         assert_eq!(message.reply_to.as_deref(), Some("reply"));
+        assert!(
+            !message.transient,
+            "queue and cron instructions must outlive the broker"
+        );
+    }
+
+    #[test]
+    fn rt_messages_are_transient_and_answered_on_the_reply_queue() {
+        let signer = InstructionSigner::generate("center");
+        let instruction = Instruction {
+            id: TaskId::random(),
+            agent: AgentId::parse("a").unwrap(),
+            task_type: TaskType::Rt,
+            mode: Mode::NP,
+            app: "x".into(),
+            func: "y".into(),
+            param: String::new(),
+            timeout: 1,
+            proxy: String::new(),
+            issued_at: 10,
+            deadline: 20,
+        };
+        let message = rt_message(&signer, &instruction, "center.reply");
+        assert!(message.transient);
+        assert_eq!(message.reply_to.as_deref(), Some("center.reply"));
+        assert_eq!(message, {
+            let mut persistent = signed_message(&signer, &instruction, Some("center.reply"));
+            persistent.transient = true;
+            persistent.timestamp_ms = message.timestamp_ms;
+            persistent
+        });
     }
 }

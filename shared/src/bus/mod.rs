@@ -47,6 +47,10 @@ pub struct BusMessage {
     /// Ed25519 signature of `body`, raw 64 bytes (instructions only).
     pub sig: Option<Vec<u8>>,
     pub key_id: Option<String>,
+    /// Kept in the broker's memory only, not written to its disk: for a message that is of no
+    /// use after a broker restart, such as an RT instruction, whose caller waits for the reply
+    /// on a queue that the restart deletes. Saves the broker's disk write on the way.
+    pub transient: bool,
 }
 
 impl BusMessage {

@@ -24,6 +24,9 @@ use tokio::sync::{mpsc, Mutex};
 const IO_THREAD_WIND_DOWN: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// AMQP `delivery_mode` values.
+const DELIVERY_TRANSIENT: u8 = 1;
+const DELIVERY_PERSISTENT: u8 = 2;
 
 #[derive(Clone)]
 pub struct RabbitBus {
@@ -236,7 +239,11 @@ fn properties_of(message: &BusMessage) -> BasicProperties {
         .with_type(ShortString::from(message.kind.as_str()))
         .with_content_type(ShortString::from(message.content_type.as_str()))
         .with_timestamp(message.timestamp_ms / 1000)
-        .with_delivery_mode(2)
+        .with_delivery_mode(if message.transient {
+            DELIVERY_TRANSIENT
+        } else {
+            DELIVERY_PERSISTENT
+        })
         .with_headers(headers);
     if let Some(id) = &message.message_id {
         properties = properties.with_message_id(ShortString::from(id.as_str()));
@@ -284,6 +291,7 @@ fn message_of(delivery: &lapin::message::Delivery) -> BusMessage {
             .and_then(|text| text.as_str().parse().ok()),
         sig,
         key_id,
+        transient: properties.delivery_mode() == &Some(DELIVERY_TRANSIENT),
     }
 }
 
