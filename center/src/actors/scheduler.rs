@@ -341,10 +341,8 @@ mod tests {
         assert_eq!(deadline(1_000, 10, &rt), 1_000 + 75_000);
     }
 
-    #[test]
-    fn signed_message_verifies() {
-        let signer = InstructionSigner::generate("center");
-        let instruction = Instruction {
+    fn instruction() -> Instruction {
+        Instruction {
             id: TaskId::random(),
             agent: AgentId::parse("a").unwrap(),
             task_type: TaskType::Rt,
@@ -356,7 +354,13 @@ mod tests {
             proxy: String::new(),
             issued_at: 10,
             deadline: 20,
-        };
+        }
+    }
+
+    #[test]
+    fn signed_message_verifies() {
+        let signer = InstructionSigner::generate("center");
+        let instruction = instruction();
         let message = signed_message(&signer, &instruction, Some("reply"));
         let mut verifier = elves_shared::crypto::InstructionVerifier::new();
         verifier
@@ -380,19 +384,7 @@ mod tests {
     #[test]
     fn rt_messages_are_transient_and_answered_on_the_reply_queue() {
         let signer = InstructionSigner::generate("center");
-        let instruction = Instruction {
-            id: TaskId::random(),
-            agent: AgentId::parse("a").unwrap(),
-            task_type: TaskType::Rt,
-            mode: Mode::NP,
-            app: "x".into(),
-            func: "y".into(),
-            param: String::new(),
-            timeout: 1,
-            proxy: String::new(),
-            issued_at: 10,
-            deadline: 20,
-        };
+        let instruction = instruction();
         let message = rt_message(&signer, &instruction, "center.reply");
         assert!(message.transient);
         assert_eq!(message.reply_to.as_deref(), Some("center.reply"));
