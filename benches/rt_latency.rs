@@ -108,9 +108,12 @@ async fn bus_floor(amqp: &str) {
         while let Some(delivery) = requests.next().await {
             let mut answer = BusMessage::msgpack("answer", delivery.message.body.clone());
             answer.transient = true;
-            let _ = echo
+            if let Err(err) = echo
                 .publish(&Destination::Topic("reply".to_string()), answer)
-                .await;
+                .await
+            {
+                eprintln!("bus floor: answer not sent: {err}");
+            }
             delivery.ack().await;
         }
     });
@@ -128,7 +131,13 @@ async fn bus_floor(amqp: &str) {
                 .publish(&Destination::Topic("request".to_string()), request)
                 .await
                 .expect("publish");
-            replies.next().await.expect("answer").ack().await;
+            // A lost answer (the echo task's publish failed) ends the bench instead of hanging it.
+            tokio::time::timeout(Duration::from_secs(10), replies.next())
+                .await
+                .expect("answer within 10 s")
+                .expect("reply consumer open")
+                .ack()
+                .await;
             trips.push(started.elapsed().as_secs_f64() * 1000.0);
         }
         report(&format!("bare RabbitMQ round trip, {name}"), &trips);
