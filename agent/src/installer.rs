@@ -11,9 +11,8 @@
 //!
 //! Sets are handled one at a time, always the latest (a `watch` channel): a set that arrives
 //! while a download runs is taken up once it ends. Directory names starting with `.` are not
-//! apps (`worker::is_valid_name`), so temporary and previous versions never run.
+//! apps (`elves_shared::names::is_valid_name`), so temporary and previous versions never run.
 
-use crate::worker;
 use elves_shared::package::{self, Limits};
 use elves_shared::wire::{AppPackage, AppSet};
 use sha2::{Digest, Sha256};
@@ -65,7 +64,7 @@ pub fn installed_packages(apps_dir: &Path) -> BTreeMap<String, String> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if !worker::is_valid_name(name) {
+        if !elves_shared::names::is_valid_name(name) {
             continue;
         }
         if let Some(marker) = read_marker(&entry.path()) {
@@ -110,7 +109,9 @@ impl Installer {
     pub async fn apply(&self, set: &AppSet) -> Result<bool, InstallError> {
         let mut changed = false;
         for app in &set.apps {
-            if !worker::is_valid_name(&app.name) || !package::is_valid_sha256(&app.sha256) {
+            if !elves_shared::names::is_valid_name(&app.name)
+                || !package::is_valid_sha256(&app.sha256)
+            {
                 log::warn!("app set: skipped malformed entry {:?}", app.name);
                 continue;
             }

@@ -106,11 +106,11 @@ fn parse_entry(id: &str, entry: &Value) -> Result<Option<LocalCron>, String> {
         Some(other) => return Err(format!("Flag must be 1 or 0, got {other}")),
     };
     let app = text("App")?;
-    if !crate::worker::is_valid_name(&app) {
+    if !elves_shared::names::is_valid_name(&app) {
         return Err(format!("bad App {app:?}"));
     }
     let func = text("Func")?;
-    if !crate::worker::is_valid_name(&func) {
+    if !elves_shared::names::is_valid_name(&func) {
         return Err(format!("bad Func {func:?}"));
     }
     // Param is JSON text; an object or array given as JSON is passed as its text.

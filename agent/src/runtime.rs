@@ -925,25 +925,17 @@ pub fn installed_apps(apps_dir: &Path) -> BTreeMap<String, String> {
         let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
             continue;
         };
-        if !worker::is_valid_name(name) || !path.is_dir() {
+        if !elves_shared::names::is_valid_name(name) || !path.is_dir() {
             continue;
         }
         let version = std::fs::read_to_string(path.join("VERSION"))
             .ok()
             .map(|text| text.trim().to_string())
-            .filter(|version| is_valid_version(version))
+            .filter(|version| elves_shared::names::is_valid_version(version))
             .unwrap_or_else(|| "0".to_string());
         apps.insert(name.to_string(), version);
     }
     apps
-}
-
-/// `^[0-9A-Za-z.+-]{1,32}$`, the package version rule (SPEC §11).
-fn is_valid_version(version: &str) -> bool {
-    (1..=32).contains(&version.len())
-        && version
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'+' | b'-'))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::sync::Semaphore;
@@ -185,9 +185,9 @@ impl WorkerRunner {
             job.app,
             job.func
         );
-        let started_at = unix_ms_now();
+        let started_at = elves_shared::time::now_unix_ms();
         let outcome = exec::run(spec, &limits).await;
-        let finished_at = unix_ms_now();
+        let finished_at = elves_shared::time::now_unix_ms();
 
         let mut stderr = outcome.stderr;
         if outcome.stderr_dropped > 0 {
@@ -225,7 +225,7 @@ impl WorkerRunner {
 }
 
 fn refused(err: WorkerError) -> WorkerReport {
-    let now = unix_ms_now();
+    let now = elves_shared::time::now_unix_ms();
     WorkerReport {
         worker_flag: -1,
         worker_message: err.to_string(),
@@ -266,17 +266,7 @@ pub fn encode_param(param: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(param)
 }
 
-/// `^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$`, for app and func names.
-pub fn is_valid_name(name: &str) -> bool {
-    let Some((first, rest)) = name.as_bytes().split_first() else {
-        return false;
-    };
-    name.len() <= 64
-        && (first.is_ascii_alphanumeric() || *first == b'_')
-        && rest
-            .iter()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-'))
-}
+use elves_shared::names::is_valid_name;
 
 /// Chooses the program for `app` following SPEC §3: `interp|file`, `file`, or the default
 /// `app-worker` / `app-worker.py`. `app` must already be a valid name.
@@ -500,13 +490,6 @@ fn tail_chars(text: &str, n_chars: usize) -> &str {
     }
 }
 
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// Resolves the interpreter allow-list once, at agent start, to absolute paths.
 ///
 /// `configured` maps an allow-list name to a path or a command name; an empty value means
@@ -630,35 +613,6 @@ mod tests {
     }
 
     // ---- names and params ----
-
-    #[test]
-    fn name_validation() {
-        for good in [
-            "a",
-            "_",
-            "0",
-            "apptest",
-            "my-app.v2",
-            "A_b-c.d",
-            &"x".repeat(64),
-        ] {
-            assert!(is_valid_name(good), "{good}");
-        }
-        for bad in [
-            "",
-            "-a",
-            ".a",
-            "..",
-            "a/b",
-            "a b",
-            "a|b",
-            "é",
-            "a\0",
-            &"x".repeat(65),
-        ] {
-            assert!(!is_valid_name(bad), "{bad:?}");
-        }
-    }
 
     #[test]
     fn param_base64_is_exact() {

@@ -181,7 +181,7 @@ pub fn parse_file(
         let readable_id = value
             .get("id")
             .and_then(toml::Value::as_str)
-            .filter(|id| crate::api::request::is_valid_name(id))
+            .filter(|id| elves_shared::names::is_valid_name(id))
             .map(str::to_string);
         let entry_name = readable_id
             .clone()
@@ -219,7 +219,7 @@ pub fn parse_file(
 }
 
 fn check_entry(file: &str, entry: Entry, default_timeout_s: u32) -> Result<FileCron, String> {
-    if !crate::api::request::is_valid_name(&entry.id) {
+    if !elves_shared::names::is_valid_name(&entry.id) {
         return Err(format!(
             "id {:?} must match ^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,63}}$",
             entry.id
@@ -228,10 +228,10 @@ fn check_entry(file: &str, entry: Entry, default_timeout_s: u32) -> Result<FileC
     if AgentId::parse(&entry.agent).is_err() {
         return Err(format!("bad agent {:?}", entry.agent));
     }
-    if !crate::api::request::is_valid_name(&entry.app) {
+    if !elves_shared::names::is_valid_name(&entry.app) {
         return Err(format!("bad app name {:?}", entry.app));
     }
-    if !crate::api::request::is_valid_name(&entry.func) {
+    if !elves_shared::names::is_valid_name(&entry.func) {
         return Err(format!("bad func name {:?}", entry.func));
     }
     let param = match entry.param {

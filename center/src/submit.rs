@@ -4,10 +4,10 @@
 //! A submission is signed like an HTTP call to the path `/submit`, over all its fields as text.
 //! It is accepted as MessagePack or JSON by `content_type`, and answered in the same encoding.
 
-use crate::api::error::ApiError;
 use crate::api::queue::run_single_task_queue;
 use crate::api::request::Params;
 use crate::api::ApiState;
+use crate::error::ApiError;
 use crate::store::ReplyAddress;
 use actix_web::web;
 use elves_shared::bus::{BusMessage, Consumer, Destination, CONTENT_TYPE_JSON};

@@ -8,6 +8,7 @@ pub mod bus;
 pub mod config;
 pub mod crypto;
 pub mod logging;
+pub mod names;
 pub mod package;
 pub mod quartz;
 pub mod sign;

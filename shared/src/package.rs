@@ -12,6 +12,7 @@
 //!
 //! This module does no network I/O and knows nothing of where packages are stored.
 
+use crate::names::{is_valid_name, is_valid_version};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, Write};
@@ -106,7 +107,7 @@ impl PackageName {
         let bad = || PackageError::BadFileName(file_name.to_string());
         let stem = file_name.strip_suffix(".zip").ok_or_else(bad)?;
         let (app, version) = stem.rsplit_once('_').ok_or_else(bad)?;
-        if !is_valid_app_name(app) {
+        if !is_valid_name(app) {
             return Err(PackageError::BadAppName(app.to_string()));
         }
         if !is_valid_version(version) {
@@ -121,25 +122,6 @@ impl PackageName {
     pub fn file_name(&self) -> String {
         format!("{}_{}.zip", self.app, self.version)
     }
-}
-
-/// App names: `^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$`.
-pub fn is_valid_app_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    let first_ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
-    first_ok
-        && name.len() <= 64
-        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-/// Versions: `^[0-9A-Za-z.+-]{1,32}$`.
-pub fn is_valid_version(version: &str) -> bool {
-    (1..=32).contains(&version.len())
-        && version
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-'))
 }
 
 /// A lowercase hex SHA-256 (64 characters).
@@ -666,8 +648,6 @@ mod tests {
         ] {
             assert!(PackageName::parse(bad).is_err(), "{bad}");
         }
-        assert!(is_valid_version("1.0.0+build-7"));
-        assert!(!is_valid_version(&"1".repeat(33)));
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //! It does not serve downloads (the API does, checking the tokens minted here) and never
 //! touches the database on its own thread.
 
-use super::task_queue::blocking;
 use crate::config::{AppsConfig, AuthConfig, AuthMode};
+use crate::store::blocking::blocking;
 use crate::store::{AppVersionRow, Registry, Role, Store};
 use actix::prelude::*;
 use elves_shared::bus::{BusMessage, Destination, SharedBus};

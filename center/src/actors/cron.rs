@@ -16,9 +16,9 @@
 //! records them and notes them on the cron.
 
 use super::scheduler::{deadline, signed_message};
-use super::task_queue::blocking;
 use crate::config::{CronConfig, RtConfig};
 use crate::cron_files::{self, DefinitionError};
+use crate::store::blocking::blocking;
 use crate::store::{CronRow, Dispatch, FiringClaim, NewTask, Store, StoreError, SyncOutcome};
 use actix::prelude::*;
 use chrono_tz::Tz;

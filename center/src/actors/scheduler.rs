@@ -2,9 +2,9 @@
 //! hands the caller the result that comes back on this center's private reply queue.
 //! It does not decide whether the agent is reachable (Heartbeat does) nor store anything.
 
-use super::task_queue::blocking;
 use crate::config::RtConfig;
 use crate::metrics::{Metrics, TaskOutcome};
+use crate::store::blocking::blocking;
 use crate::store::{Dispatch, NewTask, Store};
 use actix::prelude::*;
 use elves_shared::bus::{BusError, BusMessage, Destination, SharedBus};

@@ -9,6 +9,7 @@
 use super::scheduler::signed_message;
 use crate::config::{QueueConfig, RtConfig};
 use crate::metrics::{Metrics, TaskOutcome};
+use crate::store::blocking::{blocking, join_outcome};
 use crate::store::{RecordOutcome, StopOutcome, Store, StoreError, TaskRow, TaskStatus};
 use actix::prelude::*;
 use elves_shared::bus::{BusError, BusMessage, Destination, SharedBus};
@@ -518,21 +519,6 @@ fn sign_group(signer: &InstructionSigner, tasks: Vec<TaskRow>) -> Outbound {
     Outbound { tasks, message }
 }
 
-async fn join_blocking<T>(
-    handle: tokio::task::JoinHandle<Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    join_outcome(handle.await)
-}
-
-fn join_outcome<T>(
-    joined: Result<Result<T, StoreError>, tokio::task::JoinError>,
-) -> Result<T, StoreError> {
-    match joined {
-        Ok(outcome) => outcome,
-        Err(err) => Err(StoreError::Corrupt(format!("store task panicked: {err}"))),
-    }
-}
-
 /// Keeps the first error of a round; the later ones are only logged.
 fn note_error(first_error: &mut Option<StoreError>, outcome: Result<(), StoreError>) {
     if let Err(err) = outcome {
@@ -689,15 +675,6 @@ pub fn settled_result(task: &TaskRow) -> JobResult {
         finished_at: task.finished_at.unwrap_or(0),
         error,
     }
-}
-
-/// Runs blocking store work on the blocking pool.
-pub async fn blocking<T, F>(work: F) -> Result<T, StoreError>
-where
-    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-    T: Send + 'static,
-{
-    join_blocking(tokio::task::spawn_blocking(work)).await
 }
 
 #[cfg(test)]

@@ -4,11 +4,11 @@
 //!
 //! Authentication (is the signature right) is `request.rs`; this file assumes a verified caller.
 
-use super::error::ApiError;
 use super::request::Caller;
 use super::ApiState;
 use crate::actors::app_store::Denied;
 use crate::config::AuthMode;
+use crate::error::ApiError;
 use elves_shared::wire::AgentId;
 
 fn refused(denied: Denied) -> ApiError {

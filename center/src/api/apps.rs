@@ -11,11 +11,11 @@
 //! center (see `actors::app_store::DownloadTokens`); the package's hash alone is not enough.
 
 use super::access::{require_admin, require_supervisor};
-use super::error::ApiError;
 use super::request::{self, Caller};
 use super::{audit, resolve_agent, respond, AgentStatus, ApiState, V2Call};
 use crate::actors::app_store::Reload;
-use crate::actors::task_queue::blocking;
+use crate::error::ApiError;
+use crate::store::blocking::blocking;
 use crate::store::{NewAppVersion, VersionAdded};
 use actix_web::{web, HttpRequest, HttpResponse};
 use elves_shared::package::{self, PackageName};
@@ -372,7 +372,7 @@ where
 
 fn version_param(params: &request::Params) -> Result<String, ApiError> {
     let version = params.get_or_empty("version");
-    if !package::is_valid_version(version) {
+    if !elves_shared::names::is_valid_version(version) {
         return Err(ApiError::BadParam(format!("bad version {version:?}")));
     }
     Ok(version.to_string())

@@ -5,11 +5,11 @@
 //! admins (the signing scheme is symmetric, so the center must keep it anyway).
 
 use super::access::{require_admin, require_supervisor};
-use super::error::ApiError;
 use super::request::{self, Params};
 use super::{audit, respond, ApiState, V2Call};
 use crate::actors::app_store::Reload;
-use crate::actors::task_queue::blocking;
+use crate::error::ApiError;
+use crate::store::blocking::blocking;
 use crate::store::{AuthIdRow, Role};
 use actix_web::{web, HttpRequest, HttpResponse};
 use elves_shared::time::now_unix_ms;
@@ -26,7 +26,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// The auth id a call is about: parameter `id` (`auth_id` is the caller).
 fn target_id(params: &Params) -> Result<String, ApiError> {
     let id = params.get_or_empty("id");
-    if !request::is_valid_name(id) {
+    if !elves_shared::names::is_valid_name(id) {
         return Err(ApiError::BadParam(format!(
             "id must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,63}}, got {id:?}"
         )));

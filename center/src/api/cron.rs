@@ -2,11 +2,11 @@
 //! and `cron/reload` of the definition files. The handlers write the database and tell the
 //! Cron actor, which fires.
 
-use super::error::ApiError;
 use super::request::{self, Params};
 use super::{audit, resolve_agent, respond, ApiState, V2Call};
 use crate::actors::cron::{CronChanged, ReloadDefinitions};
-use crate::actors::task_queue::blocking;
+use crate::error::ApiError;
+use crate::store::blocking::blocking;
 use crate::store::{CronDefinition, CronRow, CronSource};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono_tz::Tz;

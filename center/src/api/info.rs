@@ -3,10 +3,10 @@
 //! The other info endpoints live elsewhere.
 
 use super::cron::{cron_detail, crons_of_agent};
-use super::error::ApiError;
 use super::request;
 use super::{resolve_agent, respond, AgentStatus, ApiState, V2Call};
-use crate::actors::task_queue::blocking;
+use crate::error::ApiError;
+use crate::store::blocking::blocking;
 use actix_web::{web, HttpRequest, HttpResponse};
 use elves_shared::quartz::format_time;
 use serde_json::{json, Value};

@@ -3,7 +3,7 @@
 //! `info/agents/detail` lives in `info.rs`.
 
 use super::{respond, ApiState, V2Call};
-use crate::actors::task_queue::blocking;
+use crate::store::blocking::blocking;
 use actix_web::{web, HttpRequest, HttpResponse};
 use elves_shared::quartz::format_time;
 use serde_json::{json, Value};

@@ -6,7 +6,6 @@ pub mod access;
 pub mod apps;
 pub mod auth_ids;
 pub mod cron;
-pub mod error;
 mod info;
 mod info_apps;
 mod ops;
@@ -16,10 +15,10 @@ mod rt;
 
 use crate::actors::root::Children;
 use crate::config::CenterConfig;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use actix_web::{web, HttpRequest, HttpResponse};
 use elves_shared::wire::Envelope;
-use error::ApiError;
 use request::{Caller, Params};
 use std::sync::Arc;
 
@@ -139,7 +138,7 @@ pub async fn resolve_agent(state: &ApiState, address: &str) -> Result<AgentStatu
     let store = state.store.clone();
     let text = address.to_string();
     let stored =
-        crate::actors::task_queue::blocking(move || store.get_agent_by_ip_or_id(&text)).await?;
+        crate::store::blocking::blocking(move || store.get_agent_by_ip_or_id(&text)).await?;
     let missed_beats = state.config.heartbeat.offline_after_missed_beats;
     match stored {
         Some(row) if is_online(row.last_heartbeat_at, row.interval_ms, missed_beats, now) => {
@@ -202,7 +201,7 @@ pub fn audit(
     };
     let store = state.store.clone();
     actix_rt::spawn(async move {
-        let outcome = crate::actors::task_queue::blocking(move || store.audit(&entry)).await;
+        let outcome = crate::store::blocking::blocking(move || store.audit(&entry)).await;
         if let Err(err) = outcome {
             log::error!("audit log: {err}");
         }

@@ -18,7 +18,7 @@ async fn heartbeat_state(state: &ApiState) -> Option<HeartbeatState> {
         .await
         .ok()?;
     let store = state.store.clone();
-    match crate::actors::task_queue::blocking(move || store.list_agents()).await {
+    match crate::store::blocking::blocking(move || store.list_agents()).await {
         Ok(rows) => {
             let missed_beats = state.config.heartbeat.offline_after_missed_beats;
             for row in rows {

@@ -1,10 +1,11 @@
 //! `/api/v2/queue/*`: queues of tasks with dependencies, run asynchronously; poll the result.
 //! The handlers write the queue and its tasks; the TaskQueue actor dispatches and records.
 
-use super::error::ApiError;
 use super::request::{self, Caller, Params};
 use super::{audit, resolve_agent, respond, ApiState, V2Call};
-use crate::actors::task_queue::{blocking, DispatchReady, StopQueue};
+use crate::actors::task_queue::{DispatchReady, StopQueue};
+use crate::error::ApiError;
+use crate::store::blocking::blocking;
 use crate::store::{NewTask, ReplyAddress, TaskRow};
 use actix_web::{web, HttpRequest, HttpResponse};
 use elves_shared::time::now_unix_ms;

@@ -1,8 +1,9 @@
 //! A v2 request's parameters (query string and form body, GET or POST alike), its signature
 //! check, and the validation of the common parameters in the order of the error-code table.
 
-use super::error::ApiError;
 use crate::config::AuthConfig;
+use crate::error::ApiError;
+use elves_shared::names::is_valid_name;
 use elves_shared::sign::{self, SignType};
 use elves_shared::wire::{AgentId, Mode, TaskId};
 use std::collections::HashMap;
@@ -128,17 +129,6 @@ pub fn authenticate_with(
     Ok(Caller {
         auth_id: auth_id.to_string(),
     })
-}
-
-/// App and function names: `^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$`.
-pub fn is_valid_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    let first_ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
-    first_ok
-        && name.len() <= 64
-        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 pub fn agent_address(params: &Params) -> Result<String, ApiError> {
@@ -298,15 +288,6 @@ mod tests {
             SignType::Md5,
         );
         assert_eq!(code(&not_number, 1000), "401.8");
-    }
-
-    #[test]
-    fn names_follow_the_pattern() {
-        assert!(is_valid_name("apptest"));
-        assert!(is_valid_name("_a.b-c"));
-        assert!(!is_valid_name(".hidden"));
-        assert!(!is_valid_name("a/b"));
-        assert!(!is_valid_name(&"a".repeat(65)));
     }
 
     #[test]

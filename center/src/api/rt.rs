@@ -1,8 +1,8 @@
 //! `/api/v2/rt/exec`: run an app function on one agent and wait for its result.
 
-use super::error::ApiError;
 use super::{request, respond, ApiState, V2Call};
 use crate::actors::scheduler::{DispatchError, RunInstant};
+use crate::error::ApiError;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 

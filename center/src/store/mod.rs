@@ -36,6 +36,7 @@
 
 mod agents;
 mod apps;
+pub mod blocking;
 mod connection;
 mod crons;
 mod dispatch;

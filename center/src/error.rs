@@ -1,5 +1,6 @@
-//! `ApiError` owns the v2 error codes: it is the only place where an error becomes HTTP.
-//! Every v2 response is HTTP 200 with `{flag, error, result}`; the code is in `error`.
+//! `ApiError` owns the v2 error codes: the only place a code is written, and the only place an
+//! error becomes HTTP. Every v2 response is HTTP 200 with `{flag, error, result}`; the code is in
+//! `error`. Results the center makes up itself (an undelivered task) take their text from here too.
 
 use actix_web::{HttpResponse, ResponseError};
 use elves_shared::wire::Envelope;
