@@ -7,6 +7,7 @@ pub mod actors;
 pub mod api;
 pub mod config;
 pub mod cron_files;
+pub mod dispatch;
 pub mod error;
 pub mod metrics;
 pub mod store;

@@ -7,13 +7,13 @@
 use crate::api::queue::run_single_task_queue;
 use crate::api::request::Params;
 use crate::api::ApiState;
+use crate::dispatch::submit_reply::reply_message;
 use crate::error::ApiError;
 use crate::store::ReplyAddress;
 use actix_web::web;
-use elves_shared::bus::{BusMessage, Consumer, Destination, CONTENT_TYPE_JSON};
+use elves_shared::bus::{BusMessage, Consumer, Destination};
 use elves_shared::time::now_unix_ms;
-use elves_shared::wire::{self, kind, Envelope, Submit};
-use serde::Serialize;
+use elves_shared::wire::{self, Submit};
 
 pub const SUBMIT_PATH: &str = "/submit";
 
@@ -94,19 +94,4 @@ pub fn signed_fields(submit: &Submit) -> Vec<(String, String)> {
         .into_iter()
         .filter(|(key, _)| key != "ip")
         .collect()
-}
-
-pub fn reply_message<T: Serialize>(envelope: &Envelope<T>, address: &ReplyAddress) -> BusMessage {
-    let mut message = if address.json {
-        let mut message = BusMessage::msgpack(
-            kind::SUBMIT_REPLY,
-            serde_json::to_vec(envelope).unwrap_or_default(),
-        );
-        message.content_type = CONTENT_TYPE_JSON.to_string();
-        message
-    } else {
-        BusMessage::msgpack(kind::SUBMIT_REPLY, wire::encode(envelope))
-    };
-    message.correlation_id = address.correlation_id.clone();
-    message
 }

@@ -15,9 +15,9 @@
 //! this center. Diesel calls run on the blocking pool. Results are not its business: TaskQueue
 //! records them and notes them on the cron.
 
-use super::scheduler::{deadline, signed_message};
 use crate::config::{CronConfig, RtConfig};
 use crate::cron_files::{self, DefinitionError};
+use crate::dispatch::{deadline, signed_message};
 use crate::store::blocking::blocking;
 use crate::store::{CronRow, Dispatch, FiringClaim, NewTask, Store, StoreError, SyncOutcome};
 use actix::prelude::*;
@@ -828,7 +828,7 @@ impl Preparer {
                     instruction.id,
                     instruction.agent
                 );
-                super::scheduler::undelivered(&instruction, &err)
+                crate::dispatch::undelivered(&instruction, &err)
             })
             .collect();
         if !failures.is_empty() {

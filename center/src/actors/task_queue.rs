@@ -6,16 +6,16 @@
 //! actor keeps no task state of its own, so a restarted actor (or center) carries on where
 //! the stored state says. Diesel calls run on the blocking pool, never on the actor's thread.
 
-use super::scheduler::signed_message;
 use crate::config::{QueueConfig, RtConfig};
+use crate::dispatch::{self, Outbound, Sent};
 use crate::metrics::{Metrics, TaskOutcome};
 use crate::store::blocking::{blocking, join_outcome};
 use crate::store::{RecordOutcome, StopOutcome, Store, StoreError, TaskRow, TaskStatus};
 use actix::prelude::*;
-use elves_shared::bus::{BusError, BusMessage, Destination, SharedBus};
+use elves_shared::bus::{Destination, SharedBus};
 use elves_shared::crypto::InstructionSigner;
 use elves_shared::time::now_unix_ms;
-use elves_shared::wire::{self, kind, routing, Cancel, Instruction, JobResult, TaskId, TaskType};
+use elves_shared::wire::{JobResult, TaskId, TaskType};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -301,41 +301,23 @@ struct DispatchRound {
     bus_unavailable: AtomicBool,
 }
 
-/// What became of one claimed task.
-enum Sent {
-    Published,
-    /// The agent cannot get it (no queue for it, or the broker refused it): settled as failed.
-    Undeliverable(JobResult),
-    /// The bus is away: the task goes back to `pendding` and a later round sends it.
-    BusUnavailable(TaskId),
-}
-
 /// Batches of a dispatch round waiting for their publisher confirms at once.
 const BATCHES_IN_FLIGHT: usize = 3;
 
-/// Claimed tasks for one agent and the one signed message that carries their instructions.
-struct Outbound {
-    tasks: Vec<TaskRow>,
-    message: BusMessage,
-}
-
 /// What a claim hands to the publishes.
 type Signed = Vec<Outbound>;
-
-/// At most this many instructions go in one message.
-const MAX_INSTRUCTIONS_PER_MESSAGE: usize = 100;
-/// A message stops taking instructions once about this many bytes of them are in.
-const MAX_INSTRUCTION_BYTES_PER_MESSAGE: usize = 1 << 20;
-/// An instruction's fields besides its texts, in MessagePack, generously.
-const INSTRUCTION_OVERHEAD_BYTES: usize = 256;
 
 impl DispatchRound {
     async fn resend_unfinished(&self) -> Result<usize, StoreError> {
         let (store, signer) = (self.store.clone(), self.signer.clone());
         let instance = self.instance.clone();
-        let unfinished =
-            blocking(move || Ok(sign_all(&signer, store.execing_queue_tasks_of(&instance)?)))
-                .await?;
+        let unfinished = blocking(move || {
+            Ok(dispatch::pack_per_agent(
+                &signer,
+                store.execing_queue_tasks_of(&instance)?,
+            ))
+        })
+        .await?;
         let n_unfinished = unfinished.iter().map(|outbound| outbound.tasks.len()).sum();
         self.send_all(unfinished).await?;
         Ok(n_unfinished)
@@ -396,12 +378,14 @@ impl DispatchRound {
         tokio::task::spawn_blocking(move || {
             let claimed = store.claim_ready_tasks(&instance, now_unix_ms(), batch, allowance)?;
             // Ed25519 signing is CPU work: done here rather than on an actix thread.
-            Ok(sign_all(&signer, claimed))
+            Ok(dispatch::pack_per_agent(&signer, claimed))
         })
     }
 
     async fn send_all(&self, outbound: Signed) -> Result<(), StoreError> {
-        let sends = outbound.into_iter().map(|outbound| self.send(outbound));
+        let sends = outbound
+            .into_iter()
+            .map(|outbound| dispatch::publish_outbound(&self.bus, outbound));
         let mut failures = Vec::new();
         let mut unsent = Vec::new();
         for sent in futures::future::join_all(sends).await.into_iter().flatten() {
@@ -427,96 +411,6 @@ impl DispatchRound {
         }
         Ok(())
     }
-
-    /// Sends the instructions of one message. A task the agent cannot get is settled at once
-    /// as undelivered (so that its dependents are skipped rather than waiting for the
-    /// deadline); one that met a bus outage is left to be released and sent again.
-    async fn send(&self, outbound: Outbound) -> Vec<Sent> {
-        let Outbound { tasks, message } = outbound;
-        let Some(agent) = tasks.first().map(|task| task.agent.clone()) else {
-            return Vec::new();
-        };
-        let destination = Destination::Topic(routing::agent(&agent));
-        match self.bus.publish(&destination, message).await {
-            Ok(()) => {
-                log::debug!("{} task(s) sent to {agent}", tasks.len());
-                tasks.iter().map(|_| Sent::Published).collect()
-            }
-            // A publish that failed with the connection may still have reached the agent; then
-            // the agent drops the second copy as a replay (same task id).
-            Err(BusError::Unavailable(err)) => {
-                log::debug!("{} task(s) not sent, bus unavailable: {err}", tasks.len());
-                tasks
-                    .into_iter()
-                    .map(|task| Sent::BusUnavailable(task.id))
-                    .collect()
-            }
-            Err(err) => {
-                log::warn!(
-                    "{} task(s) could not be sent to {agent}: {err}",
-                    tasks.len()
-                );
-                tasks
-                    .iter()
-                    .map(|task| {
-                        Sent::Undeliverable(super::scheduler::undelivered(
-                            &instruction_of(task),
-                            &err,
-                        ))
-                    })
-                    .collect()
-            }
-        }
-    }
-}
-
-/// Groups claimed tasks by agent, in claim order, and signs one message per group (several
-/// per agent when a group is large): an agent given many tasks at once gets few messages.
-fn sign_all(signer: &InstructionSigner, tasks: Vec<TaskRow>) -> Signed {
-    let mut by_agent: Vec<(wire::AgentId, Vec<TaskRow>)> = Vec::new();
-    let mut slot_of: std::collections::HashMap<wire::AgentId, usize> =
-        std::collections::HashMap::new();
-    for task in tasks {
-        let slot = *slot_of.entry(task.agent.clone()).or_insert_with(|| {
-            by_agent.push((task.agent.clone(), Vec::new()));
-            by_agent.len() - 1
-        });
-        by_agent[slot].1.push(task);
-    }
-    let mut outbound = Vec::new();
-    for (_, tasks) in by_agent {
-        let mut group = Vec::new();
-        let mut bytes = 0;
-        for task in tasks {
-            let task_bytes = INSTRUCTION_OVERHEAD_BYTES
-                + task.param.len()
-                + task.app.len()
-                + task.func.len()
-                + task.proxy.len();
-            let full = group.len() >= MAX_INSTRUCTIONS_PER_MESSAGE
-                || bytes + task_bytes > MAX_INSTRUCTION_BYTES_PER_MESSAGE;
-            if full && !group.is_empty() {
-                outbound.push(sign_group(signer, std::mem::take(&mut group)));
-                bytes = 0;
-            }
-            bytes += task_bytes;
-            group.push(task);
-        }
-        if !group.is_empty() {
-            outbound.push(sign_group(signer, group));
-        }
-    }
-    outbound
-}
-
-/// One task goes as a plain `instruction`; several as one `instructions` message.
-fn sign_group(signer: &InstructionSigner, tasks: Vec<TaskRow>) -> Outbound {
-    let instructions: Vec<Instruction> = tasks.iter().map(instruction_of).collect();
-    let message = match instructions.as_slice() {
-        [only] => signed_message(signer, only, None),
-        _ => super::scheduler::signed_batch_message(signer, instructions),
-    };
-    Outbound { tasks, message }
 }
 
 /// Keeps the first error of a round; the later ones are only logged.
@@ -529,33 +423,9 @@ fn note_error(first_error: &mut Option<StoreError>, outcome: Result<(), StoreErr
     }
 }
 
-pub fn instruction_of(task: &TaskRow) -> Instruction {
-    let issued_at = task.dispatched_at.unwrap_or_else(now_unix_ms);
-    Instruction {
-        id: task.id.clone(),
-        agent: task.agent.clone(),
-        task_type: task.task_type,
-        mode: task.mode,
-        app: task.app.clone(),
-        func: task.func.clone(),
-        param: task.param.clone(),
-        timeout: task.timeout_s,
-        proxy: task.proxy.clone(),
-        issued_at,
-        deadline: task.deadline.unwrap_or(issued_at),
-    }
-}
-
 async fn send_cancel(bus: &SharedBus, signer: &InstructionSigner, task: &TaskRow) {
-    let body = wire::encode(&Cancel {
-        id: task.id.clone(),
-    });
-    let mut message = BusMessage::msgpack(kind::CANCEL, body);
-    message.sig = Some(signer.sign(&message.body));
-    message.key_id = Some(signer.key_id().to_string());
-    message.message_id = Some(task.id.to_string());
-    let destination = Destination::Topic(routing::agent(&task.agent));
-    if let Err(err) = bus.publish(&destination, message).await {
+    let message = dispatch::cancel_message(signer, &task.id);
+    if let Err(err) = dispatch::publish(bus, &task.agent, message).await {
         // The task is already `stoped` in the database; its late result will be ignored.
         log::warn!(
             "task {}: cancel not delivered to {}: {err}",
@@ -626,7 +496,7 @@ async fn send_submit_replies(store: Store, bus: SharedBus, selection: ReplySelec
     };
     for (task, address) in owed {
         let envelope = elves_shared::wire::Envelope::ok(settled_result(&task));
-        let message = crate::submit::reply_message(&envelope, &address);
+        let message = dispatch::submit_reply::reply_message(&envelope, &address);
         if let Err(err) = bus
             .publish(&Destination::Queue(address.reply_to.clone()), message)
             .await
@@ -680,11 +550,12 @@ pub fn settled_result(task: &TaskRow) -> JobResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::message::tests::instructions_in;
     use crate::store::testing::TestDatabase;
     use crate::store::NewTask;
     use elves_shared::bus::testing::PublishOutageBus;
     use elves_shared::bus::{Bus, QueueSpec};
-    use elves_shared::wire::{AgentId, Mode};
+    use elves_shared::wire::{routing, AgentId, Mode};
 
     fn task(queue_id: &TaskId, n: u64, agent: &AgentId) -> NewTask {
         NewTask {
@@ -766,100 +637,5 @@ mod tests {
         }
         sent.sort();
         assert_eq!(sent, expected, "each task sent once the bus was back");
-    }
-
-    fn instructions_in(message: &BusMessage) -> Vec<Instruction> {
-        match message.kind.as_str() {
-            kind::INSTRUCTION => vec![wire::decode(&message.body).unwrap()],
-            kind::INSTRUCTIONS => {
-                wire::decode::<wire::InstructionBatch>(&message.body)
-                    .unwrap()
-                    .instructions
-            }
-            other => panic!("not an instruction message: {other}"),
-        }
-    }
-
-    fn row(n: u64, agent: &str, param_bytes: usize) -> TaskRow {
-        TaskRow {
-            id: TaskId::parse(&format!("{n:016x}")).unwrap(),
-            queue_id: None,
-            task_type: TaskType::Queue,
-            agent: AgentId::parse(agent).unwrap(),
-            app: "demo".into(),
-            func: "ok".into(),
-            param: "p".repeat(param_bytes),
-            timeout_s: 10,
-            proxy: String::new(),
-            mode: Mode::NP,
-            depend_task_id: None,
-            status: TaskStatus::Executing,
-            flag: String::new(),
-            error: String::new(),
-            worker_flag: None,
-            worker_message: None,
-            worker_costtime: None,
-            dispatched_by: Some("center-a".into()),
-            dispatched_at: Some(1_000),
-            deadline: Some(61_000),
-            created_at: n,
-            finished_at: None,
-        }
-    }
-
-    #[test]
-    fn claimed_tasks_go_one_signed_message_per_agent_in_claim_order() {
-        let signer = InstructionSigner::generate("center");
-        let mut verifier = elves_shared::crypto::InstructionVerifier::new();
-        verifier
-            .add_public_key_hex("center", &signer.public_key_hex())
-            .unwrap();
-        let agents = ["a", "b", "a", "a", "c"];
-        let rows = agents
-            .iter()
-            .enumerate()
-            .map(|(n, agent)| row(n as u64, agent, 10))
-            .collect();
-        let outbound = sign_all(&signer, rows);
-        let kinds: Vec<&str> = outbound.iter().map(|o| o.message.kind.as_str()).collect();
-        assert_eq!(
-            kinds,
-            [kind::INSTRUCTIONS, kind::INSTRUCTION, kind::INSTRUCTION]
-        );
-        for message in outbound.iter().map(|o| &o.message) {
-            verifier
-                .verify(
-                    &message.body,
-                    message.key_id.as_deref(),
-                    message.sig.as_deref(),
-                )
-                .unwrap();
-        }
-        let to_a = instructions_in(&outbound[0].message);
-        let ids: Vec<String> = to_a.iter().map(|i| i.id.to_string()).collect();
-        assert_eq!(ids, [0u64, 2, 3].map(|n| format!("{n:016x}")));
-        assert!(to_a
-            .iter()
-            .all(|i| i.agent.as_str() == "a" && i.deadline == 61_000));
-        let carried: Vec<usize> = outbound.iter().map(|o| o.tasks.len()).collect();
-        assert_eq!(carried, [3, 1, 1]);
-    }
-
-    #[test]
-    fn a_large_group_is_split_by_count_and_by_size() {
-        let signer = InstructionSigner::generate("center");
-        let many = (0..250).map(|n| row(n, "a", 10)).collect();
-        let sizes: Vec<usize> = sign_all(&signer, many)
-            .iter()
-            .map(|o| o.tasks.len())
-            .collect();
-        assert_eq!(sizes, [100, 100, 50]);
-        let big = MAX_INSTRUCTION_BYTES_PER_MESSAGE / 3;
-        let large = (0..4).map(|n| row(n, "a", big)).collect();
-        let sizes: Vec<usize> = sign_all(&signer, large)
-            .iter()
-            .map(|o| o.tasks.len())
-            .collect();
-        assert_eq!(sizes, [2, 2]);
     }
 }
