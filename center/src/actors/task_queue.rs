@@ -218,7 +218,7 @@ impl Handler<ResultsReceived> for TaskQueue {
                 let outcomes = store.record_results(&results, now)?;
                 // A cron firing's result is also the cron's last result.
                 for result in &results {
-                    super::cron::note_result(&store, result);
+                    note_cron_result(&store, result);
                 }
                 Ok((results, outcomes))
             })
@@ -435,6 +435,20 @@ async fn send_cancel(bus: &SharedBus, signer: &InstructionSigner, task: &TaskRow
     }
 }
 
+/// Notes a cron task's result on its cron, once the result is stored (blocking). Results of
+/// other tasks, and of agent-local crons, change nothing.
+fn note_cron_result(store: &Store, result: &JobResult) {
+    if result.task_type != TaskType::Cron {
+        return;
+    }
+    if let Err(err) = store.record_cron_result(result) {
+        log::error!(
+            "cron task {}: result not noted on its cron: {err}",
+            result.id
+        );
+    }
+}
+
 /// Which owed submit replies to send.
 enum ReplySelection {
     /// Those of these tasks, just settled by this center.
@@ -461,7 +475,7 @@ async fn note_expired_crons(store: &Store, expired: Vec<TaskRow>) {
     let store = store.clone();
     let noted = blocking(move || {
         for firing in &firings {
-            super::cron::note_result(&store, firing);
+            note_cron_result(&store, firing);
         }
         Ok(())
     })
