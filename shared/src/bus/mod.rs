@@ -89,6 +89,19 @@ pub struct QueueSpec {
     pub durable: bool,
 }
 
+impl QueueSpec {
+    /// An agent's own durable queue, bound to `agent.<id>`: the agent consumes it, and a host
+    /// that starts an agent beside its center (`elves up`) declares it first, so that nothing
+    /// sent before the agent consumes is lost.
+    pub fn agent(bus: &dyn Bus, agent: &crate::wire::AgentId) -> QueueSpec {
+        QueueSpec {
+            name: bus.queue_name(&crate::wire::routing::agent(agent)),
+            bindings: vec![crate::wire::routing::agent(agent)],
+            durable: true,
+        }
+    }
+}
+
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     fn namespace(&self) -> &str;
