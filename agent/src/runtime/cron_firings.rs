@@ -1,7 +1,6 @@
 //! The agent-local crons of `cron_file` (`crate::local_cron` reads the file and keeps the
 //! schedule): each firing runs the worker and reports like a center task of type cron.
 
-use super::delivery::is_shutdown_refusal;
 use super::results::{deliver, publish_to_processor};
 use super::Agent;
 use crate::local_cron::LocalCron;
@@ -83,7 +82,7 @@ async fn run_local_cron(agent: Arc<Agent>, cron: LocalCron) {
         proxy: cron.proxy.clone(),
     };
     let report = agent.runner.run(job).await;
-    if is_shutdown_refusal(&report) {
+    if report.is_shutdown_refusal() {
         return;
     }
     if report.worker_flag != 1 {

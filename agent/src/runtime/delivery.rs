@@ -12,7 +12,7 @@ use super::results::{deliver, failed_result, outgoing_for, publish_to_processor,
 use super::Agent;
 use crate::guard::{InstructionGuard, Refusal, Verdict};
 use crate::stats::{bump, AgentStats};
-use crate::worker::{WorkerError, WorkerJob, WorkerReport};
+use crate::worker::WorkerJob;
 use elves_shared::bus::{BusMessage, Consumer, Delivery, QueueSpec};
 use elves_shared::time::now_unix_ms;
 use elves_shared::wire::{self, routing, Instruction, Mode};
@@ -307,7 +307,7 @@ async fn run_task(
     agent.running().remove(&task_id);
     let agent_id = &agent.config.id;
     let result = match report {
-        Some(report) if is_shutdown_refusal(&report) => {
+        Some(report) if report.is_shutdown_refusal() => {
             // It never started: give it back for the next agent start rather than report a
             // failure that only says this process was stopping.
             log::info!("task {task_id}: not started before shutdown, requeued");
@@ -333,14 +333,6 @@ async fn run_task(
     if instruction.mode == Mode::P {
         publish_to_processor(&agent, &outgoing.result).await;
     }
-}
-
-/// `WorkerRunner::run` reports a job refused because the runner was closed only through its
-/// message; nothing ran, so the instruction is requeued.
-pub(super) fn is_shutdown_refusal(report: &WorkerReport) -> bool {
-    report.worker_flag == -1
-        && report.costtime_ms == 0
-        && report.worker_message == WorkerError::ShuttingDown.to_string()
 }
 
 async fn report_expired(

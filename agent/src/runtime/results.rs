@@ -54,6 +54,7 @@ pub(super) fn failed_result(
         costtime_ms: finished_at.saturating_sub(started_at),
         started_at,
         finished_at,
+        not_started: None,
     };
     JobResult {
         error: error.to_string(),
