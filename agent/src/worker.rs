@@ -371,6 +371,16 @@ pub fn contained_file(app_dir: &Path, file: &str) -> Result<PathBuf, WorkerError
     Ok(real)
 }
 
+/// True when `app_dir` has the entry program used without a proxy (SPEC §3): an executable
+/// `app-worker` or an `app-worker.py`, inside the directory.
+pub fn has_default_entry(app_dir: &Path) -> bool {
+    let Ok(app_dir) = app_dir.canonicalize() else {
+        return false;
+    };
+    contained_file(&app_dir, NATIVE_WORKER).is_ok_and(|program| is_executable(&program))
+        || contained_file(&app_dir, PYTHON_WORKER).is_ok()
+}
+
 fn is_executable(path: &Path) -> bool {
     path.metadata()
         .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
