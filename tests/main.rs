@@ -4,6 +4,7 @@
 // A failed unwrap is how a test reports an unexpected error.
 #![allow(clippy::unwrap_used)]
 
+mod app_rerelease;
 mod apps_lifecycle;
 mod bus;
 mod cron;

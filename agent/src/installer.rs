@@ -9,6 +9,10 @@
 //! aside the same way; apps installed by hand (without the `.elves-package` marker) are never
 //! touched unless the center sends an app of the same name.
 //!
+//! An app already at the listed package but under another version (the same bytes released
+//! again under a new number) only has its `VERSION` and marker rewritten: the agent reports
+//! the version the center told it to have, whatever the bytes.
+//!
 //! Sets are handled one at a time, always the latest (a `watch` channel): a set that arrives
 //! while a download runs is taken up once it ends. Directory names starting with `.` are not
 //! apps (`elves_shared::names::is_valid_name`), so temporary and previous versions never run.
@@ -157,7 +161,9 @@ impl Installer {
             .as_ref()
             .is_some_and(|marker| marker.sha256 == app.sha256)
         {
-            return Ok(false);
+            // The same bytes may come back under a new version (a re-release): only the label
+            // changes.
+            return self.label(app).await;
         }
         if previous
             .as_ref()
@@ -169,6 +175,7 @@ impl Installer {
                 .await
                 .map_err(|err| io_error(&app.name, err))?
                 .map_err(|err| io_error(&app.name, err))?;
+            self.label(app).await?;
             log::info!(
                 "app {}: back to version {} (kept aside)",
                 app.name,
@@ -218,6 +225,29 @@ impl Installer {
             }),
             Err(StageError::Io(err)) => Err(io_error(&app.name, err)),
         }
+    }
+
+    /// Makes the installed app, already at `app`'s package, carry `app`'s version in its
+    /// marker and `VERSION`; true when that changed anything.
+    async fn label(&self, app: &AppPackage) -> Result<bool, InstallError> {
+        let app_dir = self.apps_dir.join(&app.name);
+        let marker = Marker {
+            version: app.version.clone(),
+            sha256: app.sha256.clone(),
+        };
+        let relabelled = tokio::task::spawn_blocking(move || relabel(&app_dir, &marker))
+            .await
+            .map_err(|err| io_error(&app.name, err))?
+            .map_err(|err| io_error(&app.name, err))?;
+        if relabelled {
+            log::info!(
+                "app {}: version {} is the package already installed ({}), relabelled",
+                app.name,
+                app.version,
+                app.sha256
+            );
+        }
+        Ok(relabelled)
     }
 
     fn url_of(&self, app: &AppPackage) -> String {
@@ -320,6 +350,38 @@ fn stage_package(
     std::fs::write(stage.join("VERSION"), format!("{}\n", marker.version))
         .map_err(StageError::Io)?;
     Ok(())
+}
+
+/// Writes `VERSION` and the marker of an installed app so that they say `marker`, unless they
+/// already do; true when it wrote. Each file is replaced whole by a rename, so that a reader
+/// (the heartbeat) never sees half a version. `VERSION` goes first: the marker, written last,
+/// is what says the relabelling finished, and one interrupted is done again at the next set.
+fn relabel(app_dir: &Path, marker: &Marker) -> std::io::Result<bool> {
+    let version_file = app_dir.join("VERSION");
+    let labelled = read_marker(app_dir).as_ref() == Some(marker)
+        && std::fs::read_to_string(&version_file).is_ok_and(|text| text.trim() == marker.version);
+    if labelled {
+        return Ok(false);
+    }
+    replace_file(&version_file, format!("{}\n", marker.version).as_bytes())?;
+    let text = serde_json::to_string(marker).map_err(std::io::Error::other)?;
+    replace_file(&app_dir.join(MARKER), text.as_bytes())?;
+    Ok(true)
+}
+
+/// Replaces `path` with `content` through a temporary file next to it and a rename.
+fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("file");
+    let temporary = path.with_file_name(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
+    let written =
+        std::fs::write(&temporary, content).and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
 }
 
 /// Puts `incoming` in place of `<apps>/<name>`; what was there becomes `.<name>.previous`
@@ -485,6 +547,52 @@ mod tests {
             read_marker(&apps.join(".managed.previous")).unwrap().sha256,
             "abc"
         );
+    }
+
+    #[tokio::test]
+    async fn the_same_package_under_a_new_version_is_relabelled_without_a_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path();
+        let sha = "ab".repeat(32);
+        let installed = apps.join("demo");
+        std::fs::create_dir_all(&installed).unwrap();
+        std::fs::write(installed.join("app-worker"), b"#!/bin/sh\n").unwrap();
+        let marker = Marker {
+            version: "1.0".into(),
+            sha256: sha.clone(),
+        };
+        std::fs::write(
+            installed.join(MARKER),
+            serde_json::to_string(&marker).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(installed.join("VERSION"), "1.0\n").unwrap();
+        // Nothing listens there: a download attempt would fail the apply.
+        let installer = Installer::new(apps.to_path_buf(), Limits::default(), None);
+        let set = |version: &str| AppSet {
+            agent: elves_shared::wire::AgentId::parse("host-1").unwrap(),
+            issued_at: 0,
+            deadline: u64::MAX,
+            apps: vec![AppPackage {
+                name: "demo".into(),
+                version: version.into(),
+                sha256: sha.clone(),
+                size: 10,
+                url: "http://127.0.0.1:1/api/v2/app/download/x".into(),
+            }],
+        };
+
+        assert!(
+            !installer.apply(&set("1.0")).await.unwrap(),
+            "nothing to do"
+        );
+        assert!(installer.apply(&set("2.0")).await.unwrap(), "relabelled");
+        let version = std::fs::read_to_string(installed.join("VERSION")).unwrap();
+        assert_eq!(version.trim(), "2.0");
+        assert_eq!(read_marker(&installed).unwrap().version, "2.0");
+        assert_eq!(read_marker(&installed).unwrap().sha256, sha);
+        assert_eq!(crate::app_scan::installed_apps(apps)["demo"], "2.0");
+        assert!(!installer.apply(&set("2.0")).await.unwrap(), "done once");
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! `done_journal` remembering, across restarts, which tasks already ran),
 //! `spool` keeps results on disk while the bus is away, `result_batcher` packs the results
 //! ready at once into one `center.result` message, `stats` counts what happened, and
-//! `runtime` ties them to the bus: it is the agent's one entry point, [`run`].
+//! `app_scan` lists the installed apps for the heartbeat, `installer` applies the center's app
+//! sets, and `runtime` ties them to the bus: it is the agent's one entry point, [`run`].
 
+pub mod app_scan;
 pub mod config;
 pub mod done_journal;
 pub mod exec;

@@ -91,6 +91,17 @@ pub struct WorkerReport {
     pub started_at: u64,
     /// Unix milliseconds.
     pub finished_at: u64,
+    /// Why the runner refused the job before starting anything; `None` once a process was
+    /// started. Decisions read this, never `worker_message`, which an app could write too.
+    pub not_started: Option<WorkerError>,
+}
+
+impl WorkerReport {
+    /// True when the job was refused because the runner was closed for shutdown: nothing ran,
+    /// so the task should come again rather than be reported as failed.
+    pub fn is_shutdown_refusal(&self) -> bool {
+        self.not_started == Some(WorkerError::ShuttingDown)
+    }
 }
 
 /// The program to start for a job, before the `<app> <func> <b64>` arguments.
@@ -232,6 +243,7 @@ fn refused(err: WorkerError) -> WorkerReport {
         costtime_ms: 0,
         started_at: now,
         finished_at: now,
+        not_started: Some(err),
     }
 }
 
@@ -357,6 +369,16 @@ pub fn contained_file(app_dir: &Path, file: &str) -> Result<PathBuf, WorkerError
         return Err(WorkerError::FileNotFound(file.to_owned()));
     }
     Ok(real)
+}
+
+/// True when `app_dir` has the entry program used without a proxy (SPEC §3): an executable
+/// `app-worker` or an `app-worker.py`, inside the directory.
+pub fn has_default_entry(app_dir: &Path) -> bool {
+    let Ok(app_dir) = app_dir.canonicalize() else {
+        return false;
+    };
+    contained_file(&app_dir, NATIVE_WORKER).is_ok_and(|program| is_executable(&program))
+        || contained_file(&app_dir, PYTHON_WORKER).is_ok()
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -1172,6 +1194,19 @@ esac
             (refused.worker_flag, refused.worker_message.as_str()),
             (-1, "agent is shutting down")
         );
+        assert!(refused.is_shutdown_refusal());
+    }
+
+    #[test]
+    fn a_report_that_only_says_shutting_down_is_not_a_shutdown_refusal() {
+        // Say an app printed exactly the runner's words: it ran, so it must be reported, not
+        // requeued as if it never started.
+        let said_by_the_app = WorkerReport {
+            worker_flag: -1,
+            worker_message: WorkerError::ShuttingDown.to_string(),
+            ..WorkerReport::default()
+        };
+        assert!(!said_by_the_app.is_shutdown_refusal());
     }
 
     // The shipped apps, run through the same path as on an agent.

@@ -5,8 +5,9 @@
 //! database). It reloads that state every `apps.refresh_ms` (changes made through another
 //! center) and at once when asked ([`Reload`], sent by the admin endpoints before they answer).
 //!
-//! Distribution: each heartbeat says which center packages the agent has; when that differs
-//! from what the agent should have, AppStore publishes a signed [`AppSet`] to `agent.<id>`.
+//! Distribution: each heartbeat says which center packages the agent has and which version of
+//! each app it reports; when either differs from what the agent should have, AppStore
+//! publishes a signed [`AppSet`] to `agent.<id>`.
 //! After a reload it does the same for every agent it heard from recently, so that an upload
 //! reaches online agents without waiting for their next heartbeat. The same set is not sent
 //! again to an agent before `apps.resend_ms`, however often it beats.
@@ -37,7 +38,10 @@ const PUSH_WITHIN_INTERVALS: u64 = 3;
 #[rtype(result = "()")]
 pub struct AgentReported {
     pub agent: AgentId,
+    /// Center-installed apps: name → package SHA-256.
     pub packages: BTreeMap<String, String>,
+    /// Installed apps: name → the version the agent reports (the heartbeat's `apps`).
+    pub versions: BTreeMap<String, String>,
     pub interval_ms: u64,
     pub received_at: u64,
 }
@@ -375,6 +379,7 @@ impl AppRegistry {
 
 struct Reported {
     packages: BTreeMap<String, String>,
+    versions: BTreeMap<String, String>,
     interval_ms: u64,
     received_at: u64,
 }
@@ -423,7 +428,7 @@ impl AppStore {
         let (set, digest) = {
             let snapshot = self.registry.read();
             let desired = snapshot.desired_for(agent);
-            if !differs(&desired, &reported.packages) {
+            if !differs(&desired, &reported.packages, &reported.versions) {
                 drop(snapshot);
                 self.sent.remove(agent);
                 return;
@@ -550,6 +555,7 @@ impl Handler<AgentReported> for AppStore {
             msg.agent.clone(),
             Reported {
                 packages: msg.packages,
+                versions: msg.versions,
                 interval_ms: msg.interval_ms,
                 received_at: msg.received_at,
             },
@@ -577,18 +583,25 @@ impl Handler<GetState> for AppStore {
     }
 }
 
-/// True when the agent's center packages are not exactly the desired ones.
-pub fn differs(desired: &[&AppVersionRow], reported: &BTreeMap<String, String>) -> bool {
-    desired.len() != reported.len()
-        || desired
-            .iter()
-            .any(|version| reported.get(&version.app) != Some(&version.sha256))
+/// True when the agent's center packages are not exactly the desired ones: another package,
+/// or the same package under another version (a re-release of the same bytes keeps the
+/// SHA-256, and the agent must still report the version it was told to have).
+pub fn differs(
+    desired: &[&AppVersionRow],
+    packages: &BTreeMap<String, String>,
+    versions: &BTreeMap<String, String>,
+) -> bool {
+    desired.len() != packages.len()
+        || desired.iter().any(|version| {
+            packages.get(&version.app) != Some(&version.sha256)
+                || versions.get(&version.app) != Some(&version.version)
+        })
 }
 
 fn digest_of(desired: &[&AppVersionRow]) -> String {
     let mut parts: Vec<String> = desired
         .iter()
-        .map(|version| format!("{}={}", version.app, version.sha256))
+        .map(|version| format!("{}={}@{}", version.app, version.sha256, version.version))
         .collect();
     parts.sort();
     parts.join(",")
@@ -759,13 +772,33 @@ mod tests {
     fn an_agent_is_sent_a_set_only_when_its_packages_differ() {
         let alpha = version("alpha", "1", 'a');
         let desired = vec![&alpha];
+        let versions: BTreeMap<String, String> = [("alpha".to_string(), "1".to_string())].into();
         let mut reported = BTreeMap::new();
-        assert!(differs(&desired, &reported));
+        assert!(differs(&desired, &reported, &versions));
         reported.insert("alpha".to_string(), "a".repeat(64));
-        assert!(!differs(&desired, &reported));
+        assert!(!differs(&desired, &reported, &versions));
         reported.insert("old".to_string(), "b".repeat(64));
-        assert!(differs(&desired, &reported), "an app to set aside");
-        assert!(differs(&[], &reported));
+        assert!(
+            differs(&desired, &reported, &versions),
+            "an app to set aside"
+        );
+        assert!(differs(&[], &reported, &versions));
+    }
+
+    #[test]
+    fn a_re_release_of_the_same_bytes_under_a_new_version_is_sent() {
+        // Version 2 was uploaded with the bytes of version 1: same SHA-256, new number.
+        let re_released = version("alpha", "2", 'a');
+        let desired = vec![&re_released];
+        let packages: BTreeMap<String, String> = [("alpha".to_string(), "a".repeat(64))].into();
+        let still_old: BTreeMap<String, String> = [("alpha".to_string(), "1".to_string())].into();
+        assert!(differs(&desired, &packages, &still_old));
+        let up_to_date: BTreeMap<String, String> = [("alpha".to_string(), "2".to_string())].into();
+        assert!(!differs(&desired, &packages, &up_to_date));
+        assert!(
+            differs(&desired, &packages, &BTreeMap::new()),
+            "an agent that reports no version for the app"
+        );
     }
 
     #[test]

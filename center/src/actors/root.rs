@@ -236,6 +236,7 @@ async fn feed_heartbeats(
                 app_store.do_send(AgentReported {
                     agent: decoded.agent.clone(),
                     packages: decoded.packages.clone(),
+                    versions: decoded.apps.clone(),
                     interval_ms: decoded.interval_ms,
                     received_at,
                 });
