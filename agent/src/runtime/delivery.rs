@@ -15,7 +15,7 @@ use crate::stats::{bump, AgentStats};
 use crate::worker::WorkerJob;
 use elves_shared::bus::{BusMessage, Consumer, Delivery, QueueSpec};
 use elves_shared::time::now_unix_ms;
-use elves_shared::wire::{self, routing, Instruction, Mode};
+use elves_shared::wire::{self, Instruction, Mode};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,14 +26,6 @@ const CONSUME_FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const CONSUME_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The agent's queue: durable, so that instructions wait for an agent that is restarting.
-fn queue_spec(agent: &Agent) -> QueueSpec {
-    QueueSpec {
-        name: agent.bus.queue_name(&format!("agent.{}", agent.config.id)),
-        bindings: vec![routing::agent(&agent.config.id)],
-        durable: true,
-    }
-}
-
 /// Starts consuming, retrying with backoff while the broker is down; `None` on shutdown.
 pub(super) async fn open_consumer<S>(
     agent: &Agent,
@@ -42,7 +34,7 @@ pub(super) async fn open_consumer<S>(
 where
     S: Future<Output = ()>,
 {
-    let spec = queue_spec(agent);
+    let spec = QueueSpec::agent(agent.bus.as_ref(), &agent.config.id);
     let agent_id = &agent.config.id;
     let mut backoff = CONSUME_FIRST_BACKOFF;
     loop {
