@@ -366,7 +366,7 @@ mod tests {
     use async_trait::async_trait;
     use elves_shared::bus::{Bus, BusError, Destination, InProcBus};
     use elves_shared::crypto::InstructionSigner;
-    use elves_shared::wire::{AgentId, Cancel, TaskId, TaskType};
+    use elves_shared::wire::{routing, AgentId, Cancel, TaskId, TaskType};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test]
