@@ -1,6 +1,8 @@
 //! What the benches share: settings from the environment, summary statistics, starting a
 //! center (in this process or as the release binary) and in-process agents, the signed v2
-//! API, and figures read from `/proc`. Each bench includes it with `mod support;`.
+//! API, figures read from `/proc` and the broker's clean-up; agents as processes
+//! ([`agent_processes`]) and simulated agents ([`sim_agent`]). Each bench includes it with
+//! `mod support;`.
 //!
 //! A bench fails loudly on anything unexpected (`expect`, `assert!`): it measures a setup it
 //! made itself, and a figure from a broken run is worse than none.
@@ -382,6 +384,9 @@ pub fn install_noop_app(apps_dir: &Path) {
     std::fs::write(&worker, NOOP_WORKER).expect("worker file");
     std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).expect("worker mode");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The broker
 
 /// Removes what a run left on the broker: the durable queues of the center and the agents, and
 /// the namespace's exchange.
