@@ -14,6 +14,8 @@
 //!
 //! Run: `cargo bench --bench cron_fire_lag` (release). Target: p99 ≤ 50 ms.
 
+mod support;
+
 use elves_center::store::testing::TestDatabase;
 use elves_center::store::{CronDefinition, CronSource, Store};
 use elves_shared::bus::QueueSpec;
@@ -21,20 +23,18 @@ use elves_shared::time::now_unix_ms;
 use elves_shared::wire::{self, routing, AgentId, Instruction, Mode, TaskId};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::Summary;
 
 const AGENTS: usize = 100;
 const AGENT_THREAD: &str = "bench-agents";
 
 fn main() {
-    if std::env::args().any(|arg| arg == "--list") {
+    if support::listing_only() {
         return;
     }
-    // lapin's spans reach `log` as ERROR lines; RUST_LOG must not bring them back.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .filter_module("tracing::span", log::LevelFilter::Off)
-        .init();
-    let n_crons: usize = env_number("ELVES_BENCH_CRONS", 10_000);
-    let seconds: u64 = env_number("ELVES_BENCH_SECONDS", 20) as u64;
+    support::init_logging();
+    let n_crons = support::env_number("ELVES_BENCH_CRONS", 10_000) as usize;
+    let seconds = support::env_number("ELVES_BENCH_SECONDS", 20);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name(AGENT_THREAD)
@@ -94,7 +94,7 @@ fn run(
                             &definition,
                             &CronSource::Api,
                             true,
-                            "bench",
+                            support::AUTH_ID,
                             now,
                         )
                         .expect("cron");
@@ -104,7 +104,7 @@ fn run(
     });
     drop(store);
 
-    let namespace = format!("bench-{:x}", rand::random::<u32>());
+    let namespace = support::namespace("bench");
     let bus = elves_shared::bus::open("inproc", &namespace).expect("bus");
     let lags: Arc<Mutex<Vec<(u64, u64)>>> = Arc::new(Mutex::new(Vec::new()));
     let consumers = runtime.block_on(async {
@@ -139,34 +139,20 @@ fn run(
         consumers
     });
 
-    let env = vec![
-        (
-            "ELVES_DATA_DIR".to_string(),
-            dir.path().display().to_string(),
-        ),
-        ("ELVES_AUTH__AUTH_ID".to_string(), "bench".to_string()),
-        (
-            "ELVES_AUTH__AUTH_KEY".to_string(),
-            "bench-key-0123456789".to_string(),
-        ),
-        ("ELVES_BUS__NAMESPACE".to_string(), namespace),
-        ("ELVES_DATABASE__URL".to_string(), database_url.to_string()),
-        (
-            "ELVES_CRON__DIR".to_string(),
-            dir.path().join("cron.d").display().to_string(),
-        ),
-    ];
-    let config: elves_center::config::CenterConfig =
-        elves_shared::config::load(None, env).expect("center config");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
-    let center = elves_center::start(config, listener, bus).expect("center");
+    let mut env = support::center_env(dir.path(), &namespace);
+    env.push(("ELVES_DATABASE__URL".to_string(), database_url.to_string()));
+    env.push((
+        "ELVES_CRON__DIR".to_string(),
+        dir.path().join("cron.d").display().to_string(),
+    ));
+    let center = support::start_center(support::center_config(env), bus);
 
     std::thread::sleep(Duration::from_secs(3));
-    let cpu_before = process_cpu_ticks() - agent_thread_ticks();
+    let cpu_before = support::process_cpu_ticks() - support::thread_cpu_ticks(AGENT_THREAD);
     let window_start = now_unix_ms();
     std::thread::sleep(Duration::from_secs(seconds));
     let window_end = now_unix_ms();
-    let cpu_after = process_cpu_ticks() - agent_thread_ticks();
+    let cpu_after = support::process_cpu_ticks() - support::thread_cpu_ticks(AGENT_THREAD);
     // Firings of the window that are still on their way get a moment to arrive.
     std::thread::sleep(Duration::from_secs(1));
     center.stop();
@@ -174,17 +160,16 @@ fn run(
         consumer.abort();
     }
 
-    let ticks_per_second = clock_ticks_per_second();
+    let ticks_per_second = support::clock_ticks_per_second();
     let center_cpu_s = cpu_after.saturating_sub(cpu_before) as f64 / ticks_per_second;
     let wall_s = (window_end - window_start) as f64 / 1000.0;
-    let mut window: Vec<f64> = lags
+    let window: Vec<f64> = lags
         .lock()
         .expect("lags")
         .iter()
         .filter(|(fire_time, _)| *fire_time >= window_start && *fire_time < window_end)
         .map(|(_, lag)| *lag as f64)
         .collect();
-    window.sort_by(f64::total_cmp);
     let fire_seconds = (window_start / 1000 + 1..=window_end.saturating_sub(1) / 1000).count();
     println!("cron fire lag: {n_crons} crons firing every second, {AGENTS} simulated agents, in-process bus, {backend}");
     println!(
@@ -193,73 +178,14 @@ fn run(
         n_crons * fire_seconds
     );
     if !window.is_empty() {
+        let lag = Summary::of(&window);
         println!(
             "  fire lag (ms): median {:.0}, p99 {:.0}, max {:.0}",
-            percentile(&window, 50.0),
-            percentile(&window, 99.0),
-            window[window.len() - 1]
+            lag.p50, lag.p99, lag.max
         );
     }
     println!(
         "  center CPU: {center_cpu_s:.2} s over {wall_s:.1} s = {:.0}% of one core",
         100.0 * center_cpu_s / wall_s
     );
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], pct: f64) -> f64 {
-    let rank = ((pct / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-/// utime + stime (fields 14 and 15) of a `stat` file, in clock ticks.
-fn stat_ticks(text: &str) -> u64 {
-    // The command name (field 2) may hold spaces; fields are counted after its ')'.
-    let after = text.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |n: usize| {
-        fields
-            .get(n - 3)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(14) + field(15)
-}
-
-fn process_cpu_ticks() -> u64 {
-    stat_ticks(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
-}
-
-/// CPU of the simulated agents' threads.
-fn agent_thread_ticks() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .map(|name| name.trim().starts_with(AGENT_THREAD))
-                .unwrap_or(false)
-        })
-        .map(|task| {
-            stat_ticks(&std::fs::read_to_string(task.path().join("stat")).unwrap_or_default())
-        })
-        .sum()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
 }

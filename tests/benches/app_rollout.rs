@@ -10,72 +10,37 @@
 //! `ELVES_BENCH_PACKAGE_MB` (incompressible payload in the package, default 1) and
 //! `ELVES_BENCH_HEARTBEAT_MS` (default 1000) change the setup.
 
-use elves_agent::{AgentConfig, AgentStats};
+mod support;
+
 use elves_shared::package::testing::{zip_of, Entry};
-use elves_shared::sign::{self, SignType};
 use elves_shared::wire::AgentId;
 use serde_json::Value;
-use std::sync::Arc;
+use std::ops::Deref;
 use std::time::{Duration, Instant};
-
-const AUTH_ID: &str = "bench";
-const AUTH_KEY: &str = "bench-key-0123456789";
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(default)
-}
+use support::{Api, InProcessAgent};
 
 fn main() {
-    if std::env::args().any(|arg| arg == "--list") {
+    if support::listing_only() {
         return;
     }
-    let n_agents = env_number("ELVES_BENCH_AGENTS", 100) as usize;
-    let package_mb = env_number("ELVES_BENCH_PACKAGE_MB", 1);
-    let heartbeat_ms = env_number("ELVES_BENCH_HEARTBEAT_MS", 1000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(rollout(n_agents, package_mb, heartbeat_ms));
+    let n_agents = support::env_number("ELVES_BENCH_AGENTS", 100) as usize;
+    let package_mb = support::env_number("ELVES_BENCH_PACKAGE_MB", 1);
+    let heartbeat_ms = support::env_number("ELVES_BENCH_HEARTBEAT_MS", 1000);
+    support::runtime(2).block_on(rollout(n_agents, package_mb, heartbeat_ms));
 }
 
-struct Bench {
-    base_url: String,
-    http: reqwest::Client,
+/// The center's API, with the two requests of this bench that are not plain signed calls.
+struct Bench(Api);
+
+impl Deref for Bench {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.0
+    }
 }
 
 impl Bench {
-    fn signed(&self, path: &str, params: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut pairs: Vec<(String, String)> = params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        pairs.push(("auth_id".into(), AUTH_ID.into()));
-        pairs.push((
-            "timestamp".into(),
-            (elves_shared::time::now_unix_ms() / 1000).to_string(),
-        ));
-        sign::sign_params(path, pairs, SignType::Md5, AUTH_KEY)
-    }
-
-    async fn call(&self, endpoint: &str, params: &[(&str, &str)]) -> Value {
-        let path = format!("/api/v2/{endpoint}");
-        let signed = self.signed(&path, params);
-        self.http
-            .post(format!("{}{path}", self.base_url))
-            .form(&signed)
-            .send()
-            .await
-            .expect("call")
-            .json()
-            .await
-            .expect("json")
-    }
-
     async fn upload(&self, file_name: &str, bytes: Vec<u8>) -> Value {
         let path = "/api/v2/app/upload";
         let signed = self.signed(path, &[]);
@@ -144,64 +109,41 @@ fn package(version: &str, payload: &[u8]) -> Vec<u8> {
 
 async fn rollout(n_agents: usize, package_mb: u64, heartbeat_ms: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let namespace = format!("bench-{:016x}", rand::random::<u64>());
-    let env = vec![
-        (
-            "ELVES_DATA_DIR".to_string(),
-            dir.path().display().to_string(),
-        ),
-        ("ELVES_AUTH__AUTH_ID".to_string(), AUTH_ID.to_string()),
-        ("ELVES_AUTH__AUTH_KEY".to_string(), AUTH_KEY.to_string()),
-        ("ELVES_BUS__NAMESPACE".to_string(), namespace.clone()),
-        (
-            "ELVES_APPS__LIMITS__MAX_COMPRESSED_BYTES".to_string(),
-            (1u64 << 30).to_string(),
-        ),
-        (
-            "ELVES_APPS__LIMITS__MAX_UNCOMPRESSED_BYTES".to_string(),
-            (1u64 << 31).to_string(),
-        ),
-    ];
-    let config: elves_center::config::CenterConfig =
-        elves_shared::config::load(None, env).expect("config");
+    let namespace = support::namespace("bench");
+    let mut env = support::center_env(dir.path(), &namespace);
+    env.push((
+        "ELVES_APPS__LIMITS__MAX_COMPRESSED_BYTES".to_string(),
+        (1u64 << 30).to_string(),
+    ));
+    env.push((
+        "ELVES_APPS__LIMITS__MAX_UNCOMPRESSED_BYTES".to_string(),
+        (1u64 << 31).to_string(),
+    ));
+    let config = support::center_config(env);
     let bus = elves_shared::bus::open("inproc", &namespace).expect("bus");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let center_bus = bus.clone();
-    let center = tokio::task::spawn_blocking(move || {
-        elves_center::start(config, listener, center_bus).expect("center")
-    })
-    .await
-    .expect("center thread");
-    let bench = Bench {
-        base_url: format!("http://{}", center.http_addr),
-        http: reqwest::Client::new(),
-    };
+    let center = tokio::task::spawn_blocking(move || support::start_center(config, center_bus))
+        .await
+        .expect("center thread");
+    let bench = Bench(Api::new(format!("http://{}", center.http_addr)));
 
-    let mut stops = Vec::new();
-    let mut tasks = Vec::new();
+    let mut agents = Vec::new();
     for n in 0..n_agents {
-        let id = format!("agent-{n:03}");
-        let mut config = AgentConfig::new(AgentId::parse(&id).expect("id"));
-        config.apps_dir = dir.path().join(format!("apps-{n:03}"));
+        let id = AgentId::parse(&format!("agent-{n:03}")).expect("id");
+        let mut config = support::agent_config(
+            &id,
+            dir.path().join(format!("apps-{n:03}")),
+            dir.path().join(format!("spool-{n:03}")),
+            heartbeat_ms,
+            &center.key_id,
+            &center.public_key_hex,
+        );
         std::fs::create_dir_all(&config.apps_dir).expect("apps dir");
-        config.spool_dir = dir.path().join(format!("spool-{n:03}"));
-        config.heartbeat_interval_ms = heartbeat_ms;
         config.cron_file = dir.path().join("no-cron.json");
-        config.center.key_id = center.key_id.clone();
-        config.center.public_key = center.public_key_hex.clone();
         config.interpreters = [("sh".to_string(), "/bin/sh".to_string())].into();
         config.package_limits.max_compressed_bytes = 1 << 30;
         config.package_limits.max_uncompressed_bytes = 1 << 31;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        stops.push(stop);
-        tasks.push(tokio::spawn(elves_agent::run(
-            config,
-            bus.clone(),
-            Arc::new(AgentStats::new()),
-            async move {
-                let _ = stopped.await;
-            },
-        )));
+        agents.push(InProcessAgent::spawn(config, bus.clone()));
     }
     let started = Instant::now();
     while bench.online_apps().await.len() < n_agents {
@@ -239,12 +181,7 @@ async fn rollout(n_agents: usize, package_mb: u64, heartbeat_ms: u64) {
         heartbeat_ms + 2000
     );
 
-    for stop in stops {
-        let _ = stop.send(());
-    }
-    for task in tasks {
-        let _ = task.await;
-    }
+    support::stop_agents(agents).await;
     let _ = tokio::task::spawn_blocking(move || center.stop()).await;
 }
 

@@ -17,35 +17,24 @@
 //!
 //! Run: `scripts/bench` (or `cargo bench --bench rt_latency`). `ELVES_BENCH_CALLS` sets the count.
 
+mod support;
+
 use elves_agent::exec::{self, ExecLimits, ExecSpec};
-use elves_agent::{AgentConfig, AgentStats};
-use elves_shared::sign::{self, SignType};
+use elves_shared::sign::SignType;
 use elves_shared::wire::AgentId;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const AUTH_ID: &str = "bench";
-const AUTH_KEY: &str = "bench-key-0123456789";
+use support::{elapsed_ms, Api, CenterProcess, ChildProcess, InProcessAgent, Summary};
 
 fn main() {
-    if std::env::args().any(|arg| arg == "--list") {
-        // `cargo test --benches` lists benches; there is nothing to list as a test.
+    if support::listing_only() {
         return;
     }
-    let calls: usize = std::env::var("ELVES_BENCH_CALLS")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(300);
-    let amqp = std::env::var("ELVES_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string());
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let calls = support::env_number("ELVES_BENCH_CALLS", 300) as usize;
+    let amqp = support::amqp_url();
+    let root = support::repo_root();
+    let runtime = support::runtime(2);
 
     let python = real_python();
     let app_dir = root.join("apps/apptest");
@@ -68,8 +57,8 @@ fn main() {
         println!(
             "added by the platform, {bus}: median of paired differences {:.2} ms, \
              difference of p50s {:.2} ms",
-            percentile(&added, 50.0),
-            percentile(&series.rt, 50.0) - percentile(&series.direct, 50.0)
+            support::percentile(&added, 50.0),
+            support::percentile(&series.rt, 50.0) - support::percentile(&series.direct, 50.0)
         );
         report("  worker_costtime", &series.costtime);
         report("  worker through the agent's exec::run", &series.exec);
@@ -87,7 +76,7 @@ fn main() {
 /// the two broker hops of an rt call cost on this machine by themselves.
 async fn bus_floor(amqp: &str) {
     use elves_shared::bus::{BusMessage, Destination, QueueSpec};
-    let namespace = format!("elves-bench-floor-{:08x}", rand::random::<u32>());
+    let namespace = support::namespace("elves-bench-floor");
     let caller = elves_shared::bus::open(amqp, &namespace).expect("bus");
     let answerer = elves_shared::bus::open(amqp, &namespace).expect("bus");
     let queue = |bus: &elves_shared::bus::SharedBus, suffix: &str| QueueSpec {
@@ -138,7 +127,7 @@ async fn bus_floor(amqp: &str) {
                 .expect("reply consumer open")
                 .ack()
                 .await;
-            trips.push(started.elapsed().as_secs_f64() * 1000.0);
+            trips.push(elapsed_ms(started));
         }
         report(&format!("bare RabbitMQ round trip, {name}"), &trips);
     }
@@ -164,7 +153,7 @@ fn direct_run(spec: &ExecSpec) -> f64 {
         .stdin(Stdio::null())
         .output()
         .expect("worker runs");
-    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = elapsed_ms(started);
     assert!(String::from_utf8_lossy(&output.stdout).contains("<ElvesWFlag>true"));
     elapsed
 }
@@ -179,7 +168,6 @@ async fn direct_run_off_runtime(spec: &ExecSpec) -> f64 {
 /// The agent's apps: `apptest` from the repository, and `noop`, a shell worker that answers at
 /// once, whose rt calls show the platform's own cost without python's start-up noise.
 fn bench_apps(root: &Path, dir: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     let apps = dir.join("apps");
     let apptest = apps.join("apptest");
     std::fs::create_dir_all(&apptest).expect("apps dir");
@@ -189,15 +177,7 @@ fn bench_apps(root: &Path, dir: &Path) -> PathBuf {
             std::fs::copy(entry.path(), apptest.join(entry.file_name())).expect("copy");
         }
     }
-    let noop = apps.join("noop");
-    std::fs::create_dir_all(&noop).expect("noop dir");
-    let worker = noop.join("app-worker");
-    std::fs::write(
-        &worker,
-        "#!/bin/sh\nprintf '<ElvesWFlag>true</ElvesWFlag><ElvesWResult>ok</ElvesWResult>\\n'\n",
-    )
-    .expect("noop worker");
-    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    support::install_noop_app(&apps);
     apps
 }
 
@@ -225,72 +205,42 @@ async fn rt_calls(
     app_dir: &Path,
 ) -> Series {
     let dir = tempfile::tempdir().expect("temp dir");
-    let namespace = format!("elves-bench-{:08x}", rand::random::<u32>());
-    let env = vec![
-        (
-            "ELVES_DATA_DIR".to_string(),
-            dir.path().display().to_string(),
-        ),
-        ("ELVES_AUTH__AUTH_ID".to_string(), AUTH_ID.to_string()),
-        ("ELVES_AUTH__AUTH_KEY".to_string(), AUTH_KEY.to_string()),
-        ("ELVES_BUS__URL".to_string(), bus_url.to_string()),
-        ("ELVES_BUS__NAMESPACE".to_string(), namespace.clone()),
-    ];
-    let config: elves_center::config::CenterConfig =
-        elves_shared::config::load(None, env).expect("center config");
+    let namespace = support::namespace("elves-bench");
+    let mut env = support::center_env(dir.path(), &namespace);
+    env.push(("ELVES_BUS__URL".to_string(), bus_url.to_string()));
+    let config = support::center_config(env);
     let bus = elves_shared::bus::open(bus_url, &namespace).expect("bus");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
-    let center = elves_center::start(config, listener, bus.clone()).expect("center");
-    let base = format!("http://{}", center.http_addr);
+    let center = support::start_center(config, bus.clone());
 
     let agent_bus = if bus_url == "inproc" {
         bus
     } else {
         elves_shared::bus::open(bus_url, &namespace).expect("agent bus")
     };
-    let mut agent = AgentConfig::new(AgentId::parse("bench").expect("id"));
     let agent_apps = bench_apps(root, dir.path());
-    agent.apps_dir = agent_apps.clone();
-    agent.spool_dir = dir.path().join("spool");
-    agent.heartbeat_interval_ms = 500;
-    agent.center.key_id = center.key_id.clone();
-    agent.center.public_key = center.public_key_hex.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent_task = tokio::spawn(elves_agent::run(
-        agent,
+    let agent = InProcessAgent::spawn(
+        support::agent_config(
+            &AgentId::parse("bench").expect("id"),
+            agent_apps.clone(),
+            dir.path().join("spool"),
+            500,
+            &center.key_id,
+            &center.public_key_hex,
+        ),
         agent_bus,
-        Arc::new(AgentStats::new()),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    );
 
-    let http = reqwest::Client::new();
-    let (http, base) = (&http, &base);
+    // Signed with HMAC-SHA256, unlike the MD5 of most clients.
+    let api = Api::new(format!("http://{}", center.http_addr)).with_sign_type(SignType::HmacSha256);
+    let api = &api;
     let call = |app: &'static str, func: &'static str| async move {
-        let path = "/api/v2/rt/exec";
-        let pairs = vec![
-            ("ip".to_string(), "bench".to_string()),
-            ("app".to_string(), app.to_string()),
-            ("func".to_string(), func.to_string()),
-            ("param".to_string(), r#"{"my":"bench"}"#.to_string()),
-            ("auth_id".to_string(), AUTH_ID.to_string()),
-            (
-                "timestamp".to_string(),
-                chrono::Utc::now().timestamp().to_string(),
-            ),
+        let params = [
+            ("ip", "bench"),
+            ("app", app),
+            ("func", func),
+            ("param", r#"{"my":"bench"}"#),
         ];
-        let signed = sign::sign_params(path, pairs, SignType::HmacSha256, AUTH_KEY);
-        let answer: serde_json::Value = http
-            .post(format!("{base}{path}"))
-            .form(&signed)
-            .send()
-            .await
-            .expect("http")
-            .json()
-            .await
-            .expect("json");
-        answer
+        api.call("rt/exec", &params).await
     };
     // Wait until the agent's first heartbeat made it online, then warm up.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -338,14 +288,14 @@ async fn rt_calls(
         let started = Instant::now();
         let answer = call("apptest", "helloword").await;
         assert_eq!(answer["result"]["worker_flag"], "1", "{answer}");
-        series.rt.push(started.elapsed().as_secs_f64() * 1000.0);
+        series.rt.push(elapsed_ms(started));
         series
             .costtime
             .push(answer["result"]["worker_costtime"].as_f64().unwrap_or(0.0));
         let started = Instant::now();
         let outcome = exec::run(python_worker.clone(), &ExecLimits::default()).await;
         assert!(String::from_utf8_lossy(&outcome.stdout).contains("<ElvesWFlag>true"));
-        series.exec.push(started.elapsed().as_secs_f64() * 1000.0);
+        series.exec.push(elapsed_ms(started));
 
         series
             .noop_direct
@@ -353,124 +303,72 @@ async fn rt_calls(
         let started = Instant::now();
         let answer = call("noop", "noop").await;
         assert_eq!(answer["result"]["worker_flag"], "1", "{answer}");
-        series
-            .noop_rt
-            .push(started.elapsed().as_secs_f64() * 1000.0);
+        series.noop_rt.push(elapsed_ms(started));
     }
-    let _ = stop.send(());
-    let _ = agent_task.await;
+    support::stop_agents(vec![agent]).await;
     tokio::task::spawn_blocking(move || center.stop())
         .await
         .expect("center stops");
     series
 }
 
-fn percentile(samples: &[f64], pct: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((pct / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 fn report(name: &str, samples: &[f64]) {
+    let summary = Summary::of(samples);
     println!(
         "{name:<44} n={:<5} p50 {:>7.2} ms   p99 {:>7.2} ms",
-        samples.len(),
-        percentile(samples, 50.0),
-        percentile(samples, 99.0)
+        summary.count, summary.p50, summary.p99
     );
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// Starts the release binaries next to this bench's own directory, lets them idle, reads RSS.
 fn idle_rss(amqp: &str, root: &Path) {
-    let Some(bin_dir) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_path_buf))
-    else {
-        return;
-    };
-    let center_bin = bin_dir.join("elves-center");
-    let agent_bin = bin_dir.join("elves-agent");
-    if !center_bin.exists() || !agent_bin.exists() {
+    let (Some(center_bin), Some(agent_bin)) = (
+        support::release_binary("elves-center"),
+        support::release_binary("elves-agent"),
+    ) else {
         println!("idle rss: build elves-center and elves-agent first (scripts/bench does)");
         return;
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let namespace = format!("elves-bench-rss-{:08x}", rand::random::<u32>());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("free port");
-    let mut center = std::process::Command::new(&center_bin)
-        .arg("--config")
-        .arg(root.join("config/center.toml"))
-        .env("ELVES_DATA_DIR", dir.path())
-        .env("ELVES_BUS__URL", amqp)
-        .env("ELVES_BUS__NAMESPACE", &namespace)
-        .env("ELVES_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("center starts");
-    // The center prints its public key on stderr once it is ready.
-    let public_key = {
-        use std::io::BufRead;
-        let stderr = center.stderr.take().expect("stderr");
-        let mut key = String::new();
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(rest) = line.strip_prefix("elves-center: instruction key ") {
-                key = rest
-                    .split_whitespace()
-                    .nth(1)
-                    .unwrap_or_default()
-                    .to_string();
-                break;
-            }
-        }
-        key
     };
-    let mut agent = std::process::Command::new(&agent_bin)
-        .arg("--config")
-        .arg(root.join("config/agent.toml"))
-        .env("ELVES_ID", "rss-agent")
-        .env("ELVES_APPS_DIR", root.join("apps"))
-        .env("ELVES_SPOOL_DIR", dir.path().join("spool"))
-        .env("ELVES_BUS__URL", amqp)
-        .env("ELVES_BUS__NAMESPACE", &namespace)
-        .env("ELVES_CENTER__PUBLIC_KEY", &public_key)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("agent starts");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let namespace = support::namespace("elves-bench-rss");
+    let env = vec![
+        (
+            "ELVES_DATA_DIR".to_string(),
+            dir.path().display().to_string(),
+        ),
+        ("ELVES_BUS__URL".to_string(), amqp.to_string()),
+        ("ELVES_BUS__NAMESPACE".to_string(), namespace.clone()),
+        ("RUST_LOG".to_string(), "warn".to_string()),
+    ];
+    let mut center = CenterProcess::start(&center_bin, root, env);
+    let mut agent = ChildProcess(
+        std::process::Command::new(&agent_bin)
+            .arg("--config")
+            .arg(root.join("config/agent.toml"))
+            .env("ELVES_ID", "rss-agent")
+            .env("ELVES_APPS_DIR", root.join("apps"))
+            .env("ELVES_SPOOL_DIR", dir.path().join("spool"))
+            .env("ELVES_BUS__URL", amqp)
+            .env("ELVES_BUS__NAMESPACE", &namespace)
+            .env("ELVES_CENTER__PUBLIC_KEY", &center.public_key_hex)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent starts"),
+    );
     std::thread::sleep(Duration::from_secs(5));
-    for (name, child) in [("center", &mut center), ("agent", &mut agent)] {
-        if let Ok(Some(status)) = child.try_wait() {
-            println!("idle rss: {name} exited early: {status}");
-        }
+    if let Some(status) = center.exited() {
+        println!("idle rss: center exited early: {status}");
+    }
+    if let Ok(Some(status)) = agent.0.try_wait() {
+        println!("idle rss: agent exited early: {status}");
     }
     println!(
         "idle rss: center {} KiB, agent {} KiB",
-        rss_kib(center.id()).unwrap_or(0),
-        rss_kib(agent.id()).unwrap_or(0)
+        support::status_kib(center.pid(), "VmRSS:").unwrap_or(0),
+        support::status_kib(agent.0.id(), "VmRSS:").unwrap_or(0)
     );
-    let _ = agent.kill();
-    let _ = center.kill();
-    let _ = agent.wait();
-    let _ = center.wait();
+    drop(agent);
+    center.stop();
 }

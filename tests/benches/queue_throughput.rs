@@ -4,8 +4,8 @@
 //! over `ELVES_BENCH_AGENTS` (default 100) agents, over RabbitMQ (`ELVES_TEST_AMQP_URL`), in four
 //! runs: {SQLite, PostgreSQL (`ELVES_TEST_PG_URL`)} × {real agents, simulated agents}.
 //!
-//! - Real agents: one `elves-agent` process each, the release binary next to this bench
-//!   (`scripts/bench` builds it), each with its own TOML configuration in the run's temp dir
+//! - Real agents: one `elves-agent` process each (`support::agent_processes`), the release
+//!   binary next to this bench (`scripts/bench` builds it), each with its own TOML configuration in the run's temp dir
 //!   (the same settings as the in-process agents, checked by loading the file back), `RUST_LOG`
 //!   passed through (default `warn`) and its stderr forwarded with its id; each spawns the shell
 //!   worker `noop/app-worker` for every task. A real host runs one agent with a few dozen file
@@ -17,9 +17,10 @@
 //!   with a count), they run in this process instead: `elves_agent::run`, one bus connection
 //!   each, and their counters (`AgentStats`) are reported.
 //! - Simulated agents: light agents in this process that speak the real protocol without
-//!   spawning (consume `<ns>.agent.<id>`, verify the Ed25519 signature, decode the instruction
-//!   or the pack of them, publish their results to `center.result` in one message, ack;
-//!   heartbeat every second), ten agents per bus connection. They measure the center, not the host's fork/exec rate.
+//!   spawning (`support::sim_agent`: consume `<ns>.agent.<id>`, verify the Ed25519 signature,
+//!   decode the instruction or the pack of them, publish their results to `center.result` in
+//!   one message, ack; heartbeat every second), ten agents per bus connection. They measure the
+//!   center, not the host's fork/exec rate.
 //!
 //! Tasks are added through the signed HTTP API (`queue/create`, `queue/addtask` with 16 calls
 //! in flight), then `queue/commit` once every agent is online; the clock starts just before the
@@ -41,29 +42,25 @@
 //! record a result; alone and from 8 threads) on both databases and its bus publishes (signed,
 //! one at a time and 500 at once, as a dispatch round sends them).
 
+mod support;
+
 use elves_agent::{AgentConfig, AgentStats};
 use elves_center::store::testing::TestDatabase;
 use elves_center::store::{Store, TaskRow, TaskStatus};
-use elves_shared::bus::{self, BusMessage, Delivery, Destination, QueueSpec, SharedBus};
-use elves_shared::crypto::InstructionVerifier;
-use elves_shared::sign::{self, SignType};
+use elves_shared::bus::{self, BusMessage, Destination, QueueSpec};
 use elves_shared::time::now_unix_ms;
-use elves_shared::wire::{self, kind, routing, AgentId, Heartbeat, Instruction, JobResult, TaskId};
+use elves_shared::wire::{self, kind, routing, AgentId, Instruction, JobResult, TaskId};
 use futures::StreamExt;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
-use std::io::BufRead;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use support::agent_processes::{AgentProcesses, AgentsRss};
+use support::sim_agent::{SimConfig, SimFleet};
+use support::{Api, CenterProcess, InProcessAgent, AUTH_ID};
 
-const AUTH_ID: &str = "bench";
-const AUTH_KEY: &str = "bench-key-0123456789";
 /// `queue/addtask` calls in flight while the queue is filled.
 const ADD_CONCURRENCY: usize = 16;
 /// How often the database is asked whether the queue is done.
@@ -71,12 +68,6 @@ const POLL: Duration = Duration::from_millis(500);
 /// The run fails when no task settles for this long.
 const STALL: Duration = Duration::from_secs(60);
 const HEARTBEAT_MS: u64 = 1000;
-/// Simulated agents share bus connections, this many agents each.
-const SIM_AGENTS_PER_CONNECTION: usize = 10;
-/// The consumer prefetch of a simulated agent: the real agent's default (2 × 32 workers).
-const SIM_PREFETCH: u16 = 64;
-const NOOP_WORKER: &str =
-    "#!/bin/sh\nprintf '<ElvesWFlag>true</ElvesWFlag><ElvesWResult>ok</ElvesWResult>'\n";
 
 const TARGET_REAL_TASKS_S: f64 = 1500.0;
 const TARGET_SIMULATED_TASKS_S: f64 = 5000.0;
@@ -133,43 +124,30 @@ struct Settings {
 }
 
 fn main() {
-    if std::env::args().any(|arg| arg == "--list") {
-        // `cargo test --benches` lists benches; there is nothing to list as a test.
+    if support::listing_only() {
         return;
     }
-    // lapin's spans reach `log` as ERROR lines; RUST_LOG must not bring them back.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .filter_module("tracing::span", log::LevelFilter::Off)
-        .init();
-    let number = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|text| text.parse::<usize>().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or(default)
-    };
+    support::init_logging();
     let (agents, agents_inproc) = agents_setting();
     let settings = Settings {
-        tasks: number("ELVES_BENCH_TASKS", 10_000),
+        tasks: support::env_count("ELVES_BENCH_TASKS", 10_000),
         agents,
-        amqp: std::env::var("ELVES_TEST_AMQP_URL")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string()),
-        pg_url: std::env::var("ELVES_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string()),
-        root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        amqp: support::amqp_url(),
+        pg_url: support::pg_url(),
+        root: support::repo_root(),
         center_bin: center_binary(),
-        agent_bin: if agents_inproc { None } else { agent_binary() },
+        agent_bin: if agents_inproc {
+            None
+        } else {
+            support::release_binary("elves-agent")
+        },
     };
     // Arguments that are not flags select runs by name, as `cargo bench -- <filter>` does.
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|arg| !arg.starts_with('-'))
         .collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = support::runtime(2);
 
     println!(
         "queue throughput: one queue of {} no-op tasks over {} agents, RabbitMQ, {} cpu(s)",
@@ -181,7 +159,7 @@ fn main() {
         Some(bin) => println!(
             "center: child process {} (built {} ago; peak RSS = its VmHWM)",
             bin.display(),
-            built_ago(bin)
+            support::built_ago(bin)
         ),
         None => println!(
             "center: in-process (elves_center::start; peak RSS = this whole process's VmHWM, \
@@ -193,7 +171,7 @@ fn main() {
             "real agents: one child process each, {} (built {} ago; agents' RSS = their VmRSS \
              summed once the queue is done)",
             bin.display(),
-            built_ago(bin)
+            support::built_ago(bin)
         ),
         None if agents_inproc => {
             println!("real agents: in-process (elves_agent::run; ELVES_BENCH_AGENTS=inproc)")
@@ -273,12 +251,7 @@ fn center_binary() -> Option<PathBuf> {
         Ok(path) if !path.is_empty() => return Some(PathBuf::from(path)),
         _ => {}
     }
-    let bin = std::env::current_exe()
-        .ok()?
-        .parent()?
-        .parent()?
-        .join("elves-center");
-    bin.exists().then_some(bin)
+    support::release_binary("elves-center")
 }
 
 /// `ELVES_BENCH_AGENTS`: the number of agents and/or `inproc`, comma-separated (`100`,
@@ -307,25 +280,6 @@ fn agents_setting() -> (usize, bool) {
         }
     }
     (count, inproc)
-}
-
-/// `target/release/elves-agent` next to this bench, when it was built.
-fn agent_binary() -> Option<PathBuf> {
-    let bin = std::env::current_exe()
-        .ok()?
-        .parent()?
-        .parent()?
-        .join("elves-agent");
-    bin.exists().then_some(bin)
-}
-
-/// How long ago `bin` was built: a stale binary measures old code.
-fn built_ago(bin: &Path) -> String {
-    std::fs::metadata(bin)
-        .and_then(|meta| meta.modified())
-        .ok()
-        .and_then(|built| built.elapsed().ok())
-        .map_or_else(|| "?".to_string(), |age| format!("{} s", age.as_secs()))
 }
 
 /// What one run measured.
@@ -372,19 +326,6 @@ enum Rss {
         /// False when the agents of the run are child processes.
         agents_included: bool,
     },
-}
-
-/// The agent processes' memory, read from `/proc/<pid>/status` once the queue is done.
-struct AgentsRss {
-    /// Processes whose status could be read (all of them, unless one had exited).
-    processes: usize,
-    /// Their VmRSS at that moment, summed; pages they share (the binary's code, libc) count
-    /// once per process.
-    rss_kib: u64,
-    /// The anonymous part of it (RssAnon): memory of each agent's own.
-    anon_kib: u64,
-    /// Their VmHWM summed: each one's own peak, which need not have been at the same time.
-    peaks_kib: u64,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -494,15 +435,12 @@ async fn run(settings: &Settings, db: Db, agents_kind: AgentKind) -> Figures {
     let name = format!("{}-{}", db.name(), agents_kind.name());
     eprintln!("[{name}] starting");
     let dir = tempfile::tempdir().expect("temp dir");
-    let namespace = format!("elves-bench-q-{:08x}", rand::random::<u32>());
+    let namespace = support::namespace("elves-bench-q");
     let pg_url = settings.pg_url.clone();
-    let database = tokio::task::spawn_blocking(move || match db {
-        Db::Sqlite => TestDatabase::sqlite(),
-        Db::Postgres => TestDatabase::postgres(&pg_url),
-    })
-    .await
-    .expect("database task")
-    .expect("fresh database (is PostgreSQL up? scripts/services.sh starts it)");
+    let database = tokio::task::spawn_blocking(move || fresh_database(db, &pg_url))
+        .await
+        .expect("database task")
+        .expect("fresh database (is PostgreSQL up? scripts/services.sh starts it)");
 
     let center = {
         let (amqp, namespace, url) = (
@@ -521,26 +459,32 @@ async fn run(settings: &Settings, db: Db, agents_kind: AgentKind) -> Figures {
         .await
         .expect("center start task")
     };
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: center.base_url.clone(),
-    };
+    let api = Api::new(center.base_url.clone());
 
     let agent_ids: Vec<AgentId> = (0..settings.agents)
         .map(|n| AgentId::parse(&format!("bench-{n:04}")).expect("agent id"))
         .collect();
     let mut agents = match (agents_kind, &settings.agent_bin) {
-        (AgentKind::Real, Some(bin)) => {
-            Agents::start_processes(bin, settings, &center, &namespace, dir.path(), &agent_ids)
-        }
-        (AgentKind::Real, None) => {
-            Agents::start_real(settings, &center, &namespace, dir.path(), &agent_ids)
+        (AgentKind::Real, bin) => {
+            let configs: Vec<AgentConfig> = agent_ids
+                .iter()
+                .map(|id| {
+                    let config =
+                        real_agent_config(id, dir.path(), &center, &settings.amqp, &namespace);
+                    support::install_noop_app(&config.apps_dir);
+                    config
+                })
+                .collect();
+            match bin {
+                Some(bin) => Agents::Processes(AgentProcesses::start(bin, dir.path(), &configs)),
+                None => Agents::start_real(configs),
+            }
         }
         (AgentKind::Simulated, _) => {
-            Agents::start_simulated(settings, &center, &namespace, &agent_ids).await
+            Agents::start_simulated(settings, &center, &namespace, &agent_ids)
         }
     };
-    api.wait_online(settings.agents, || agents.alive()).await;
+    wait_online(&api, settings.agents, || agents.alive()).await;
     eprintln!("[{name}] {} agents online", settings.agents);
 
     // Fill the queue through the API.
@@ -611,7 +555,7 @@ async fn run(settings: &Settings, db: Db, agents_kind: AgentKind) -> Figures {
     }
     let peak = center.peak_rss(agents.in_this_process());
     let agents_rss = agents.rss();
-    let center_results = api.settled_tasks().await;
+    let center_results = settled_tasks(&api).await;
 
     let counts = agents.counts();
     let problems = check(&rows, &task_ids, expected, center_results, &counts);
@@ -661,7 +605,7 @@ async fn run(settings: &Settings, db: Db, agents_kind: AgentKind) -> Figures {
     tokio::task::spawn_blocking(move || center.stop())
         .await
         .expect("center stops");
-    delete_broker_objects(&settings.amqp, &namespace, &agent_ids).await;
+    support::delete_broker_objects(&settings.amqp, &namespace, &agent_ids).await;
     tokio::task::spawn_blocking(move || drop(database))
         .await
         .expect("database dropped");
@@ -785,80 +729,36 @@ async fn wait_queue_done(
     }
 }
 
-/// The signed v2 API of the center under test.
-struct Api {
-    http: reqwest::Client,
-    base: String,
+/// Polls `/healthz` until `agents` agents are online; fails after a minute, or at once when
+/// `alive` reports an agent gone (one that exited will never come online).
+async fn wait_online(api: &Api, agents: usize, mut alive: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Err(gone) = alive() {
+            panic!("waiting for the agents to come online: {gone}");
+        }
+        let health: Value = api.get("/healthz").await.json().await.expect("healthz");
+        let online = health["heartbeat"]["agents_online"].as_u64().unwrap_or(0);
+        if online >= agents as u64 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {online} of {agents} agents came online"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
-impl Api {
-    /// A v2 call signed with MD5, as an ordinary client makes it; fails the run unless it
-    /// succeeded.
-    async fn ok(&self, endpoint: &str, params: &[(&str, &str)]) -> Value {
-        let path = format!("/api/v2/{endpoint}");
-        let mut pairs: Vec<(String, String)> = params
-            .iter()
-            .map(|(key, value)| (key.to_string(), value.to_string()))
-            .collect();
-        pairs.push(("auth_id".to_string(), AUTH_ID.to_string()));
-        pairs.push((
-            "timestamp".to_string(),
-            chrono::Utc::now().timestamp().to_string(),
-        ));
-        let signed = sign::sign_params(&path, pairs, SignType::Md5, AUTH_KEY);
-        let answer: Value = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .form(&signed)
-            .send()
-            .await
-            .expect("http call")
-            .json()
-            .await
-            .expect("json answer");
-        assert_eq!(answer["flag"], "true", "{endpoint} failed: {answer}");
-        answer["result"].clone()
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("http call")
-    }
-
-    /// Polls `/healthz` until `agents` agents are online; fails after a minute, or at once
-    /// when `alive` reports an agent gone (one that exited will never come online).
-    async fn wait_online(&self, agents: usize, mut alive: impl FnMut() -> Result<(), String>) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Err(gone) = alive() {
-                panic!("waiting for the agents to come online: {gone}");
-            }
-            let health: Value = self.get("/healthz").await.json().await.expect("healthz");
-            let online = health["heartbeat"]["agents_online"].as_u64().unwrap_or(0);
-            if online >= agents as u64 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {online} of {agents} agents came online"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The sum of `elves_tasks_total{outcome=…}`: results the center stored and counted,
-    /// whatever their outcome.
-    async fn settled_tasks(&self) -> u64 {
-        let text = self.get("/metrics").await.text().await.expect("metrics");
-        text.lines()
-            .filter(|line| line.starts_with("elves_tasks_total{"))
-            .filter_map(|line| line.rsplit_once(' '))
-            .filter_map(|(_, count)| count.trim().parse::<u64>().ok())
-            .sum()
-    }
+/// The sum of `elves_tasks_total{outcome=…}`: results the center stored and counted, whatever
+/// their outcome.
+async fn settled_tasks(api: &Api) -> u64 {
+    let text = api.get("/metrics").await.text().await.expect("metrics");
+    text.lines()
+        .filter(|line| line.starts_with("elves_tasks_total{"))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter_map(|(_, count)| count.trim().parse::<u64>().ok())
+        .sum()
 }
 
 /// The center under test: a child process or in this process.
@@ -870,27 +770,11 @@ struct RunningCenter {
 }
 
 enum CenterKind {
-    Process {
-        child: CenterChild,
-        log_forwarder: std::thread::JoinHandle<()>,
-    },
+    Process(CenterProcess),
     InProcess {
         handle: elves_center::CenterHandle,
         baseline_kib: u64,
     },
-}
-
-/// The center's process, killed when dropped while still running (a run that panicked), so
-/// that no center outlives the bench.
-struct CenterChild(std::process::Child);
-
-impl Drop for CenterChild {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 impl RunningCenter {
@@ -902,16 +786,19 @@ impl RunningCenter {
         namespace: &str,
         database_url: &str,
     ) -> RunningCenter {
-        let env = vec![
-            ("ELVES_DATA_DIR".to_string(), data_dir.display().to_string()),
-            ("ELVES_AUTH__AUTH_ID".to_string(), AUTH_ID.to_string()),
-            ("ELVES_AUTH__AUTH_KEY".to_string(), AUTH_KEY.to_string()),
-            ("ELVES_BUS__URL".to_string(), amqp.to_string()),
-            ("ELVES_BUS__NAMESPACE".to_string(), namespace.to_string()),
-            ("ELVES_DATABASE__URL".to_string(), database_url.to_string()),
-        ];
+        let mut env = support::center_env(data_dir, namespace);
+        env.push(("ELVES_BUS__URL".to_string(), amqp.to_string()));
+        env.push(("ELVES_DATABASE__URL".to_string(), database_url.to_string()));
         match bin {
-            Some(bin) => Self::start_process(&bin, root, env),
+            Some(bin) => {
+                let process = CenterProcess::start(&bin, root, env);
+                RunningCenter {
+                    base_url: process.base_url.clone(),
+                    key_id: process.key_id.clone(),
+                    public_key_hex: process.public_key_hex.clone(),
+                    kind: CenterKind::Process(process),
+                }
+            }
             None => Self::start_in_process(env),
         }
     }
@@ -919,15 +806,13 @@ impl RunningCenter {
     fn start_in_process(mut env: Vec<(String, String)>) -> RunningCenter {
         // Tuning knobs of the center pass through, as they would reach the binary.
         env.extend(std::env::vars().filter(|(name, _)| is_center_knob(name)));
-        let config: elves_center::config::CenterConfig =
-            elves_shared::config::load(None, env).expect("center config");
+        let config = support::center_config(env);
         config.validate().expect("valid center config");
         // VmHWM is the peak since the last reset: start this run's peak from here.
         let _ = std::fs::write("/proc/self/clear_refs", "5");
-        let baseline_kib = status_kib(std::process::id(), "VmHWM:").unwrap_or(0);
+        let baseline_kib = support::status_kib(std::process::id(), "VmHWM:").unwrap_or(0);
         let bus = bus::open(&config.bus.url, &config.bus.namespace).expect("center bus");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
-        let handle = elves_center::start(config, listener, bus).expect("center starts");
+        let handle = support::start_center(config, bus);
         RunningCenter {
             base_url: format!("http://{}", handle.http_addr),
             key_id: handle.key_id.clone(),
@@ -939,73 +824,16 @@ impl RunningCenter {
         }
     }
 
-    fn start_process(bin: &Path, root: &Path, env: Vec<(String, String)>) -> RunningCenter {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|addr| addr.port())
-            .expect("free port");
-        let mut command = std::process::Command::new(bin);
-        command
-            .arg("--config")
-            .arg(root.join("config/center.toml"))
-            .envs(env)
-            .env("ELVES_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // The center reads every `ELVES_…` variable as configuration: not the bench's own.
-        for (name, _) in std::env::vars() {
-            if name.starts_with("ELVES_BENCH_") {
-                command.env_remove(name);
-            }
-        }
-        let mut child = command.spawn().expect("elves-center starts");
-        let stderr = child.stderr.take().expect("center stderr");
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        // The center prints its public key on stderr once it is ready.
-        let mut key = None;
-        for line in lines.by_ref().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("elves-center: instruction key ") {
-                let mut words = rest.split_whitespace();
-                key = words
-                    .next()
-                    .zip(words.next())
-                    .map(|(id, hex)| (id.to_string(), hex.to_string()));
-                break;
-            }
-            eprintln!("[center] {line}");
-        }
-        let (key_id, public_key_hex) = key.expect("the center printed its instruction key");
-        // Keep draining stderr: a full pipe would block the center's logging.
-        let log_forwarder = std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                eprintln!("[center] {line}");
-            }
-        });
-        RunningCenter {
-            base_url: format!("http://127.0.0.1:{port}"),
-            key_id,
-            public_key_hex,
-            kind: CenterKind::Process {
-                child: CenterChild(child),
-                log_forwarder,
-            },
-        }
-    }
-
     /// The center's peak; in-process, this whole process's, which holds the agents too when
     /// `agents_included`.
     fn peak_rss(&self, agents_included: bool) -> Rss {
         match &self.kind {
-            CenterKind::Process { child, .. } => Rss::Process {
-                peak_kib: status_kib(child.0.id(), "VmHWM:").unwrap_or(0),
+            CenterKind::Process(process) => Rss::Process {
+                peak_kib: support::status_kib(process.pid(), "VmHWM:").unwrap_or(0),
             },
             CenterKind::InProcess { baseline_kib, .. } => Rss::InProcess {
                 baseline_kib: *baseline_kib,
-                peak_kib: status_kib(std::process::id(), "VmHWM:").unwrap_or(0),
+                peak_kib: support::status_kib(std::process::id(), "VmHWM:").unwrap_or(0),
                 agents_included,
             },
         }
@@ -1014,27 +842,7 @@ impl RunningCenter {
     /// Stops the center (SIGINT for the process, as Ctrl-C would) and waits for it.
     fn stop(self) {
         match self.kind {
-            CenterKind::Process {
-                mut child,
-                log_forwarder,
-            } => {
-                let pid = i32::try_from(child.0.id()).expect("pid");
-                // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
-                unsafe {
-                    libc::kill(pid, libc::SIGINT);
-                }
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while child.0.try_wait().ok().flatten().is_none() {
-                    if Instant::now() >= deadline {
-                        eprintln!("center did not stop within 20 s; killing it");
-                        let _ = child.0.kill();
-                        let _ = child.0.wait();
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                let _ = log_forwarder.join();
-            }
+            CenterKind::Process(process) => process.stop(),
             CenterKind::InProcess { handle, .. } => handle.stop(),
         }
     }
@@ -1046,16 +854,12 @@ fn is_center_knob(name: &str) -> bool {
         .any(|prefix| name.starts_with(prefix))
 }
 
-/// A `kB` figure of `/proc/<pid>/status`, e.g. `VmHWM:`.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|line| line.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+/// A fresh database of the kind `db`; PostgreSQL's on the server of `pg_url`.
+fn fresh_database(db: Db, pg_url: &str) -> Result<TestDatabase, String> {
+    match db {
+        Db::Sqlite => TestDatabase::sqlite(),
+        Db::Postgres => TestDatabase::postgres(pg_url),
+    }
 }
 
 /// What the agents of a run counted; `None` where this bench cannot see it (agent processes).
@@ -1070,41 +874,12 @@ struct Counts {
 
 enum Agents {
     /// Real agents in this process.
-    Real { agents: Vec<RealAgent> },
+    Real {
+        agents: Vec<InProcessAgent>,
+    },
     /// Real agents, one `elves-agent` process each.
-    Processes {
-        children: Vec<AgentChild>,
-        /// Forward each agent's stderr; they end when its process does.
-        forwarders: JoinSet<()>,
-        log_lines: Arc<AtomicU64>,
-    },
-    Simulated {
-        shared: Arc<SimShared>,
-        stop: watch::Sender<bool>,
-        tasks: JoinSet<()>,
-    },
-}
-
-struct RealAgent {
-    stats: Arc<AgentStats>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-/// One agent's process, killed and reaped when dropped while still running (a run that
-/// panicked), so that no agent outlives the bench.
-struct AgentChild {
-    id: AgentId,
-    child: std::process::Child,
-}
-
-impl Drop for AgentChild {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    Processes(AgentProcesses),
+    Simulated(SimFleet),
 }
 
 /// The configuration of one real agent, the same whether it runs in this process or reads it
@@ -1116,14 +891,16 @@ fn real_agent_config(
     amqp: &str,
     namespace: &str,
 ) -> AgentConfig {
-    let mut config = AgentConfig::new(id.clone());
-    config.apps_dir = dir.join(format!("apps-{id}"));
-    config.spool_dir = dir.join(format!("spool-{id}"));
-    config.heartbeat_interval_ms = HEARTBEAT_MS;
+    let mut config = support::agent_config(
+        id,
+        dir.join(format!("apps-{id}")),
+        dir.join(format!("spool-{id}")),
+        HEARTBEAT_MS,
+        &center.key_id,
+        &center.public_key_hex,
+    );
     config.bus.url = amqp.to_string();
     config.bus.namespace = namespace.to_string();
-    config.center.key_id = center.key_id.clone();
-    config.center.public_key = center.public_key_hex.clone();
     // The noop worker is a native entry and needs no interpreter; the default allow-list would
     // make 100 agents starting at once probe pyenv's python shims together, which on 2 cores
     // outlasts the probe timeout and fills the log with warnings that have nothing to measure.
@@ -1131,233 +908,63 @@ fn real_agent_config(
     config
 }
 
-/// The TOML file of an agent process: the keys [`real_agent_config`] sets; every other key is
-/// left to its default, as it is for the in-process agents.
-fn agent_config_toml(config: &AgentConfig) -> String {
-    let path = |path: &Path| {
-        toml::Value::String(
-            path.to_str()
-                .unwrap_or_else(|| panic!("agent path {} is not UTF-8", path.display()))
-                .to_string(),
-        )
-    };
-    let mut bus = toml::Table::new();
-    bus.insert("url".into(), config.bus.url.clone().into());
-    bus.insert("namespace".into(), config.bus.namespace.clone().into());
-    let mut center = toml::Table::new();
-    center.insert("key_id".into(), config.center.key_id.clone().into());
-    center.insert("public_key".into(), config.center.public_key.clone().into());
-    let mut file = toml::Table::new();
-    file.insert("id".into(), config.id.to_string().into());
-    file.insert("apps_dir".into(), path(&config.apps_dir));
-    file.insert("spool_dir".into(), path(&config.spool_dir));
-    file.insert(
-        "heartbeat_interval_ms".into(),
-        toml::Value::Integer(i64::try_from(config.heartbeat_interval_ms).unwrap_or(i64::MAX)),
-    );
-    let interpreters: toml::Table = config
-        .interpreters
-        .iter()
-        .map(|(name, path)| (name.clone(), path.clone().into()))
-        .collect();
-    file.insert("interpreters".into(), interpreters.into());
-    file.insert("bus".into(), bus.into());
-    file.insert("center".into(), center.into());
-    toml::to_string(&file).expect("an agent configuration serializes as TOML")
-}
-
-/// Forwards an agent process's stderr line by line, with its id, counting the lines.
-async fn forward_log(id: AgentId, stderr: tokio::process::ChildStderr, lines: Arc<AtomicU64>) {
-    use tokio::io::AsyncBufReadExt;
-    let mut reader = tokio::io::BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = reader.next_line().await {
-        lines.fetch_add(1, Ordering::Relaxed);
-        eprintln!("[agent {id}] {line}");
-    }
-}
-
 impl Agents {
-    fn start_real(
-        settings: &Settings,
-        center: &RunningCenter,
-        namespace: &str,
-        dir: &Path,
-        ids: &[AgentId],
-    ) -> Agents {
-        let agents = ids
-            .iter()
-            .map(|id| {
-                let config = real_agent_config(id, dir, center, &settings.amqp, namespace);
-                install_noop_app(&config.apps_dir);
-                let stats = Arc::new(AgentStats::new());
-                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// The agents of `configs` in this process, one bus connection each.
+    fn start_real(configs: Vec<AgentConfig>) -> Agents {
+        let agents = configs
+            .into_iter()
+            .map(|config| {
                 // Opened as the `elves-agent` binary opens it, frame size included.
                 let url = bus::with_frame_max(&config.bus.url, config.bus.frame_max);
                 let bus = bus::open(&url, &config.bus.namespace).expect("agent bus");
-                let task = tokio::spawn(elves_agent::run(config, bus, stats.clone(), async move {
-                    let _ = stopped.await;
-                }));
-                RealAgent { stats, stop, task }
+                InProcessAgent::spawn(config, bus)
             })
             .collect();
         Agents::Real { agents }
     }
 
-    /// Starts one `bin` process per agent, each reading its own configuration file.
-    fn start_processes(
-        bin: &Path,
-        settings: &Settings,
-        center: &RunningCenter,
-        namespace: &str,
-        dir: &Path,
-        ids: &[AgentId],
-    ) -> Agents {
-        let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string());
-        let log_lines = Arc::new(AtomicU64::new(0));
-        let mut forwarders = JoinSet::new();
-        let mut children = Vec::with_capacity(ids.len());
-        for id in ids {
-            let config = real_agent_config(id, dir, center, &settings.amqp, namespace);
-            install_noop_app(&config.apps_dir);
-            let path = dir.join(format!("agent-{id}.toml"));
-            std::fs::write(&path, agent_config_toml(&config))
-                .unwrap_or_else(|err| panic!("writing {}: {err}", path.display()));
-            // The file must give the agent exactly the in-process configuration, defaults
-            // included; reading it back as the binary will is the check.
-            let loaded = AgentConfig::load(Some(&path), Vec::new())
-                .unwrap_or_else(|err| panic!("{} does not load: {err}", path.display()));
-            assert_eq!(
-                format!("{loaded:?}"),
-                format!("{config:?}"),
-                "{} reads back as another configuration than the in-process agent's",
-                path.display()
-            );
-            let mut command = std::process::Command::new(bin);
-            // The working directory stays this bench's, so that relative defaults (the cron
-            // file) resolve as they do for the in-process agents.
-            command
-                .arg("--config")
-                .arg(&path)
-                .env("RUST_LOG", &rust_log)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            // The agent reads every `ELVES_…` variable as configuration: the file alone is its
-            // configuration, whatever this bench was given for the center.
-            for (name, _) in std::env::vars_os() {
-                if name.to_str().is_some_and(|name| name.starts_with("ELVES_")) {
-                    command.env_remove(name);
-                }
-            }
-            let mut child = command
-                .spawn()
-                .unwrap_or_else(|err| panic!("{} does not start: {err}", bin.display()));
-            let stderr = child.stderr.take();
-            // Owned before anything else can fail, so that a panic kills it.
-            children.push(AgentChild {
-                id: id.clone(),
-                child,
-            });
-            let stderr = stderr
-                .map(tokio::process::ChildStderr::from_std)
-                .expect("the agent's stderr is piped")
-                .expect("the agent's stderr registers with the runtime");
-            forwarders.spawn(forward_log(id.clone(), stderr, log_lines.clone()));
-        }
-        Agents::Processes {
-            children,
-            forwarders,
-            log_lines,
-        }
-    }
-
-    async fn start_simulated(
+    fn start_simulated(
         settings: &Settings,
         center: &RunningCenter,
         namespace: &str,
         ids: &[AgentId],
     ) -> Agents {
-        let mut verifier = InstructionVerifier::new();
-        verifier
-            .add_public_key_hex(&center.key_id, &center.public_key_hex)
-            .expect("the center's public key");
-        let shared = Arc::new(SimShared {
-            verifier,
-            seen: Mutex::new(HashSet::new()),
-            published: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-        });
-        let (stop, stopping) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        for group in ids.chunks(SIM_AGENTS_PER_CONNECTION) {
-            let bus = bus::open(&settings.amqp, namespace).expect("simulated agents' bus");
-            for id in group {
-                tasks.spawn(simulated_agent(
-                    id.clone(),
-                    bus.clone(),
-                    shared.clone(),
-                    stopping.clone(),
-                ));
-            }
-        }
-        Agents::Simulated {
-            shared,
-            stop,
-            tasks,
-        }
+        let mut config = SimConfig::new(
+            &settings.amqp,
+            namespace,
+            &center.key_id,
+            &center.public_key_hex,
+            ids.to_vec(),
+        );
+        config.heartbeat_interval_ms = HEARTBEAT_MS;
+        Agents::Simulated(SimFleet::start(config).expect("simulated agents start"))
     }
 
     /// Whether the agents live in this process (and so in its RSS).
     fn in_this_process(&self) -> bool {
-        !matches!(self, Agents::Processes { .. })
+        !matches!(self, Agents::Processes(_))
     }
 
     /// `Err` naming the first agent process that has exited; in-process agents are not checked.
     fn alive(&mut self) -> Result<(), String> {
-        let Agents::Processes { children, .. } = self else {
-            return Ok(());
-        };
-        for agent in children.iter_mut() {
-            match agent.child.try_wait() {
-                Ok(None) => {}
-                Ok(Some(status)) => return Err(format!("agent {} exited ({status})", agent.id)),
-                Err(err) => return Err(format!("agent {}: cannot wait for it: {err}", agent.id)),
-            }
+        match self {
+            Agents::Processes(processes) => processes.alive(),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// The agent processes' VmRSS and VmHWM now, summed.
     fn rss(&self) -> Option<AgentsRss> {
-        let Agents::Processes { children, .. } = self else {
-            return None;
-        };
-        let mut total = AgentsRss {
-            processes: 0,
-            rss_kib: 0,
-            anon_kib: 0,
-            peaks_kib: 0,
-        };
-        for agent in children {
-            let pid = agent.child.id();
-            let figure = |field| status_kib(pid, field);
-            if let (Some(rss), Some(anon), Some(peak)) =
-                (figure("VmRSS:"), figure("RssAnon:"), figure("VmHWM:"))
-            {
-                total.processes += 1;
-                total.rss_kib += rss;
-                total.anon_kib += anon;
-                total.peaks_kib += peak;
-            }
+        match self {
+            Agents::Processes(processes) => Some(processes.rss()),
+            _ => None,
         }
-        Some(total)
     }
 
     /// Lines the agent processes write on stderr, readable after [`Agents::stop`].
     fn log_lines(&self) -> Option<Arc<AtomicU64>> {
         match self {
-            Agents::Processes { log_lines, .. } => Some(log_lines.clone()),
+            Agents::Processes(processes) => Some(processes.log_lines()),
             _ => None,
         }
     }
@@ -1375,10 +982,10 @@ impl Agents {
                         .sum()
                 }))
             }
-            Agents::Processes { .. } => None,
-            Agents::Simulated { shared, .. } => {
-                let shared = shared.clone();
-                Some(Box::new(move || shared.published.load(Ordering::Relaxed)))
+            Agents::Processes(_) => None,
+            Agents::Simulated(fleet) => {
+                let counters = fleet.counters();
+                Some(Box::new(move || counters.published()))
             }
         }
     }
@@ -1402,313 +1009,29 @@ impl Agents {
                     anomalies: Some(anomalies),
                 }
             }
-            Agents::Processes { .. } => Counts {
+            Agents::Processes(_) => Counts {
                 ran: None,
                 published: None,
                 anomalies: None,
             },
-            Agents::Simulated { shared, .. } => Counts {
-                ran: Some(shared.seen.lock().expect("seen ids").len() as u64),
-                published: Some(shared.published.load(Ordering::Relaxed)),
-                anomalies: Some(
-                    shared.refused.load(Ordering::Relaxed)
-                        + shared.duplicates.load(Ordering::Relaxed),
-                ),
-            },
+            Agents::Simulated(fleet) => {
+                let counters = fleet.counters();
+                Counts {
+                    ran: Some(counters.answered()),
+                    published: Some(counters.published()),
+                    anomalies: Some(counters.refused() + counters.duplicates()),
+                }
+            }
         }
     }
 
     async fn stop(self) {
         match self {
-            Agents::Real { agents } => {
-                for agent in agents {
-                    let _ = agent.stop.send(());
-                    match tokio::time::timeout(Duration::from_secs(40), agent.task).await {
-                        Ok(Ok(Ok(()))) => {}
-                        Ok(Ok(Err(err))) => eprintln!("agent ended with an error: {err:#}"),
-                        Ok(Err(err)) => eprintln!("agent task failed: {err}"),
-                        Err(_) => eprintln!("agent did not stop within 40 s"),
-                    }
-                }
-            }
-            Agents::Processes {
-                mut children,
-                mut forwarders,
-                ..
-            } => {
-                // SIGTERM, as systemd stops an agent: each one shuts down as on a real host.
-                for agent in &mut children {
-                    // A reaped child's pid may belong to another process by now: signal only
-                    // those still running.
-                    if !matches!(agent.child.try_wait(), Ok(None)) {
-                        continue;
-                    }
-                    if let Ok(pid) = i32::try_from(agent.child.id()) {
-                        // SAFETY: kill(2) on the pid of our own child, which is not reaped.
-                        unsafe {
-                            libc::kill(pid, libc::SIGTERM);
-                        }
-                    }
-                }
-                let deadline = Instant::now() + Duration::from_secs(40);
-                while Instant::now() < deadline
-                    && children
-                        .iter_mut()
-                        .any(|agent| matches!(agent.child.try_wait(), Ok(None)))
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                for agent in &mut children {
-                    match agent.child.try_wait() {
-                        Ok(Some(status)) if status.success() => {}
-                        Ok(Some(status)) => eprintln!("agent {} ended with {status}", agent.id),
-                        Ok(None) => {
-                            eprintln!("agent {} did not stop within 40 s; killing it", agent.id);
-                            let _ = agent.child.kill();
-                            let _ = agent.child.wait();
-                        }
-                        Err(err) => eprintln!("agent {}: cannot wait for it: {err}", agent.id),
-                    }
-                }
-                // Each forwarder ends at its agent's end of stderr; one held open by some
-                // leftover process must not hang the bench.
-                let drained = tokio::time::timeout(Duration::from_secs(5), async {
-                    while forwarders.join_next().await.is_some() {}
-                })
-                .await;
-                if drained.is_err() {
-                    eprintln!("agents' stderr still open 5 s after they ended; not waiting");
-                    forwarders.abort_all();
-                }
-            }
-            Agents::Simulated {
-                stop, mut tasks, ..
-            } => {
-                let _ = stop.send(true);
-                while tasks.join_next().await.is_some() {}
-            }
+            Agents::Real { agents } => support::stop_agents(agents).await,
+            Agents::Processes(processes) => processes.stop().await,
+            Agents::Simulated(fleet) => fleet.stop().await,
         }
     }
-}
-
-/// `<apps_dir>/noop/app-worker`: a shell worker that succeeds with "ok" at once.
-fn install_noop_app(apps_dir: &Path) {
-    let app_dir = apps_dir.join("noop");
-    std::fs::create_dir_all(&app_dir).expect("app dir");
-    let worker = app_dir.join("app-worker");
-    std::fs::write(&worker, NOOP_WORKER).expect("worker file");
-    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).expect("worker mode");
-}
-
-/// What the simulated agents share.
-struct SimShared {
-    verifier: InstructionVerifier,
-    /// Task ids answered, to catch an instruction delivered twice.
-    seen: Mutex<HashSet<TaskId>>,
-    published: AtomicU64,
-    refused: AtomicU64,
-    duplicates: AtomicU64,
-}
-
-/// One light agent: heartbeats, and an immediate "ok" for every valid instruction.
-async fn simulated_agent(
-    id: AgentId,
-    bus: SharedBus,
-    shared: Arc<SimShared>,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let spec = QueueSpec {
-        name: bus.queue_name(&format!("agent.{id}")),
-        bindings: vec![routing::agent(&id)],
-        durable: true,
-    };
-    let mut consumer = bus
-        .consume(spec, SIM_PREFETCH)
-        .await
-        .expect("simulated agent consumes its queue");
-    // Heartbeats only once the queue exists, as the real agent does.
-    let beats = tokio::spawn(simulated_heartbeats(
-        id.clone(),
-        bus.clone(),
-        stopping.clone(),
-    ));
-    let mut answering = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stopping.wait_for(|stop| *stop) => break,
-            delivery = consumer.next() => match delivery {
-                Some(delivery) => {
-                    answering.spawn(answer(id.clone(), bus.clone(), shared.clone(), delivery));
-                }
-                None => break,
-            },
-            Some(_) = answering.join_next(), if !answering.is_empty() => {}
-        }
-    }
-    while answering.join_next().await.is_some() {}
-    let _ = beats.await;
-}
-
-/// Answers one delivery the way the real agent does: a lone `instruction` or a signed
-/// `instructions` pack, refused whole when its signature, body or any addressee is wrong; the
-/// results of one delivery leave in one message (`result` for one, `results` for several), and
-/// the delivery is acked once that message is published.
-async fn answer(id: AgentId, bus: SharedBus, shared: Arc<SimShared>, delivery: Delivery) {
-    let message = &delivery.message;
-    let verified = shared
-        .verifier
-        .verify(
-            &message.body,
-            message.key_id.as_deref(),
-            message.sig.as_deref(),
-        )
-        .is_ok();
-    let instructions = match message.kind.as_str() {
-        _ if !verified => None,
-        kind::INSTRUCTION => wire::decode::<Instruction>(&message.body)
-            .ok()
-            .map(|instruction| vec![instruction]),
-        kind::INSTRUCTIONS => wire::decode::<wire::InstructionBatch>(&message.body)
-            .ok()
-            .map(|batch| batch.instructions),
-        _ => None,
-    }
-    .filter(|instructions| {
-        !instructions.is_empty() && instructions.iter().all(|one| one.agent == id)
-    });
-    let Some(instructions) = instructions else {
-        shared.refused.fetch_add(1, Ordering::Relaxed);
-        delivery.reject().await;
-        return;
-    };
-    let delivered = instructions.len();
-    let fresh: Vec<Instruction> = {
-        let mut seen = shared.seen.lock().expect("seen ids");
-        instructions
-            .into_iter()
-            .filter(|instruction| seen.insert(instruction.id.clone()))
-            .collect()
-    };
-    shared
-        .duplicates
-        .fetch_add((delivered - fresh.len()) as u64, Ordering::Relaxed);
-    if fresh.is_empty() {
-        delivery.ack().await;
-        return;
-    }
-    let now = now_unix_ms();
-    let results: Vec<JobResult> = fresh
-        .iter()
-        .map(|instruction| JobResult {
-            id: instruction.id.clone(),
-            agent: id.clone(),
-            task_type: instruction.task_type,
-            mode: instruction.mode,
-            app: instruction.app.clone(),
-            func: instruction.func.clone(),
-            worker_flag: 1,
-            worker_message: "ok".to_string(),
-            worker_costtime: 0,
-            started_at: now,
-            finished_at: now,
-            error: String::new(),
-        })
-        .collect();
-    let mut reply = match results.as_slice() {
-        [one] => BusMessage::msgpack(kind::RESULT, wire::encode(one)),
-        _ => BusMessage::msgpack(
-            kind::RESULTS,
-            wire::encode(&wire::ResultBatch {
-                results: results.clone(),
-            }),
-        ),
-    };
-    reply.correlation_id = Some(
-        message
-            .correlation_id
-            .clone()
-            .unwrap_or_else(|| fresh[0].id.to_string()),
-    );
-    let destination = Destination::Topic(routing::CENTER_RESULT.to_string());
-    match bus.publish(&destination, reply).await {
-        Ok(()) => {
-            shared
-                .published
-                .fetch_add(results.len() as u64, Ordering::Relaxed);
-            delivery.ack().await;
-        }
-        Err(err) => {
-            eprintln!(
-                "simulated agent: {} result(s) starting with {} not published: {err}",
-                results.len(),
-                fresh[0].id
-            );
-            {
-                let mut seen = shared.seen.lock().expect("seen ids");
-                for instruction in &fresh {
-                    seen.remove(&instruction.id);
-                }
-            }
-            delivery.requeue().await;
-        }
-    }
-}
-
-async fn simulated_heartbeats(id: AgentId, bus: SharedBus, mut stopping: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(Duration::from_millis(HEARTBEAT_MS));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let destination = Destination::Topic(routing::CENTER_HEARTBEAT.to_string());
-    loop {
-        tokio::select! {
-            _ = stopping.wait_for(|stop| *stop) => return,
-            _ = ticker.tick() => {}
-        }
-        let heartbeat = Heartbeat {
-            agent: id.clone(),
-            ip: id.to_string(),
-            asset: "bench".to_string(),
-            version: "simulated".to_string(),
-            apps: [("noop".to_string(), "1".to_string())].into(),
-            sent_at: now_unix_ms(),
-            interval_ms: HEARTBEAT_MS,
-            packages: Default::default(),
-        };
-        let mut message = BusMessage::msgpack(kind::HEARTBEAT, wire::encode(&heartbeat));
-        message.expiration_ms = Some(HEARTBEAT_MS * 3);
-        if let Err(err) = bus.publish(&destination, message).await {
-            eprintln!("simulated agent {id}: heartbeat not sent: {err}");
-        }
-    }
-}
-
-/// Removes what a run left on the broker: the durable queues of the center and the agents, and
-/// the namespace's exchange.
-async fn delete_broker_objects(amqp: &str, namespace: &str, agents: &[AgentId]) {
-    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let properties = lapin::ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
-    let Ok(connection) = lapin::Connection::connect(amqp, properties).await else {
-        eprintln!("could not connect to clean up namespace {namespace}");
-        return;
-    };
-    let Ok(channel) = connection.create_channel().await else {
-        return;
-    };
-    let mut queues: Vec<String> = ["center.result", "center.heartbeat", "center.submit"]
-        .iter()
-        .map(|suffix| format!("{namespace}.{suffix}"))
-        .collect();
-    queues.extend(agents.iter().map(|id| format!("{namespace}.agent.{id}")));
-    for queue in &queues {
-        let _ = channel
-            .queue_delete(queue, QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = channel
-        .exchange_delete(namespace, ExchangeDeleteOptions::default())
-        .await;
-    let _ = connection.close(200, "bench done").await;
 }
 
 /// The store calls of the queue path, timed on a fresh database: what one task costs the
@@ -1716,11 +1039,7 @@ async fn delete_broker_objects(amqp: &str, namespace: &str, agents: &[AgentId]) 
 async fn store_timings(settings: &Settings, db: Db) {
     let (tasks, agents, pg_url) = (settings.tasks, settings.agents, settings.pg_url.clone());
     tokio::task::spawn_blocking(move || {
-        let database = match db {
-            Db::Sqlite => TestDatabase::sqlite(),
-            Db::Postgres => TestDatabase::postgres(&pg_url),
-        }
-        .expect("fresh database");
+        let database = fresh_database(db, &pg_url).expect("fresh database");
         let store = Store::open(&database.url).expect("store");
         let name = format!("{}-store-timings", db.name());
         let queue = TaskId::random();
@@ -1809,7 +1128,7 @@ async fn store_timings(settings: &Settings, db: Db) {
         });
         let parallel_s = started.elapsed().as_secs_f64();
         let tenth = (latencies.len() / 10).max(1);
-        let mean = |samples: &[f64]| samples.iter().sum::<f64>() / samples.len().max(1) as f64;
+        let summary = support::Summary::of(&latencies);
         println!(
             "{name}: add_task {:.3} ms/task ({:.0}/s, one at a time); claim_ready_tasks(500) \
              {:.1} ms/batch ({:.0} tasks/s), with nothing ready {:.2} ms",
@@ -1824,11 +1143,11 @@ async fn store_timings(settings: &Settings, db: Db) {
              ms; first tenth (most tasks unsettled) {:.3} ms, last tenth {:.3} ms; from 8 \
              threads {:.0}/s",
             sequential.len() as f64 / sequential_s,
-            mean(&latencies),
-            percentile(&latencies, 50.0),
-            percentile(&latencies, 99.0),
-            mean(&latencies[..tenth]),
-            mean(&latencies[latencies.len() - tenth..]),
+            summary.mean,
+            summary.p50,
+            summary.p99,
+            support::mean(&latencies[..tenth]),
+            support::mean(&latencies[latencies.len() - tenth..]),
             parallel.len() as f64 / parallel_s
         );
         drop(store);
@@ -1840,7 +1159,7 @@ async fn store_timings(settings: &Settings, db: Db) {
 
 /// Signing and publishing instructions with publisher confirms, as a dispatch round does.
 async fn bus_timings(settings: &Settings) {
-    let namespace = format!("elves-bench-bus-{:08x}", rand::random::<u32>());
+    let namespace = support::namespace("elves-bench-bus");
     let bus = bus::open(&settings.amqp, &namespace).expect("bus");
     let agent = AgentId::parse("bench-sink").expect("agent id");
     bus.declare(&QueueSpec {
@@ -1901,15 +1220,5 @@ async fn bus_timings(settings: &Settings) {
          {one_at_a_time:.0}/s, 500 in flight {batched:.0}/s",
         encode_sign.as_secs_f64() * 1e6 / n as f64
     );
-    delete_broker_objects(&settings.amqp, &namespace, std::slice::from_ref(&agent)).await;
-}
-
-fn percentile(samples: &[f64], pct: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((pct / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted
-        .get(rank.min(sorted.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(0.0)
+    support::delete_broker_objects(&settings.amqp, &namespace, std::slice::from_ref(&agent)).await;
 }
