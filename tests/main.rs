@@ -9,6 +9,7 @@ mod bus;
 mod cron;
 mod cron_signal;
 mod durability;
+mod env_vars;
 mod harness;
 mod queue;
 mod rt;
