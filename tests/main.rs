@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod apps_lifecycle;
+mod broker_wait;
 mod bus;
 mod cron;
 mod cron_signal;
