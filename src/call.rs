@@ -1,10 +1,12 @@
 //! `elves call <endpoint> k=v …`: a signed v2 call from the command line.
 //! The center and credentials come from flags, `ELVES_URL`/`ELVES_AUTH_ID`/`ELVES_AUTH_KEY`,
-//! or the `data/client.toml` that `elves up` writes.
+//! or the `data/client.toml` that `elves up` writes. The services ignore these variables
+//! (`elves_shared::config::CLIENT_VARIABLES`), so one shell can hold them and start a center.
 
 use crate::up::{client_file_path, ClientFile};
 use anyhow::{bail, Context as _};
 use clap::Args;
+use elves_shared::config;
 use elves_shared::sign::{self, SignType};
 use std::path::PathBuf;
 
@@ -14,11 +16,11 @@ pub struct CallArgs {
     pub(crate) endpoint: String,
     /// Parameters as key=value (auth_id, timestamp and sign are added).
     pub(crate) params: Vec<String>,
-    #[arg(long, env = "ELVES_URL")]
+    #[arg(long, env = config::CLIENT_URL)]
     pub(crate) url: Option<String>,
-    #[arg(long, env = "ELVES_AUTH_ID")]
+    #[arg(long, env = config::CLIENT_AUTH_ID)]
     pub(crate) auth_id: Option<String>,
-    #[arg(long, env = "ELVES_AUTH_KEY", hide_env_values = true)]
+    #[arg(long, env = config::CLIENT_AUTH_KEY, hide_env_values = true)]
     pub(crate) auth_key: Option<String>,
     /// MD5 or HMAC-SHA256.
     #[arg(long, default_value = "HMAC-SHA256")]

@@ -6,10 +6,12 @@
 
 mod app_rerelease;
 mod apps_lifecycle;
+mod broker_wait;
 mod bus;
 mod cron;
 mod cron_signal;
 mod durability;
+mod env_vars;
 mod harness;
 mod queue;
 mod rt;

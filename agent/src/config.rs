@@ -464,4 +464,24 @@ mod tests {
         .unwrap();
         assert!(config.bus.url.starts_with("amqp://"));
     }
+
+    /// A shell that exported the `elves` client's variables can start an agent: they are not
+    /// its configuration and change nothing.
+    #[test]
+    fn the_client_variables_are_ignored() {
+        let key = public_key();
+        let own = env(&[
+            ("ELVES_ID", "host-1"),
+            ("ELVES_CENTER__PUBLIC_KEY", &key),
+            ("ELVES_MAX_CONCURRENT", "3"),
+        ]);
+        let mut with_client = own.clone();
+        for name in elves_shared::config::CLIENT_VARIABLES {
+            with_client.push((name.to_string(), "http://127.0.0.1:8080".to_string()));
+        }
+        let expected = AgentConfig::load(None, own).unwrap();
+        let config = AgentConfig::load(None, with_client).unwrap();
+        assert_eq!(config.max_concurrent, 3);
+        assert_eq!(format!("{config:?}"), format!("{expected:?}"));
+    }
 }

@@ -17,7 +17,8 @@ use std::sync::Arc;
     about = "the elves agent: runs app workers on this host"
 )]
 struct Args {
-    /// The agent's TOML configuration; `ELVES_…` environment variables override its keys.
+    /// The agent's TOML configuration; `ELVES_…` environment variables naming its keys override
+    /// them (others, such as the `elves` client's `ELVES_URL`, are ignored).
     #[arg(long, default_value = "config/agent.toml")]
     config: PathBuf,
 }

@@ -486,4 +486,24 @@ mod tests {
             .to_string()
             .contains("auth.auth_key"));
     }
+
+    /// A shell that exported the `elves` client's variables can start a center: they are not
+    /// its configuration and change nothing.
+    #[test]
+    fn the_client_variables_are_ignored() {
+        let own = vec![
+            ("ELVES_AUTH__AUTH_ID".to_string(), "admin".to_string()),
+            ("ELVES_AUTH__AUTH_KEY".to_string(), "0123456789".to_string()),
+            ("ELVES_DATA_DIR".to_string(), "/srv/elves".to_string()),
+        ];
+        let mut with_client = own.clone();
+        for name in elves_shared::config::CLIENT_VARIABLES {
+            with_client.push((name.to_string(), "http://127.0.0.1:8080".to_string()));
+        }
+        let expected: CenterConfig = elves_shared::config::load(None, own).unwrap();
+        let config: CenterConfig = elves_shared::config::load(None, with_client).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/srv/elves"));
+        assert_eq!(format!("{config:?}"), format!("{expected:?}"));
+    }
 }

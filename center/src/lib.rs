@@ -1,7 +1,9 @@
 //! The elves center: actors (root, scheduler, heartbeat), the HTTP API and configuration.
 //!
 //! [`start`] runs a whole center on its own thread with its own actix system, so that the
-//! `elves-center` binary, `elves up` and the tests all start it the same way.
+//! `elves-center` binary, `elves up` and the tests all start it the same way. A center whose
+//! broker cannot be reached yet serves HTTP anyway (`/healthz`: 503, waiting for the broker)
+//! and keeps trying, like the agent: boot order and broker restarts do not stop it.
 
 pub mod actors;
 pub mod api;
@@ -16,10 +18,11 @@ pub mod submit;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use config::CenterConfig;
-use elves_shared::bus::SharedBus;
+use elves_shared::bus::{BusError, SharedBus};
 use elves_shared::crypto::InstructionSigner;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A running center.
 pub struct CenterHandle {
@@ -27,7 +30,7 @@ pub struct CenterHandle {
     pub key_id: String,
     /// The Ed25519 public key agents need to trust this center's instructions (hex).
     pub public_key_hex: String,
-    server: actix_web::dev::ServerHandle,
+    lifecycle: Arc<Lifecycle>,
     system: actix::System,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -47,7 +50,9 @@ impl CenterHandle {
 
     fn shutdown(&mut self) {
         if let Some(thread) = self.thread.take() {
-            futures::executor::block_on(self.server.stop(true));
+            if let Some(server) = self.lifecycle.request_stop() {
+                futures::executor::block_on(server.stop(true));
+            }
             self.system.stop();
             let _ = thread.join();
         }
@@ -60,13 +65,59 @@ impl Drop for CenterHandle {
     }
 }
 
-struct Started {
-    server: actix_web::dev::ServerHandle,
-    system: actix::System,
-    public_key_hex: String,
+/// What the caller of [`start_with`] and the center's thread share about stopping: the HTTP
+/// server serving now (the one that waits for the broker, then the real one), and whether a
+/// stop was asked, so that the thread starts no server after it.
+#[derive(Default)]
+struct Lifecycle {
+    state: std::sync::Mutex<LifecycleState>,
+    stop_asked: tokio::sync::Notify,
 }
 
-/// Starts a center serving HTTP on `listener` and talking on `bus`; returns once it is ready.
+#[derive(Default)]
+struct LifecycleState {
+    stopping: bool,
+    server: Option<actix_web::dev::ServerHandle>,
+}
+
+impl Lifecycle {
+    fn state(&self) -> std::sync::MutexGuard<'_, LifecycleState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records `server` as the one serving; false once a stop was asked: then it must not run.
+    fn serving(&self, server: actix_web::dev::ServerHandle) -> bool {
+        let mut state = self.state();
+        if state.stopping {
+            return false;
+        }
+        state.server = Some(server);
+        true
+    }
+
+    /// Marks the center as stopping; returns the server to stop.
+    fn request_stop(&self) -> Option<actix_web::dev::ServerHandle> {
+        let server = {
+            let mut state = self.state();
+            state.stopping = true;
+            state.server.take()
+        };
+        self.stop_asked.notify_one();
+        server
+    }
+
+    async fn stop_requested(&self) {
+        if self.state().stopping {
+            return;
+        }
+        self.stop_asked.notified().await;
+    }
+}
+
+/// Starts a center serving HTTP on `listener` and talking on `bus`; returns once it is ready,
+/// or once it serves HTTP while waiting for the broker (see [`start_with`]).
 pub fn start(
     config: CenterConfig,
     listener: TcpListener,
@@ -86,6 +137,10 @@ pub enum BusOwnership {
     Owned,
 }
 
+/// Starts a center on its own thread. Returns once it serves HTTP: ready when the bus could be
+/// reached at once; otherwise it answers `/healthz` with 503 "waiting for the broker" and every
+/// v2 call with an error, and keeps trying the bus with capped exponential backoff, starting
+/// for real once the bus answers (a broker that starts after the center, or restarts).
 pub fn start_with(
     config: CenterConfig,
     listener: TcpListener,
@@ -100,57 +155,248 @@ pub fn start_with(
             .context("loading the center's signing key")?,
     );
     let key_id = config.keys.key_id.clone();
-    let (ready_sender, ready_receiver) = std::sync::mpsc::channel::<anyhow::Result<Started>>();
+    let public_key_hex = signer.public_key_hex();
+    let lifecycle = Arc::new(Lifecycle::default());
+    let (ready_sender, ready_receiver) =
+        std::sync::mpsc::channel::<anyhow::Result<actix::System>>();
+    let thread_lifecycle = lifecycle.clone();
     let thread = std::thread::Builder::new()
         .name("elves-center".to_string())
         .spawn(move || {
             let system = actix::System::new();
             let bus_to_close = (ownership == BusOwnership::Owned).then(|| bus.clone());
-            let setup = system.block_on(serve(config, listener, bus, signer));
-            match setup {
-                Ok((server, public_key_hex)) => {
-                    let handle = server.handle();
-                    let started = Started {
-                        server: handle,
-                        system: actix::System::current(),
-                        public_key_hex,
-                    };
-                    if ready_sender.send(Ok(started)).is_err() {
-                        return;
-                    }
-                    if let Err(err) = system.block_on(server) {
-                        log::error!("center: http server: {err}");
-                    }
-                    if let Some(bus) = bus_to_close {
-                        system.block_on(bus.close());
-                    }
-                }
-                Err(err) => {
-                    let _ = ready_sender.send(Err(err));
-                }
+            let center = Center {
+                bus,
+                signer,
+                lifecycle: thread_lifecycle,
+            };
+            system.block_on(center.run(config, listener, ready_sender));
+            if let Some(bus) = bus_to_close {
+                system.block_on(bus.close());
             }
         })
         .context("spawning the center thread")?;
-    let started = ready_receiver
+    let system = ready_receiver
         .recv()
         .context("the center thread died while starting")??;
     log::info!("center: serving http on {http_addr}");
     Ok(CenterHandle {
         http_addr,
         key_id,
-        public_key_hex: started.public_key_hex,
-        server: started.server,
-        system: started.system,
+        public_key_hex,
+        lifecycle,
+        system,
         thread: Some(thread),
     })
 }
 
-async fn serve(
-    config: CenterConfig,
-    listener: TcpListener,
+/// First wait between two attempts to reach the broker; doubled after each failure.
+const FIRST_BROKER_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between two attempts: a broker that comes back is noticed within it.
+const MAX_BROKER_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What the center's thread owns.
+struct Center {
     bus: SharedBus,
     signer: Arc<InstructionSigner>,
-) -> anyhow::Result<(actix_web::dev::Server, String)> {
+    lifecycle: Arc<Lifecycle>,
+}
+
+/// What is set up before the bus is needed.
+struct Prepared {
+    config: CenterConfig,
+    metrics: Arc<metrics::Metrics>,
+    store: store::Store,
+    instance: String,
+}
+
+/// What exists once the bus answered.
+struct Connected {
+    root: actix::Addr<actors::root::Root>,
+    submissions: elves_shared::bus::Consumer,
+}
+
+type ReadySender = std::sync::mpsc::Sender<anyhow::Result<actix::System>>;
+
+impl Center {
+    /// The center's whole life on its thread: `ready` gets the outcome of the start (once the
+    /// center serves HTTP, ready or waiting for the broker); returns when the server stopped.
+    async fn run(self, config: CenterConfig, listener: TcpListener, ready: ReadySender) {
+        let prepared = match prepare(config, &listener).await {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                let _ = ready.send(Err(err));
+                return;
+            }
+        };
+        let mut ready = Some(ready);
+        let connected = match self.connect(&prepared).await {
+            Ok(connected) => connected,
+            Err(err) => {
+                log::warn!(
+                    "center: the broker is not reachable yet, serving http while waiting: {err}"
+                );
+                let waiting = Arc::new(api::ops::BrokerWait::new(&err));
+                let server = match listener
+                    .try_clone()
+                    .context("sharing the http listener")
+                    .and_then(|listener| waiting_server(listener, waiting.clone()))
+                {
+                    Ok(server) => server,
+                    Err(err) => {
+                        let _ = ready.take().map(|ready| ready.send(Err(err)));
+                        return;
+                    }
+                };
+                let waiting_handle = server.handle();
+                if !self.lifecycle.serving(waiting_handle.clone()) {
+                    return;
+                }
+                actix_rt::spawn(server);
+                if let Some(ready) = ready.take() {
+                    if ready.send(Ok(actix::System::current())).is_err() {
+                        waiting_handle.stop(true).await;
+                        return;
+                    }
+                }
+                let connected = self.wait_for_broker(&prepared, &waiting).await;
+                waiting_handle.stop(true).await;
+                match connected {
+                    Some(connected) => connected,
+                    None => return,
+                }
+            }
+        };
+        let server = match self.serve(prepared, connected, listener).await {
+            Ok(server) => server,
+            Err(err) => {
+                match ready.take() {
+                    Some(ready) => {
+                        let _ = ready.send(Err(err));
+                    }
+                    None => log::error!("center: cannot start after the broker answered: {err:#}"),
+                }
+                return;
+            }
+        };
+        if !self.lifecycle.serving(server.handle()) {
+            return;
+        }
+        if let Some(ready) = ready.take() {
+            if ready.send(Ok(actix::System::current())).is_err() {
+                return;
+            }
+        }
+        if let Err(err) = server.await {
+            log::error!("center: http server: {err}");
+        }
+    }
+
+    /// Consumes the center's queues and starts its actors: all of it or nothing (the
+    /// consumers of a failed attempt end when they are dropped).
+    async fn connect(&self, prepared: &Prepared) -> Result<Connected, BusError> {
+        let bus = &self.bus;
+        let submissions = bus
+            .consume(
+                elves_shared::bus::QueueSpec {
+                    name: bus.queue_name("center.submit"),
+                    bindings: vec![elves_shared::wire::routing::CENTER_SUBMIT.to_string()],
+                    durable: true,
+                },
+                64,
+            )
+            .await?;
+        let root = actors::root::Root::start(
+            &prepared.config,
+            bus.clone(),
+            self.signer.clone(),
+            prepared.metrics.clone(),
+            prepared.store.clone(),
+            prepared.instance.clone(),
+        )
+        .await?;
+        Ok(Connected { root, submissions })
+    }
+
+    /// Tries [`Center::connect`] with capped exponential backoff until it succeeds (`Some`) or
+    /// the center is stopped (`None`); each failure is logged and shown by `/healthz`.
+    async fn wait_for_broker(
+        &self,
+        prepared: &Prepared,
+        waiting: &api::ops::BrokerWait,
+    ) -> Option<Connected> {
+        let mut backoff = FIRST_BROKER_BACKOFF;
+        loop {
+            tokio::select! {
+                () = self.lifecycle.stop_requested() => return None,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            let attempt = tokio::select! {
+                () = self.lifecycle.stop_requested() => return None,
+                attempt = self.connect(prepared) => attempt,
+            };
+            match attempt {
+                Ok(connected) => {
+                    log::info!(
+                        "center: the broker answered after {} failed attempt(s); starting",
+                        waiting.attempts()
+                    );
+                    return Some(connected);
+                }
+                Err(err) => {
+                    waiting.failed(&err);
+                    backoff = (backoff * 2).min(MAX_BROKER_BACKOFF);
+                    log::warn!(
+                        "center: waiting for the broker (attempt {} failed, next in {backoff:?}): {err}",
+                        waiting.attempts()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The center proper: the API on `listener`, fed by the actors `connected` started.
+    async fn serve(
+        &self,
+        prepared: Prepared,
+        connected: Connected,
+        listener: TcpListener,
+    ) -> anyhow::Result<actix_web::dev::Server> {
+        let Prepared {
+            config,
+            metrics,
+            store,
+            ..
+        } = prepared;
+        let Connected { root, submissions } = connected;
+        let children = root
+            .send(actors::root::GetChildren)
+            .await
+            .context("asking root for its children")?;
+        actors::cron::reload_on_sighup(children.cron.clone());
+        let workers = config.http.workers;
+        let state = web::Data::new(api::ApiState {
+            root,
+            config,
+            children,
+            metrics,
+            store,
+            bus: self.bus.clone(),
+        });
+        actix_rt::spawn(submit::consume_submissions(submissions, state.clone()));
+        let server =
+            HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
+                .workers(workers)
+                .disable_signals()
+                .listen(listener)
+                .context("listening for http")?
+                .run();
+        Ok(server)
+    }
+}
+
+/// Opens the database and reads the instance id: what the center needs before the bus.
+async fn prepare(config: CenterConfig, listener: &TcpListener) -> anyhow::Result<Prepared> {
     let mut config = config;
     if config.apps.public_url.is_empty() {
         // Agents download packages from here unless `apps.public_url` names another address.
@@ -160,58 +406,40 @@ async fn serve(
         config.apps.public_url = format!("http://{local}");
     }
     let metrics = Arc::new(metrics::Metrics::default());
-    let public_key_hex = signer.public_key_hex();
     let database_url = config.database_url();
     let store = tokio::task::spawn_blocking(move || store::Store::open(&database_url))
         .await
         .context("opening the database")?
         .context("opening the database")?;
-    let submissions = bus
-        .consume(
-            elves_shared::bus::QueueSpec {
-                name: bus.queue_name("center.submit"),
-                bindings: vec![elves_shared::wire::routing::CENTER_SUBMIT.to_string()],
-                durable: true,
-            },
-            64,
-        )
-        .await
-        .context("consuming submissions")?;
     let instance =
         load_or_create_instance(&config.data_dir).context("reading the center's instance id")?;
-    let root = actors::root::Root::start(
-        &config,
-        bus.clone(),
-        signer,
-        metrics.clone(),
-        store.clone(),
-        instance,
-    )
-    .await
-    .context("connecting to the bus")?;
-    let children = root
-        .send(actors::root::GetChildren)
-        .await
-        .context("asking root for its children")?;
-    actors::cron::reload_on_sighup(children.cron.clone());
-    let workers = config.http.workers;
-    let state = web::Data::new(api::ApiState {
-        root,
+    Ok(Prepared {
         config,
-        children,
         metrics,
         store,
-        bus,
-    });
-    actix_rt::spawn(submit::consume_submissions(submissions, state.clone()));
-    let server =
-        HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
-            .workers(workers)
-            .disable_signals()
-            .listen(listener)
-            .context("listening for http")?
-            .run();
-    Ok((server, public_key_hex))
+        instance,
+    })
+}
+
+/// The HTTP server of a center waiting for the broker: `/healthz` says so with 503, v2 calls
+/// get an error at once. Without keep-alive, so that no client holds a connection to it when
+/// the real server takes the listener over.
+fn waiting_server(
+    listener: TcpListener,
+    waiting: Arc<api::ops::BrokerWait>,
+) -> anyhow::Result<actix_web::dev::Server> {
+    let waiting = web::Data::from(waiting);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(waiting.clone())
+            .configure(api::ops::configure_waiting)
+    })
+    .workers(1)
+    .keep_alive(actix_web::http::KeepAlive::Disabled)
+    .disable_signals()
+    .listen(listener)
+    .context("listening for http")?
+    .run())
 }
 
 /// This center's name in `dispatched_by`: stable across restarts (kept in the data directory),

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // not every test module uses every helper
 
+pub mod rabbit_node;
+
 use elves_agent::{AgentConfig, AgentStats};
 use elves_center::config::CenterConfig;
 use elves_center::CenterHandle;

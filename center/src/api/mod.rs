@@ -8,7 +8,7 @@ pub mod auth_ids;
 pub mod cron;
 mod info;
 mod info_apps;
-mod ops;
+pub mod ops;
 pub mod queue;
 pub mod request;
 mod rt;

@@ -1,11 +1,18 @@
 //! `/healthz` and `/metrics`: unsigned, and they show no secrets.
+//!
+//! A center that cannot reach the broker yet serves only [`configure_waiting`]'s routes: its
+//! `/healthz` answers 503 with status `waiting for the broker` until it can start.
 
 use super::ApiState;
 use crate::actors::heartbeat::{is_online, GetState as HeartbeatGetState, HeartbeatState};
 use crate::actors::scheduler::GetState as SchedulerGetState;
-use actix_web::{web, HttpResponse};
+use crate::error::ApiError;
+use actix_web::{web, HttpRequest, HttpResponse};
+use elves_shared::bus::BusError;
 use elves_shared::time::now_unix_ms;
 use serde_json::json;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
 /// This center's registry merged with the agents other centers recorded in the database
 /// (each heartbeat reaches only one of the centers sharing a broker).
@@ -60,3 +67,77 @@ pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render(online, known))
 }
+
+/// How a center that could not reach the broker yet is doing: what its waiting server shows.
+pub struct BrokerWait {
+    since_ms: u64,
+    attempts: AtomicU32,
+    last_error: Mutex<String>,
+}
+
+impl BrokerWait {
+    /// Starts the wait after the first failed attempt.
+    pub fn new(first_error: &BusError) -> Self {
+        BrokerWait {
+            since_ms: now_unix_ms(),
+            attempts: AtomicU32::new(1),
+            last_error: Mutex::new(first_error.to_string()),
+        }
+    }
+
+    pub fn failed(&self, err: &BusError) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        *self.last_error() = err.to_string();
+    }
+
+    /// Failed attempts so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    fn last_error(&self) -> std::sync::MutexGuard<'_, String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "the center is waiting for the broker ({} failed attempt(s) in {} s, last: {}); try again later",
+            self.attempts(),
+            now_unix_ms().saturating_sub(self.since_ms) / 1000,
+            self.last_error()
+        )
+    }
+}
+
+/// The routes of a center waiting for the broker: `/healthz` answers 503 with status
+/// `waiting for the broker`; a v2 call gets its envelope (HTTP 200, as every v2 answer) with
+/// error `[500]` saying so; anything else is 503.
+pub fn configure_waiting(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz_waiting))
+        .default_service(web::to(refuse_while_waiting));
+}
+
+async fn healthz_waiting(waiting: web::Data<BrokerWait>) -> HttpResponse {
+    HttpResponse::ServiceUnavailable().json(json!({
+        "status": WAITING_FOR_THE_BROKER,
+        "version": env!("CARGO_PKG_VERSION"),
+        "broker": {
+            "failed_attempts": waiting.attempts(),
+            "waiting_s": now_unix_ms().saturating_sub(waiting.since_ms) / 1000,
+            "last_error": *waiting.last_error(),
+        },
+    }))
+}
+
+async fn refuse_while_waiting(req: HttpRequest, waiting: web::Data<BrokerWait>) -> HttpResponse {
+    if req.path().starts_with("/api/v2/") {
+        HttpResponse::Ok().json(ApiError::Internal(waiting.describe()).envelope())
+    } else {
+        HttpResponse::ServiceUnavailable().body(waiting.describe())
+    }
+}
+
+/// The `/healthz` status of a center waiting for the broker.
+pub const WAITING_FOR_THE_BROKER: &str = "waiting for the broker";
