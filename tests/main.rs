@@ -13,3 +13,4 @@ mod harness;
 mod queue;
 mod rt;
 mod up;
+mod validation_order;
