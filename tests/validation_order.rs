@@ -91,12 +91,14 @@ const ENDPOINTS: &[(&str, &[Check], Option<&str>)] = &[
     ("auth/ungrant", &[AUTH_ID, APP], Some("402.1")),
 ];
 
-/// The rows of the table: endpoint, parameters (two or more things wrong), expected code.
-fn rows() -> Vec<(
-    &'static str,
-    Vec<(&'static str, &'static str)>,
-    &'static str,
-)> {
+/// A row of the table: endpoint, parameters (two or more things wrong), expected code.
+struct Row {
+    endpoint: &'static str,
+    params: Vec<(&'static str, &'static str)>,
+    expected: &'static str,
+}
+
+fn rows() -> Vec<Row> {
     let mut rows = Vec::new();
     for (endpoint, checks, component) in ENDPOINTS {
         for (first_bad, (_, _, expected)) in checks.iter().enumerate() {
@@ -117,7 +119,11 @@ fn rows() -> Vec<(
                     (*key, value)
                 })
                 .collect();
-            rows.push((*endpoint, params, *expected));
+            rows.push(Row {
+                endpoint,
+                params,
+                expected,
+            });
         }
     }
     rows
@@ -133,7 +139,12 @@ async fn several_bad_parameters_answer_the_first_in_table_order() {
     let rows = rows();
     assert!(rows.len() > 40, "the table has its rows: {}", rows.len());
     let mut wrong = Vec::new();
-    for (endpoint, params, expected) in &rows {
+    for Row {
+        endpoint,
+        params,
+        expected,
+    } in &rows
+    {
         let answer = env.call(endpoint, params).await;
         let code = error_code(&answer);
         if code != *expected {
