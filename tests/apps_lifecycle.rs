@@ -109,6 +109,18 @@ async fn wait_runnable(env: &TestEnv, ip: &str, app: &str, expected: &str) -> Du
     started.elapsed()
 }
 
+/// Package downloads the center has served (its `/metrics`).
+async fn downloads_served(env: &TestEnv) -> u64 {
+    let metrics = env.metrics().await;
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(r#"elves_api_calls_total{endpoint="app/download",code="ok"} "#)
+        })
+        .map(|count| count.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
 fn files_under(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -220,6 +232,7 @@ async fn hostile_packages_are_refused_and_nothing_is_stored(setup: Setup) {
     env.start_agent("a1").await;
     let apps_dir = env.dir.path().join("apps-a1");
     let before: Vec<String> = files_under(&apps_dir);
+    let received_before = env.stats("a1").received;
     let zeros = vec![0u8; 8 * 1024 * 1024];
     let noise: Vec<u8> = (0..300 * 1024).map(|_| rand::random::<u8>()).collect();
     let many: Vec<String> = (0..60).map(|n| format!("f{n}")).collect();
@@ -304,8 +317,14 @@ async fn hostile_packages_are_refused_and_nothing_is_stored(setup: Setup) {
     assert!(stored.is_empty(), "nothing stored: {stored:?}");
     let apps = env.call("app/list", &[]).await;
     assert_eq!(apps["result"], serde_json::json!([]), "{apps}");
-    // The agent got nothing either (give a heartbeat's time for anything to arrive).
-    tokio::time::sleep(HEARTBEAT * 3).await;
+    // The agent got nothing either: the center answers each heartbeat with the app set the agent
+    // lacks, so after two more heartbeats any set would have reached it.
+    env.wait_heartbeats("a1", 2).await;
+    assert_eq!(
+        env.stats("a1").received,
+        received_before,
+        "no message reached the agent"
+    );
     assert_eq!(files_under(&apps_dir), before);
     assert!(!apps_dir.join("evil").exists());
 }
@@ -886,12 +905,19 @@ async fn a_package_whose_bytes_changed_is_not_installed(setup: Setup) {
         .join(format!("{sha}.zip"));
     assert!(stored.exists(), "content-addressed under its sha256");
     std::fs::write(&stored, app_zip("forged")).unwrap();
+    let served_before = downloads_served(&env).await;
     let online = env
         .call("app/online", &[("app", "tamper"), ("version", "1.0")])
         .await;
     assert_eq!(online["flag"], "true", "{online}");
-    // Several app sets and downloads go by; none installs.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Several app sets and downloads go by; none installs. The agent downloads one set at a
+    // time, so by the third download it has checked and refused the first two.
+    wait_until(
+        "three downloads of the forged package",
+        Duration::from_secs(20),
+        || async { downloads_served(&env).await >= served_before + 3 },
+    )
+    .await;
     let apps_dir = env.dir.path().join("apps-a1");
     assert!(!apps_dir.join("tamper").exists());
     let answer = rt(&env, "ip-a1", "tamper").await;

@@ -56,17 +56,52 @@ async fn list(env: &TestEnv, params: &[(&str, &str)]) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the log file stops growing for `quiet`, and returns its line count.
-async fn settled_count(file: &std::path::Path, quiet: Duration) -> usize {
-    let mut last = read_lines(file).len();
-    loop {
-        tokio::time::sleep(quiet).await;
-        let now = read_lines(file).len();
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
+/// Waits until a firing of `witness` (a cron firing every second on a running agent) after
+/// `instant` (unix ms) has run and its result is stored; returns its fire time. By then the
+/// center has fired every every-second cron it had scheduled at that time, and their firings
+/// before it were published a second or more earlier.
+async fn witness_ran_after(store: &Store, witness: &TaskId, instant: u64) -> u64 {
+    let ran_after = || {
+        store
+            .cron_firings(witness)
+            .unwrap()
+            .into_iter()
+            .filter(|(at, _, _)| *at > instant)
+            .find(|(_, task, _)| {
+                store
+                    .get_task(task)
+                    .unwrap()
+                    .is_some_and(|task| task.worker_flag.is_some())
+            })
+            .map(|(at, _, _)| at)
+    };
+    wait_until(
+        &format!("a firing of the witness cron after {instant} ran"),
+        Duration::from_secs(20),
+        || async { ran_after().is_some() },
+    )
+    .await;
+    ran_after().unwrap()
+}
+
+/// Asserts that the cron logging to `file` no longer fires once the stop or delete answered at
+/// `changed_at` (unix ms) has taken effect, and returns its line count then. The firings it had
+/// prepared (up to `prepare_ahead_ms` ahead) still run; after them, it must stay silent through
+/// a further second in which the witness fired, as it would have.
+async fn assert_fires_no_more(
+    env: &TestEnv,
+    store: &Store,
+    witness: &TaskId,
+    file: &std::path::Path,
+    changed_at: u64,
+    what: &str,
+) -> usize {
+    let prepared_until = changed_at + env.config().cron.prepare_ahead_ms;
+    let settled = witness_ran_after(store, witness, prepared_until).await;
+    let count = read_lines(file).len();
+    witness_ran_after(store, witness, settled).await;
+    assert_eq!(read_lines(file).len(), count, "{what}");
+    count
 }
 
 async fn a_cron_fires_every_second_and_obeys_stop_start_delete(setup: Setup) {
@@ -216,16 +251,32 @@ async fn a_cron_fires_every_second_and_obeys_stop_start_delete(setup: Setup) {
     let answer = env.call("info/agents/detail", &[("ip", "nobody")]).await;
     assert_eq!(error_code(&answer), "414.1");
 
+    // A second cron on the agent, firing every second like the first: its firings show when the
+    // center has been firing through a stretch of time in which the first would have fired.
+    let store = Store::open(&env.database.url).unwrap();
+    let witness_file = env.dir.path().join("witness.log");
+    let witness = add_cron(
+        &env,
+        "ip-a1",
+        &log_param(&witness_file, "witness"),
+        EVERY_SECOND,
+    )
+    .await;
+    let witness = TaskId::parse(&witness).unwrap();
+
     // Stopped: at most the firings already prepared still run, then nothing.
     ok_result(&env.call("cron/stop", &[("cron_id", &cron_id)]).await);
+    let stopped = elves_shared::time::now_unix_ms();
     assert_eq!(detail(&env, &cron_id).await["cron_flag"], 0);
-    let stopped_at = settled_count(&file, Duration::from_millis(2_500)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        read_lines(&file).len(),
-        stopped_at,
-        "a stopped cron does not fire"
-    );
+    let stopped_at = assert_fires_no_more(
+        &env,
+        &store,
+        &witness,
+        &file,
+        stopped,
+        "a stopped cron does not fire",
+    )
+    .await;
 
     ok_result(&env.call("cron/start", &[("cron_id", &cron_id)]).await);
     wait_until("it fires again", Duration::from_secs(20), || async {
@@ -234,19 +285,21 @@ async fn a_cron_fires_every_second_and_obeys_stop_start_delete(setup: Setup) {
     .await;
 
     ok_result(&env.call("cron/delete", &[("cron_id", &cron_id)]).await);
+    let deleted = elves_shared::time::now_unix_ms();
     let answer = env.call("cron/detail", &[("cron_id", &cron_id)]).await;
     assert_eq!(error_code(&answer), "411.1");
-    assert!(list(&env, &[]).await.is_empty());
-    let deleted_at = settled_count(&file, Duration::from_millis(2_500)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        read_lines(&file).len(),
-        deleted_at,
-        "a deleted cron does not fire"
-    );
+    assert_eq!(list(&env, &[]).await, vec![witness.to_string()]);
+    assert_fires_no_more(
+        &env,
+        &store,
+        &witness,
+        &file,
+        deleted,
+        "a deleted cron does not fire",
+    )
+    .await;
 
     // Every change is in the audit log.
-    let store = Store::open(&env.database.url).unwrap();
     wait_until("audit entries", Duration::from_secs(10), || async {
         store
             .recent_audit(50)
@@ -284,19 +337,40 @@ async fn two_centers_fire_each_second_exactly_once(setup: Setup) {
     env.start_agent("a1").await;
     let file = env.dir.path().join("twice.log");
     let cron_id = add_cron(&env, "ip-a1", &log_param(&file, "tick"), EVERY_SECOND).await;
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    ok_result(&env.call("cron/stop", &[("cron_id", &cron_id)]).await);
-    let n_lines = settled_count(&file, Duration::from_millis(2_500)).await;
-
     let store = Store::open(&env.database.url).unwrap();
     let cron = TaskId::parse(&cron_id).unwrap();
+    wait_until(
+        "ten firings claimed between the two centers",
+        Duration::from_secs(20),
+        || async { store.cron_firings(&cron).unwrap().len() >= 10 },
+    )
+    .await;
+    ok_result(&env.call("cron/stop", &[("cron_id", &cron_id)]).await);
+    // Settled: the firings prepared before the stop (up to `prepare_ahead_ms` ahead) are due, and
+    // each has its result.
+    let prepared_until = elves_shared::time::now_unix_ms() + env.config().cron.prepare_ahead_ms;
+    wait_until(
+        "the results of the firings before the stop",
+        Duration::from_secs(20),
+        || async {
+            elves_shared::time::now_unix_ms() > prepared_until
+                && store
+                    .cron_firings(&cron)
+                    .unwrap()
+                    .iter()
+                    .all(|(_, task, _)| {
+                        store
+                            .get_task(task)
+                            .unwrap()
+                            .is_some_and(|task| task.worker_flag.is_some())
+                    })
+        },
+    )
+    .await;
+    let n_lines = read_lines(&file).len();
+
     let firings = store.cron_firings(&cron).unwrap();
     let fire_times: Vec<u64> = firings.iter().map(|(at, _, _)| *at).collect();
-    assert!(
-        fire_times.len() >= 10,
-        "fired {} times in 12 s",
-        fire_times.len()
-    );
     // One firing per second, none missing, none twice.
     for pair in fire_times.windows(2) {
         assert_eq!(pair[1] - pair[0], 1_000, "{fire_times:?}");
@@ -462,11 +536,22 @@ async fn definition_files_are_loaded_and_reloaded(setup: Setup) {
 }
 
 async fn a_firing_missed_while_no_center_ran_runs_once(setup: Setup) {
-    const EVERY_TEN_SECONDS: &str = "0/10 * * * * ?";
     let mut env = TestEnv::start_with(setup).await;
     env.start_agent("a1").await;
     let file = env.dir.path().join("missed.log");
-    let cron_id = add_cron(&env, "ip-a1", &log_param(&file, "tick"), EVERY_TEN_SECONDS).await;
+    // Four firings at chosen seconds (the rule repeats them each minute; the test is over
+    // before): the first 2 to 3 s from now, then gaps that leave a center time to stop after one
+    // firing, or to restart and stop again, before the next is prepared.
+    let first = (elves_shared::time::now_unix_ms() / 1_000 + 3) * 1_000;
+    let (second, third, fourth) = (first + 5_000, first + 14_000, first + 20_000);
+    let mut seconds: Vec<u64> = [first, second, third, fourth]
+        .iter()
+        .map(|at| at / 1_000 % 60)
+        .collect();
+    seconds.sort_unstable();
+    let seconds: Vec<String> = seconds.iter().map(u64::to_string).collect();
+    let rule = format!("{} * * * * ?", seconds.join(","));
+    let cron_id = add_cron(&env, "ip-a1", &log_param(&file, "tick"), &rule).await;
     let store = Store::open(&env.database.url).unwrap();
     let cron = TaskId::parse(&cron_id).unwrap();
     let firings = || store.cron_firings(&cron).unwrap();
@@ -474,8 +559,7 @@ async fn a_firing_missed_while_no_center_ran_runs_once(setup: Setup) {
         !read_lines(&file).is_empty()
     })
     .await;
-    let first = firings()[0].0;
-    let (second, third, fourth) = (first + 10_000, first + 20_000, first + 30_000);
+    assert_eq!(firings()[0].0, first);
 
     // Down over the second firing, back 3 s after it: within the 60 s threshold, it runs late.
     stop_center(&mut env).await;
@@ -532,6 +616,8 @@ async fn restart_center(env: &mut TestEnv, misfire_threshold_s: u64) {
     env.center = Some(center);
 }
 
+/// The center reads the wall clock (nothing to inject): a firing is missed only once the real
+/// time has passed it with no center running.
 async fn sleep_until_unix_ms(at: u64) {
     let now = elves_shared::time::now_unix_ms();
     tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await;

@@ -16,3 +16,4 @@ mod harness;
 mod queue;
 mod rt;
 mod up;
+mod validation_order;

@@ -73,8 +73,10 @@ pub async fn results(env: &TestEnv, queue_id: &str) -> Map<String, Value> {
     ok_result(&answer).as_object().unwrap().clone()
 }
 
+/// Waits until every task of the queue is finished, skipped or stopped; returns the results.
 pub async fn wait_finished(env: &TestEnv, queue_id: &str) -> Map<String, Value> {
-    wait_until("queue finished", Duration::from_secs(60), || async {
+    let what = format!("every task of queue {queue_id} finished");
+    wait_until(&what, Duration::from_secs(60), || async {
         results(env, queue_id)
             .await
             .values()

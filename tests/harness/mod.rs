@@ -417,6 +417,30 @@ impl TestEnv {
         .await;
     }
 
+    /// Waits until the center has stored `count` heartbeats of agent `id` that arrived after
+    /// this call. The center hands a heartbeat on (to compare the agent's apps with what it
+    /// should have) once it is stored.
+    pub async fn wait_heartbeats(&self, id: &str, count: usize) {
+        let store = elves_center::store::Store::open(&self.database.url).unwrap();
+        let since = elves_shared::time::now_unix_ms();
+        let mut seen = std::collections::BTreeSet::new();
+        wait_until(
+            &format!("{count} heartbeats of agent {id}"),
+            Duration::from_secs(20),
+            || {
+                let stored = store.get_agent_by_ip_or_id(id).unwrap();
+                if let Some(at) = stored.map(|row| row.last_heartbeat_at) {
+                    if at > since {
+                        seen.insert(at);
+                    }
+                }
+                let n_seen = seen.len();
+                async move { n_seen >= count }
+            },
+        )
+        .await;
+    }
+
     /// A v2 call signed with MD5, as an ordinary client makes it.
     pub async fn call(&self, endpoint: &str, params: &[(&str, &str)]) -> Value {
         self.call_signed(endpoint, params, SignType::Md5).await
@@ -621,7 +645,10 @@ where
         if condition().await {
             return;
         }
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -415,8 +415,9 @@ pub async fn online(
         state,
         "app/online",
         |state, params, _| async move {
-            let app = request::app_name(&params)?;
+            // Table order: 403.2 (version) before 403.3 (app).
             let version = version_param(&params)?;
+            let app = request::app_name(&params)?;
             let store = state.store.clone();
             let (name, chosen) = (app.clone(), version.clone());
             blocking(move || store.set_online_version(&name, &chosen, now_unix_ms())).await?;
@@ -501,8 +502,7 @@ pub async fn list(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
 
 /// The agent id for a binding: a known agent's id (an ip resolves to it); an unknown address
 /// must already be a valid agent id (an agent may be bound before it first beats).
-async fn binding_agent(state: &ApiState, params: &request::Params) -> Result<String, ApiError> {
-    let address = request::agent_address(params)?;
+async fn binding_agent(state: &ApiState, address: String) -> Result<String, ApiError> {
     match resolve_agent(state, &address).await {
         Ok(AgentStatus::Online(agent)) | Ok(AgentStatus::Offline { agent, .. }) => {
             Ok(agent.to_string())
@@ -520,9 +520,11 @@ pub async fn bind(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
         state,
         "app/bind",
         |state, params, _| async move {
-            require_supervisor(&state, "app/bind")?;
+            // Parameters in table order (403.1 ip, 403.3 app), then the component (402.1).
+            let address = request::agent_address(&params)?;
             let app = request::app_name(&params)?;
-            let agent = binding_agent(&state, &params).await?;
+            require_supervisor(&state, "app/bind")?;
+            let agent = binding_agent(&state, address).await?;
             let store = state.store.clone();
             let (name, id) = (app.clone(), agent.clone());
             let added = blocking(move || store.bind_agent(&name, &id)).await?;
@@ -548,9 +550,11 @@ pub async fn unbind(
         state,
         "app/unbind",
         |state, params, _| async move {
-            require_supervisor(&state, "app/unbind")?;
+            // Parameters in table order (403.1 ip, 403.3 app), then the component (402.1).
+            let address = request::agent_address(&params)?;
             let app = request::app_name(&params)?;
-            let agent = binding_agent(&state, &params).await?;
+            require_supervisor(&state, "app/unbind")?;
+            let agent = binding_agent(&state, address).await?;
             let store = state.store.clone();
             let (name, id) = (app.clone(), agent.clone());
             let removed = blocking(move || store.unbind_agent(&name, &id)).await?;

@@ -44,6 +44,9 @@ async fn reload(state: &ApiState) -> Result<(), ApiError> {
         .map_err(|err| ApiError::Internal(format!("app store: {err}")))
 }
 
+/// Runs an admin call: authenticate, require admin, run `body_fn`, audit, answer. `body_fn`
+/// validates its parameters, then checks the component (`require_supervisor`): parameter errors
+/// win over component errors (SPEC §11).
 async fn run<F, Fut>(
     req: HttpRequest,
     body: web::Bytes,
@@ -59,11 +62,7 @@ where
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
         require_admin(&state, &call.caller)?;
-        let done = async {
-            require_supervisor(&state, action)?;
-            body_fn(state.clone(), call.params).await
-        }
-        .await;
+        let done = body_fn(state.clone(), call.params).await;
         let (target, outcome) = match done {
             Ok((target, value)) => (target, Ok(value)),
             Err(err) => (String::new(), Err(err)),
@@ -97,6 +96,7 @@ pub async fn create(
             let role = Role::parse(role_text).ok_or_else(|| {
                 ApiError::BadParam(format!("role must be admin or normal, got {role_text:?}"))
             })?;
+            require_supervisor(&state, "auth/create")?;
             if id == state.config.auth.auth_id {
                 return Err(ApiError::BadParam(format!("auth id {id} already exists")));
             }
@@ -130,6 +130,7 @@ pub async fn list(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
         "auth/list",
         false,
         |state, _| async move {
+            require_supervisor(&state, "auth/list")?;
             let store = state.store.clone();
             let registry = blocking(move || store.load_registry()).await?;
             let zone = state.config.cron.zone();
@@ -175,6 +176,7 @@ pub async fn revoke(
         true,
         |state, params| async move {
             let id = target_id(&params)?;
+            require_supervisor(&state, "auth/revoke")?;
             let store = state.store.clone();
             let target = id.clone();
             blocking(move || store.revoke_auth_id(&target, now_unix_ms())).await?;
@@ -196,6 +198,7 @@ pub async fn grant(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState
         |state, params| async move {
             let id = target_id(&params)?;
             let app = request::app_name(&params)?;
+            require_supervisor(&state, "auth/grant")?;
             let store = state.store.clone();
             let (target, name) = (id.clone(), app.clone());
             let added = blocking(move || store.grant_app(&target, &name)).await?;
@@ -224,6 +227,7 @@ pub async fn ungrant(
         |state, params| async move {
             let id = target_id(&params)?;
             let app = request::app_name(&params)?;
+            require_supervisor(&state, "auth/ungrant")?;
             let store = state.store.clone();
             let (target, name) = (id.clone(), app.clone());
             let removed = blocking(move || store.ungrant_app(&target, &name)).await?;

@@ -53,24 +53,6 @@ pub struct TaskRequest {
 }
 
 impl TaskRequest {
-    /// Validates in table order: 403.1 ip, 403.2 param, 403.4 mode, 403.7 func, 403.8 timeout.
-    fn from_params(params: &Params, default_timeout_s: u32) -> Result<Self, ApiError> {
-        let address = request::agent_address(params)?;
-        let param = request::json_param(params)?;
-        let proxy = request::proxy(params)?;
-        let mode = request::mode(params)?;
-        let func = request::func_name(params)?;
-        let timeout_s = request::timeout_s(params, default_timeout_s)?;
-        Ok(TaskRequest {
-            address,
-            func,
-            param,
-            timeout_s,
-            proxy,
-            mode,
-        })
-    }
-
     fn into_new_task(
         self,
         queue_id: &TaskId,
@@ -102,9 +84,25 @@ pub async fn add_task(
 ) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
-        let queue_id = request::task_id(&call.params, "queue_id", ApiError::BadQueueId)?;
-        let task = TaskRequest::from_params(&call.params, state.config.rt.default_timeout_s)?;
-        let depend = match call.params.get_or_empty("depend_task_id") {
+        let params = &call.params;
+        // Table order (SPEC §11): 403.1 ip, 403.2 param and proxy, 403.4 mode, 403.6 queue_id,
+        // 403.7 func, 403.8 timeout.
+        let address = request::agent_address(params)?;
+        let param = request::json_param(params)?;
+        let proxy = request::proxy(params)?;
+        let mode = request::mode(params)?;
+        let queue_id = request::task_id(params, "queue_id", ApiError::BadQueueId)?;
+        let func = request::func_name(params)?;
+        let timeout_s = request::timeout_s(params, state.config.rt.default_timeout_s)?;
+        let task = TaskRequest {
+            address,
+            func,
+            param,
+            timeout_s,
+            proxy,
+            mode,
+        };
+        let depend = match params.get_or_empty("depend_task_id") {
             "" => None,
             text => Some(TaskId::parse(text).map_err(|_| {
                 ApiError::DependencyNotFound(format!("dependency task {text:?} not found"))
@@ -297,13 +295,25 @@ pub async fn run_single_task_queue(
     reply: Option<ReplyAddress>,
 ) -> Result<(TaskId, TaskId), ApiError> {
     let outcome = async {
-        // Table order: 403.1 ip, 403.2 param, 403.3 app, 403.4 mode, 403.7 func, 403.8 timeout.
+        // Table order (SPEC §11): 403.1 ip, 403.2 param and proxy, 403.3 app, 403.4 mode,
+        // 403.7 func, 403.8 timeout.
         let address = request::agent_address(params)?;
-        request::json_param(params)?;
+        let param = request::json_param(params)?;
+        let proxy = request::proxy(params)?;
         let app = request::app_name(params)?;
-        let task = TaskRequest::from_params(params, state.config.rt.default_timeout_s)?;
+        let mode = request::mode(params)?;
+        let func = request::func_name(params)?;
+        let timeout_s = request::timeout_s(params, state.config.rt.default_timeout_s)?;
+        let task = TaskRequest {
+            address,
+            func,
+            param,
+            timeout_s,
+            proxy,
+            mode,
+        };
         super::access::require_app(state, caller, &app)?;
-        let agent = match resolve_agent(state, &address).await? {
+        let agent = match resolve_agent(state, &task.address).await? {
             super::AgentStatus::Online(agent) | super::AgentStatus::Offline { agent, .. } => agent,
         };
         super::access::require_bound(state, &app, &agent)?;

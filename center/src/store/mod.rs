@@ -44,6 +44,7 @@ mod models;
 mod queues;
 mod schema;
 mod submit_replies;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Fresh databases for tests (the store's own and the integration tests): a SQLite file in a
 //! temp dir, or a new PostgreSQL database on the server of `ELVES_TEST_PG_URL`, dropped when the
-//! guard goes. Public because the integration tests in `tests/` use it too; never used at run time.
+//! guard goes. Public because the integration tests in `tests/` and the benches use it too
+//! (through the `testing` feature); not compiled into a production build.
 
 use diesel::{Connection, RunQueryDsl};
 

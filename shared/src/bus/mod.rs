@@ -9,6 +9,7 @@
 
 mod inproc;
 mod rabbit;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use inproc::InProcBus;

@@ -1,4 +1,5 @@
-//! Buses for tests of code that must survive a broker outage.
+//! Buses for tests of code that must survive a broker outage. Other crates' tests reach it
+//! through the `testing` feature; not compiled into a production build.
 
 use super::{Bus, BusError, BusMessage, Consumer, Destination, InProcBus, QueueSpec};
 use async_trait::async_trait;
