@@ -572,6 +572,7 @@ fn permission_bits(_: &std::fs::Metadata) -> u32 {
 }
 
 /// Builders of hostile packages, for the tests of the center, the agent and the CLI.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing {
     use std::io::Write;
     use zip::write::SimpleFileOptions;
