@@ -201,7 +201,13 @@ impl Settings {
 
 async fn run(settings: Settings) {
     let celery_wanted = settings.runs("celery-c2") || settings.runs("celery-c8");
-    let python = celery::ensure_venv(&settings.root).await;
+    // The Python client calls elves too; only the floor and `elves up` go without it.
+    let needs_python = celery_wanted || settings.runs("elves");
+    let python = if needs_python {
+        celery::ensure_venv(&settings.root).await
+    } else {
+        PathBuf::from("python3")
+    };
     let worker_dir = tempfile::tempdir().expect("temp dir");
     let worker_path = install_worker(worker_dir.path());
     let namespace = support::namespace("elves-peers");
@@ -222,7 +228,7 @@ async fn run(settings: Settings) {
             ("PEERS_PARAM".to_string(), PARAM.to_string()),
         ],
     };
-    let versions = versions(&settings, &python).await;
+    let versions = versions(&settings, needs_python.then_some(&python)).await;
     println!(
         "elves against its peers: RT {} calls one at a time (after {WARMUP} warm-up), queue \
          drain of {} tasks on one agent, {} repetition(s) interleaved, {} cpu(s)",
@@ -494,7 +500,7 @@ fn print_ratios(summary: &Table) {
 }
 
 /// rustc, lapin, RabbitMQ, PostgreSQL, Python and Celery, and this checkout's commit.
-async fn versions(settings: &Settings, python: &celery::Python) -> Vec<String> {
+async fn versions(settings: &Settings, python: Option<&celery::Python>) -> Vec<String> {
     let rustc = command_line(
         &std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string()),
         &["--version"],
@@ -513,7 +519,10 @@ async fn versions(settings: &Settings, python: &celery::Python) -> Vec<String> {
         format!("lapin {}", lapin_version(&settings.root)),
         format!("RabbitMQ {rabbitmq}"),
         postgres,
-        python.versions().await,
+        match python {
+            Some(python) => python.versions().await,
+            None => "Python and Celery: not run".to_string(),
+        },
     ]
 }
 

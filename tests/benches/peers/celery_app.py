@@ -9,6 +9,7 @@ the rpc:// backend (a reply queue per client, on the same broker).
 import base64
 import os
 import subprocess
+import warnings
 
 from celery import Celery
 
@@ -16,6 +17,9 @@ QUEUE = os.environ.get("PEERS_QUEUE", "peers.celery")
 WORKER = os.environ.get("PEERS_WORKER", "")
 PARAM = os.environ.get("PEERS_PARAM", "{}")
 SUCCESS = "<ElvesWFlag>true</ElvesWFlag><ElvesWResult>ok</ElvesWResult>"
+
+# The bench may run as root (a CI container); the worker then warns about it on every start.
+warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges")
 
 app = Celery("peers", broker=os.environ.get("PEERS_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
              backend="rpc://")
