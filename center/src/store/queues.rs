@@ -14,6 +14,16 @@ use crate::store::models::db_time;
 use diesel::dsl::exists;
 use diesel::prelude::*;
 use elves_shared::wire::{TaskId, TaskType};
+use std::collections::HashSet;
+
+/// Columns of a `tasks` row as `NewTaskRecord` inserts it: each is one bound parameter.
+const TASK_INSERT_COLUMNS: usize = 16;
+/// Rows of one multi-row insert, under each backend's limit on bound parameters (SQLite
+/// 32,766, PostgreSQL 65,535): fewer, larger statements are what makes a batch fast.
+const SQLITE_TASK_ROWS_PER_INSERT: usize = 32_766 / TASK_INSERT_COLUMNS;
+const PG_TASK_ROWS_PER_INSERT: usize = 65_535 / TASK_INSERT_COLUMNS;
+/// Ids of one `IN (…)` lookup, well under either limit.
+const ID_LOOKUPS_PER_QUERY: usize = 10_000;
 
 impl Store {
     /// Creates an `open` queue.
@@ -88,6 +98,81 @@ impl Store {
                 .values(&NewTaskRecord::pending(task))
                 .execute(conn)
                 .map_err(duplicate_id(&task.id))?;
+            Ok(())
+        })
+    }
+
+    /// Adds tasks to an `open` queue in one transaction: all of them or, on any error, none.
+    /// A task may depend on a task already in the queue or on an earlier task of the same
+    /// batch (never a later one, which keeps the batch free of cycles). When dependencies are
+    /// missing, the error names the one of the earliest task.
+    pub fn add_tasks(&self, queue_id: &TaskId, tasks: &[NewTask]) -> Result<(), StoreError> {
+        let mut earlier: HashSet<&str> = HashSet::with_capacity(tasks.len());
+        let mut outside: Vec<&str> = Vec::new();
+        for task in tasks {
+            let invalid = |reason| StoreError::InvalidTask {
+                task_id: task.id.clone(),
+                reason,
+            };
+            if task.queue_id.as_ref() != Some(queue_id) {
+                return Err(invalid("a task of a batch belongs to the batch's queue"));
+            }
+            if task.task_type != TaskType::Queue {
+                return Err(invalid("only queue tasks go into a queue"));
+            }
+            if let Some(depend) = &task.depend_task_id {
+                if !earlier.contains(depend.as_str()) {
+                    outside.push(depend.as_str());
+                }
+            }
+            if !earlier.insert(task.id.as_str()) {
+                return Err(StoreError::DuplicateId(task.id.clone()));
+            }
+        }
+        outside.sort_unstable();
+        outside.dedup();
+        let rows_per_insert = |conn: &DbConnection| match conn {
+            DbConnection::Pg(_) => PG_TASK_ROWS_PER_INSERT,
+            DbConnection::Sqlite(_) => SQLITE_TASK_ROWS_PER_INSERT,
+        };
+        self.conn()?.write_transaction(|conn| {
+            let status = lock_queue_for_add(conn, queue_id.as_str())?
+                .ok_or_else(|| StoreError::QueueNotFound(queue_id.clone()))?;
+            if status != QueueStatus::Open {
+                return Err(StoreError::QueueStatusDoesNotAllow {
+                    queue_id: queue_id.clone(),
+                    status,
+                    action: "add tasks",
+                });
+            }
+            let mut found: HashSet<String> = HashSet::with_capacity(outside.len());
+            for chunk in outside.chunks(ID_LOOKUPS_PER_QUERY) {
+                let ids: Vec<String> = tasks::table
+                    .filter(tasks::queue_id.eq(queue_id.as_str()))
+                    .filter(tasks::id.eq_any(chunk))
+                    .select(tasks::id)
+                    .load(conn)?;
+                found.extend(ids);
+            }
+            if found.len() < outside.len() {
+                let mut batch_ids: HashSet<&str> = HashSet::with_capacity(tasks.len());
+                for task in tasks {
+                    if let Some(depend) = &task.depend_task_id {
+                        if !batch_ids.contains(depend.as_str()) && !found.contains(depend.as_str())
+                        {
+                            return Err(StoreError::DependencyNotFound {
+                                queue_id: queue_id.clone(),
+                                depend_task_id: depend.clone(),
+                            });
+                        }
+                    }
+                    batch_ids.insert(task.id.as_str());
+                }
+            }
+            let records: Vec<NewTaskRecord> = tasks.iter().map(NewTaskRecord::pending).collect();
+            for chunk in records.chunks(rows_per_insert(conn)) {
+                insert_task_records(conn, chunk)?;
+            }
             Ok(())
         })
     }
@@ -207,6 +292,19 @@ impl Store {
             .load(&mut *self.conn()?)?;
         records.into_iter().map(TaskRow::try_from).collect()
     }
+}
+
+/// One multi-row `INSERT` of tasks.
+fn insert_task_records(
+    conn: &mut DbConnection,
+    records: &[NewTaskRecord<'_>],
+) -> Result<(), StoreError> {
+    let insert = diesel::insert_into(tasks::table).values(records);
+    match conn {
+        DbConnection::Pg(pg) => insert.execute(pg)?,
+        DbConnection::Sqlite(sqlite) => insert.execute(sqlite)?,
+    };
+    Ok(())
 }
 
 /// Reads a queue's status and, on PostgreSQL, locks its row until the transaction ends.
