@@ -383,3 +383,107 @@ pub(super) fn finish_queue_if_done(
         .execute(conn)?;
     Ok(n_updated == 1)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Run on SQLite always, and on PostgreSQL when `ELVES_TEST_PG_URL` is set.
+    use super::*;
+    use crate::store::testing::{pg_url, TestDatabase};
+    use elves_shared::wire::{AgentId, Mode};
+
+    fn on_both_backends(case: fn(&Store)) {
+        let sqlite = TestDatabase::sqlite().unwrap();
+        case(&Store::open(&sqlite.url).unwrap());
+        if let Some(url) = pg_url() {
+            let postgres = TestDatabase::postgres(&url).unwrap();
+            let store = Store::open(&postgres.url).unwrap();
+            case(&store);
+            drop(store);
+        }
+    }
+
+    fn task(queue_id: &TaskId, depend: Option<&TaskId>) -> NewTask {
+        NewTask {
+            id: TaskId::random(),
+            queue_id: Some(queue_id.clone()),
+            task_type: TaskType::Queue,
+            agent: AgentId::parse("10.0.0.7").unwrap(),
+            app: "demo".to_string(),
+            func: "run".to_string(),
+            param: "{}".to_string(),
+            timeout_s: 30,
+            proxy: String::new(),
+            mode: Mode::NP,
+            depend_task_id: depend.cloned(),
+            created_at: 1_000,
+        }
+    }
+
+    #[test]
+    fn a_batch_larger_than_one_insert_goes_in_whole_with_its_dependencies() {
+        on_both_backends(|store| {
+            let queue_id = TaskId::random();
+            store.create_queue(&queue_id, "demo", "ops", 1_000).unwrap();
+            let before = task(&queue_id, None);
+            store.add_task(&before).unwrap();
+            // More rows than one insert takes on either backend.
+            let n_tasks = PG_TASK_ROWS_PER_INSERT * 2 + 3;
+            let mut batch = vec![task(&queue_id, Some(&before.id))];
+            while batch.len() < n_tasks {
+                let previous = batch[batch.len() - 1].id.clone();
+                batch.push(task(&queue_id, Some(&previous)));
+            }
+            store.add_tasks(&queue_id, &batch).unwrap();
+            let stored = store.queue_tasks(&queue_id).unwrap();
+            assert_eq!(stored.len(), n_tasks + 1);
+            assert!(stored.iter().all(|task| task.status == TaskStatus::Pending));
+        });
+    }
+
+    #[test]
+    fn a_refused_batch_stores_nothing() {
+        on_both_backends(|store| {
+            let queue_id = TaskId::random();
+            store.create_queue(&queue_id, "demo", "ops", 1_000).unwrap();
+            let missing = TaskId::random();
+            let first = task(&queue_id, None);
+            // A dependency on a later task of the batch is no dependency yet.
+            let later = task(&queue_id, None);
+            let batch = [
+                task(&queue_id, Some(&first.id)),
+                first.clone(),
+                task(&queue_id, Some(&missing)),
+            ];
+            match store.add_tasks(&queue_id, &batch) {
+                Err(StoreError::DependencyNotFound { depend_task_id, .. }) => {
+                    assert_eq!(depend_task_id, first.id, "the earliest element's is named");
+                }
+                other => panic!("expected a missing dependency, got {other:?}"),
+            }
+            let batch = [first.clone(), task(&queue_id, Some(&later.id)), later];
+            assert!(matches!(
+                store.add_tasks(&queue_id, &batch),
+                Err(StoreError::DependencyNotFound { .. })
+            ));
+            let other_queue = TaskId::random();
+            let batch = [first.clone(), task(&other_queue, None)];
+            assert!(matches!(
+                store.add_tasks(&queue_id, &batch),
+                Err(StoreError::InvalidTask { .. })
+            ));
+            assert!(store.queue_tasks(&queue_id).unwrap().is_empty());
+
+            store.add_tasks(&queue_id, &[first]).unwrap();
+            store.commit_queue(&queue_id, 2_000).unwrap();
+            assert!(matches!(
+                store.add_tasks(&queue_id, &[task(&queue_id, None)]),
+                Err(StoreError::QueueStatusDoesNotAllow { .. })
+            ));
+            assert!(matches!(
+                store.add_tasks(&TaskId::random(), &[task(&queue_id, None)]),
+                Err(StoreError::InvalidTask { .. })
+            ));
+            assert_eq!(store.queue_tasks(&queue_id).unwrap().len(), 1);
+        });
+    }
+}
