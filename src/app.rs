@@ -6,7 +6,6 @@
 //! endpoints, printed like `elves call`.
 
 use crate::call::CallArgs;
-use crate::up::{client_file_path, ClientFile};
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use elves_shared::package::{self, Limits, PackageName};
@@ -44,30 +43,12 @@ impl Connection {
 
     /// (url, auth id, auth key): flags, then the environment, then `<data>/client.toml`.
     fn resolve(&self) -> anyhow::Result<(String, String, String)> {
-        let from_file: Option<ClientFile> =
-            std::fs::read_to_string(client_file_path(&self.data_dir))
-                .ok()
-                .and_then(|text| toml::from_str(&text).ok());
-        let pick = |flag: &Option<String>, file_value: Option<&str>, name: &str| {
-            flag.clone()
-                .or_else(|| file_value.map(str::to_string))
-                .with_context(|| {
-                    format!("no {name}: pass --{name} or run `elves up` in this directory first")
-                })
-        };
-        Ok((
-            pick(&self.url, from_file.as_ref().map(|f| f.url.as_str()), "url")?,
-            pick(
-                &self.auth_id,
-                from_file.as_ref().map(|f| f.auth_id.as_str()),
-                "auth-id",
-            )?,
-            pick(
-                &self.auth_key,
-                from_file.as_ref().map(|f| f.auth_key.as_str()),
-                "auth-key",
-            )?,
-        ))
+        crate::client::resolve_credentials(
+            self.url.clone(),
+            self.auth_id.clone(),
+            self.auth_key.clone(),
+            &self.data_dir,
+        )
     }
 }
 

@@ -3,11 +3,10 @@
 //! or the `data/client.toml` that `elves up` writes. The services ignore these variables
 //! (`elves_shared::config::CLIENT_VARIABLES`), so one shell can hold them and start a center.
 
-use crate::up::{client_file_path, ClientFile};
+use crate::client::{self, Client};
 use anyhow::{bail, Context as _};
 use clap::Args;
 use elves_shared::config;
-use elves_shared::sign::{self, SignType};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -30,33 +29,9 @@ pub struct CallArgs {
 }
 
 pub fn run(args: CallArgs) -> anyhow::Result<()> {
-    let from_file: Option<ClientFile> = std::fs::read_to_string(client_file_path(&args.data_dir))
-        .ok()
-        .and_then(|text| toml::from_str(&text).ok());
-    let pick = |flag: Option<String>, file_value: Option<&str>, name: &str| {
-        flag.or_else(|| file_value.map(str::to_string))
-            .with_context(|| {
-                format!("no {name}: pass --{name} or run `elves up` in this directory first")
-            })
-    };
-    let url = pick(args.url, from_file.as_ref().map(|f| f.url.as_str()), "url")?;
-    let auth_id = pick(
-        args.auth_id,
-        from_file.as_ref().map(|f| f.auth_id.as_str()),
-        "auth-id",
-    )?;
-    let auth_key = pick(
-        args.auth_key,
-        from_file.as_ref().map(|f| f.auth_key.as_str()),
-        "auth-key",
-    )?;
-    let Some(sign_type) = SignType::parse(&args.sign_type) else {
-        bail!("--sign-type must be MD5 or HMAC-SHA256");
-    };
-
-    let endpoint = args.endpoint.trim_start_matches('/');
-    let endpoint = endpoint.strip_prefix("api/v2/").unwrap_or(endpoint);
-    let path = format!("/api/v2/{endpoint}");
+    let credentials =
+        client::resolve_credentials(args.url, args.auth_id, args.auth_key, &args.data_dir)?;
+    let client = Client::new(credentials, &args.sign_type)?;
     let mut params = Vec::new();
     for pair in &args.params {
         let Some((key, value)) = pair.split_once('=') else {
@@ -64,24 +39,11 @@ pub fn run(args: CallArgs) -> anyhow::Result<()> {
         };
         params.push((key.to_string(), value.to_string()));
     }
-    params.push(("auth_id".to_string(), auth_id));
-    let timestamp = chrono::Utc::now().timestamp();
-    params.push(("timestamp".to_string(), timestamp.to_string()));
-    let signed = sign::sign_params(&path, params, sign_type, &auth_key);
-
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the runtime")?;
-    let text = runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .post(format!("{}{path}", url.trim_end_matches('/')))
-            .form(&signed)
-            .send()
-            .await
-            .with_context(|| format!("calling {url}{path}"))?;
-        response.text().await.context("reading the answer")
-    })?;
+    let text = runtime.block_on(client.call_text(&args.endpoint, params))?;
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(value) => println!("{}", serde_json::to_string_pretty(&value)?),
         Err(_) => println!("{text}"),

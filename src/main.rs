@@ -1,9 +1,12 @@
 //! The `elves` command: `elves up` runs a complete system in one process (the embedded default),
-//! `elves call` makes a signed v2 API call and prints the JSON answer.
+//! `elves call` makes a signed v2 API call and prints the JSON answer, `elves queue` runs
+//! queues of tasks from a file.
 
 mod app;
 mod call;
+mod client;
 mod cron;
+mod queue;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +38,8 @@ enum Command {
     Auth(app::AuthArgs),
     /// Center cron definition files: `elves cron reload` (signed call to `cron/reload`).
     Cron(cron::CronArgs),
+    /// Queues from a TOML or JSON file of tasks: `elves queue create|add|commit|watch|run`.
+    Queue(queue::QueueArgs),
 }
 
 fn main() {
@@ -46,6 +51,7 @@ fn main() {
         Command::App(args) => app::run_app(args),
         Command::Auth(args) => app::run_auth(args),
         Command::Cron(args) => cron::run(args),
+        Command::Queue(args) => queue::run(args),
         Command::Center { config } => elves_center::run_until_signal(&config),
     };
     if let Err(err) = outcome {

@@ -449,6 +449,33 @@ async fn permission_matrix_in_supervisor_mode(setup: Setup) {
     )
     .await;
     assert_eq!(error_code(&add), "401.6", "{add}");
+    // A batch is refused whole at its first task on an agent the app is not bound to.
+    let batch = r#"[{"ip": "ip-a1", "func": "f"}, {"ip": "ip-a2", "func": "f"}]"#;
+    let add = call_as(
+        &env,
+        "alice",
+        &alice,
+        "queue/addtasks",
+        &[("queue_id", &queue_id), ("tasks", batch)],
+    )
+    .await;
+    assert_eq!(error_code(&add), "401.6", "{add}");
+    assert!(
+        add["error"].as_str().unwrap().contains("tasks[1]: "),
+        "{add}"
+    );
+    let add = call_as(
+        &env,
+        "bob",
+        &bob,
+        "queue/addtasks",
+        &[
+            ("queue_id", &queue_id),
+            ("tasks", r#"[{"ip": "ip-a1", "func": "f"}]"#),
+        ],
+    )
+    .await;
+    assert_eq!(error_code(&add), "401.6", "not granted: {add}");
     let peek = call_as(
         &env,
         "bob",

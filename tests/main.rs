@@ -14,6 +14,7 @@ mod durability;
 mod env_vars;
 mod harness;
 mod queue;
+mod queue_batch;
 mod rt;
 mod up;
 mod validation_order;

@@ -30,6 +30,9 @@ const QUEUE_ID: Check = ("queue_id", "nothex", "403.6");
 const FUNC: Check = ("func", "bad func", "403.7");
 const TIMEOUT: Check = ("timeout", "-1", "403.8");
 const CRON_ID: Check = ("cron_id", "nothex", "403.9");
+/// The array of a batch as a whole; its elements are checked like addtask's parameters
+/// (tests/queue_batch.rs).
+const TASKS: Check = ("tasks", "{not json", "403.2");
 const VERSION: Check = ("version", "bad version", "403.2");
 const AUTH_ID: Check = ("id", "bad id", "403.2");
 const ROLE: Check = ("role", "boss", "403.2");
@@ -37,7 +40,7 @@ const ROLE: Check = ("role", "boss", "403.2");
 const DEPEND: Check = ("depend_task_id", "nothex", "412.4");
 
 /// Values that pass each check, for the parameters a row leaves good.
-const GOOD: [(&str, &str); 13] = [
+const GOOD: [(&str, &str); 14] = [
     ("ip", "ip-a1"),
     ("param", "{}"),
     ("proxy", ""),
@@ -51,6 +54,7 @@ const GOOD: [(&str, &str); 13] = [
     ("version", "1.0"),
     ("id", "alice"),
     ("role", "normal"),
+    ("tasks", r#"[{"ip": "ip-a1", "func": "log"}]"#),
 ];
 
 /// Each endpoint's checks in table order, and the component error its center gives once the
@@ -66,6 +70,7 @@ const ENDPOINTS: &[(&str, &[Check], Option<&str>)] = &[
         &[IP, PARAM, PROXY, MODE, QUEUE_ID, FUNC, TIMEOUT, DEPEND],
         None,
     ),
+    ("queue/addtasks", &[TASKS, QUEUE_ID], None),
     (
         "queue/qksqueue",
         &[IP, PARAM, PROXY, APP, MODE, FUNC, TIMEOUT],

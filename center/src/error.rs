@@ -39,6 +39,12 @@ pub enum ApiError {
     DependencyNotFound(String),
     AgentNotFound(String),
     Internal(String),
+    /// Another error about one part of a request (an element of a batch): same code, the
+    /// message prefixed with where, e.g. `tasks[17]: `.
+    Within {
+        place: String,
+        error: Box<ApiError>,
+    },
 }
 
 impl ApiError {
@@ -75,6 +81,7 @@ impl ApiError {
             ApiError::DependencyNotFound(_) => "412.4",
             ApiError::AgentNotFound(_) => "414.1",
             ApiError::Internal(_) => "500",
+            ApiError::Within { error, .. } => error.code(),
         }
     }
 
@@ -119,6 +126,15 @@ impl ApiError {
             ApiError::QueueNotFound(queue_id) => format!("queue {queue_id} not found"),
             ApiError::AgentNotFound(agent) => format!("unknown agent {agent}"),
             ApiError::Internal(why) => format!("internal error: {why}"),
+            ApiError::Within { place, error } => format!("{place}: {}", error.message()),
+        }
+    }
+
+    /// This error, said of `place` (same code).
+    pub fn within(self, place: impl Into<String>) -> ApiError {
+        ApiError::Within {
+            place: place.into(),
+            error: Box::new(self),
         }
     }
 
@@ -172,6 +188,14 @@ mod tests {
         let envelope = ApiError::AgentNotFound("10.0.0.7".into()).envelope();
         assert_eq!(envelope.flag, "false");
         assert_eq!(envelope.error, "[414.1]unknown agent 10.0.0.7");
+    }
+
+    #[test]
+    fn an_error_within_a_part_keeps_its_code() {
+        let text = ApiError::BadApp("bad app name \"x y\"".into())
+            .within("tasks[3]")
+            .to_string();
+        assert_eq!(text, "[403.3]tasks[3]: bad app name \"x y\"");
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v2/rt/exec", web::route().to(rt::exec))
         .route("/api/v2/queue/create", web::route().to(queue::create))
         .route("/api/v2/queue/addtask", web::route().to(queue::add_task))
+        .route("/api/v2/queue/addtasks", web::route().to(queue::add_tasks))
         .route("/api/v2/queue/commit", web::route().to(queue::commit))
         .route("/api/v2/queue/stop", web::route().to(queue::stop))
         .route("/api/v2/queue/result", web::route().to(queue::result))

@@ -11,6 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use elves_shared::time::now_unix_ms;
 use elves_shared::wire::{AgentId, Mode, TaskId, TaskType};
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 
 pub async fn create(
     req: HttpRequest,
@@ -137,6 +138,292 @@ pub async fn add_task(
     }
     .await;
     respond(&state, "queue/addtask", outcome)
+}
+
+/// The most tasks one `queue/addtasks` call adds; more is refused (403.2), not cut.
+pub const MAX_BATCH_TASKS: usize = 10_000;
+/// The largest `queue/addtasks` request body: room for [`MAX_BATCH_TASKS`] form-encoded tasks
+/// with params of about 2 KiB each. A larger body is refused (403.2) before it is read whole.
+pub const MAX_BATCH_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// The fields a `tasks` element may have: those of `addtask` (whose values are strings; a
+/// number is taken as its decimal text), plus `app` (optional, must be the queue's) and
+/// `depends_on_index`.
+const TASK_FIELDS: [&str; 9] = [
+    "ip",
+    "app",
+    "func",
+    "param",
+    "timeout",
+    "proxy",
+    "mode",
+    "depend_task_id",
+    "depends_on_index",
+];
+
+/// What a task of a batch depends on.
+enum BatchDependency {
+    None,
+    /// A task already in the queue (`depend_task_id`).
+    Stored(TaskId),
+    /// An earlier element of the same batch (`depends_on_index`).
+    Earlier(usize),
+}
+
+/// One element of `tasks`, its parameters checked.
+struct BatchTask {
+    request: TaskRequest,
+    app: Option<String>,
+    dependency: BatchDependency,
+}
+
+/// `queue/addtasks`: `queue_id` and `tasks`, a JSON array of up to [`MAX_BATCH_TASKS`] tasks,
+/// added in one transaction, all or none, answered with their ids in order. Errors name the
+/// first bad element (`tasks[17]: …`) with the code `addtask` would give it. Checks run in
+/// this order: the `tasks` text itself (403.2), `queue_id` (403.6), every element's
+/// parameters in element order, each element's in table order as for `addtask` (403.x, then
+/// 412.4 for a malformed dependency); then the queue (412.1) and the caller's hold on its app;
+/// then per element in order: `app` is the queue's (403.3), the agent (414.1), the app is
+/// bound to it (401.6); finally, in the transaction, the queue is open (412.2) and the
+/// `depend_task_id`s are tasks of the queue (412.4). One audit row records the call.
+pub async fn add_tasks(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    let outcome = async {
+        let body = read_body(payload, MAX_BATCH_BODY_BYTES).await?;
+        let call = V2Call::authenticate(&req, &body, &state)?;
+        let elements = batch_elements(&call.params)?;
+        let queue_id = request::task_id(&call.params, "queue_id", ApiError::BadQueueId)?;
+        let default_timeout_s = state.config.rt.default_timeout_s;
+        let batch = elements
+            .iter()
+            .enumerate()
+            .map(|(index, element)| {
+                batch_task(index, element, default_timeout_s)
+                    .map_err(|err| err.within(place(index)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = state.store.clone();
+        let lookup_id = queue_id.clone();
+        let queue = blocking(move || store.get_queue(&lookup_id))
+            .await?
+            .ok_or_else(|| ApiError::QueueNotFound(queue_id.to_string()))?;
+        super::access::require_app(&state, &call.caller, &queue.app)?;
+        let mut agents: HashMap<String, AgentId> = HashMap::new();
+        let mut new_tasks: Vec<NewTask> = Vec::with_capacity(batch.len());
+        // (element, task) of every `depend_task_id`: the store says which one it missed.
+        let mut stored_dependencies: Vec<(usize, TaskId)> = Vec::new();
+        for (index, task) in batch.into_iter().enumerate() {
+            let within = |err: ApiError| err.within(place(index));
+            if let Some(app) = task.app.as_deref().filter(|app| *app != queue.app) {
+                return Err(within(ApiError::BadApp(format!(
+                    "app {app} is not the app of queue {queue_id} ({})",
+                    queue.app
+                ))));
+            }
+            let agent = match agents.get(&task.request.address) {
+                Some(agent) => agent.clone(),
+                None => {
+                    let agent = match resolve_agent(&state, &task.request.address)
+                        .await
+                        .map_err(within)?
+                    {
+                        // As for addtask: an offline agent's queue keeps the instruction.
+                        super::AgentStatus::Online(agent)
+                        | super::AgentStatus::Offline { agent, .. } => agent,
+                    };
+                    agents.insert(task.request.address.clone(), agent.clone());
+                    agent
+                }
+            };
+            super::access::require_bound(&state, &queue.app, &agent).map_err(within)?;
+            let depend = match task.dependency {
+                BatchDependency::None => None,
+                BatchDependency::Stored(task_id) => {
+                    stored_dependencies.push((index, task_id.clone()));
+                    Some(task_id)
+                }
+                // `earlier` < `index`, so its task is already made.
+                BatchDependency::Earlier(earlier) => {
+                    new_tasks.get(earlier).map(|earlier| earlier.id.clone())
+                }
+            };
+            new_tasks.push(
+                task.request
+                    .into_new_task(&queue_id, agent, &queue.app, depend),
+            );
+        }
+        let ids: Vec<TaskId> = new_tasks.iter().map(|task| task.id.clone()).collect();
+        let store = state.store.clone();
+        let store_queue_id = queue_id.clone();
+        let added = blocking(move || store.add_tasks(&store_queue_id, &new_tasks))
+            .await
+            .map_err(|err| name_failed_element(err, &stored_dependencies))
+            .map(|()| json!({ "ids": ids }));
+        audit(
+            &state,
+            &call.caller,
+            "queue/addtasks",
+            queue_id.as_str(),
+            None,
+            &added,
+        );
+        added
+    }
+    .await;
+    respond(&state, "queue/addtasks", outcome)
+}
+
+fn place(index: usize) -> String {
+    format!("tasks[{index}]")
+}
+
+/// Reads a request body of at most `limit` bytes; a larger one is 403.2 (an envelope, like
+/// every v2 answer, rather than HTTP 413).
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    use futures::StreamExt as _;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|err| ApiError::BadParam(format!("reading the request body: {err}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::BadParam(format!(
+                "request body over {limit} bytes: send fewer tasks per call"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The `tasks` parameter: a JSON array of 1 to [`MAX_BATCH_TASKS`] elements (403.2 otherwise).
+fn batch_elements(params: &Params) -> Result<Vec<Value>, ApiError> {
+    let text = params
+        .required("tasks")
+        .ok_or_else(|| ApiError::BadParam("missing tasks (a JSON array of tasks)".to_string()))?;
+    let elements: Vec<Value> = serde_json::from_str(text)
+        .map_err(|err| ApiError::BadParam(format!("tasks is not a JSON array: {err}")))?;
+    if elements.is_empty() {
+        return Err(ApiError::BadParam("tasks is empty".to_string()));
+    }
+    if elements.len() > MAX_BATCH_TASKS {
+        return Err(ApiError::BadParam(format!(
+            "tasks has {} elements, more than the {MAX_BATCH_TASKS} of one call: split it",
+            elements.len()
+        )));
+    }
+    Ok(elements)
+}
+
+/// Checks one element with the rules and in the order of `addtask`.
+fn batch_task(
+    index: usize,
+    element: &Value,
+    default_timeout_s: u32,
+) -> Result<BatchTask, ApiError> {
+    let object = element
+        .as_object()
+        .ok_or_else(|| ApiError::BadParam("a task is a JSON object".to_string()))?;
+    let mut pairs = Vec::with_capacity(object.len());
+    let mut depends_on_index = None;
+    for (key, value) in object {
+        let Some(field) = TASK_FIELDS.iter().find(|field| *field == key) else {
+            return Err(ApiError::BadParam(format!(
+                "unknown field {key:?} (fields: {})",
+                TASK_FIELDS.join(", ")
+            )));
+        };
+        if *field == "depends_on_index" {
+            depends_on_index = Some(value);
+            continue;
+        }
+        let text = match value {
+            Value::Null => continue,
+            Value::String(text) => text.clone(),
+            Value::Number(number) => number.to_string(),
+            // `param` is JSON: any JSON value stands for its own (compact) text.
+            other if *field == "param" => other.to_string(),
+            _ => return Err(field_error(field, format!("{field} must be a string"))),
+        };
+        pairs.push((field.to_string(), text));
+    }
+    let params = Params::from_owned(pairs);
+    // Table order (SPEC §11), as addtask (with app, which addtask takes from the queue).
+    let address = request::agent_address(&params)?;
+    let param = request::json_param(&params)?;
+    let proxy = request::proxy(&params)?;
+    let app = match params.required("app") {
+        Some(_) => Some(request::app_name(&params)?),
+        None => None,
+    };
+    let mode = request::mode(&params)?;
+    let func = request::func_name(&params)?;
+    let timeout_s = request::timeout_s(&params, default_timeout_s)?;
+    let dependency = match (params.get_or_empty("depend_task_id"), depends_on_index) {
+        ("", None) => BatchDependency::None,
+        (text, None) => BatchDependency::Stored(TaskId::parse(text).map_err(|_| {
+            ApiError::DependencyNotFound(format!("dependency task {text:?} not found"))
+        })?),
+        ("", Some(earlier)) => match earlier.as_u64().and_then(|n| usize::try_from(n).ok()) {
+            Some(earlier) if earlier < index => BatchDependency::Earlier(earlier),
+            _ => {
+                return Err(ApiError::DependencyNotFound(format!(
+                    "depends_on_index must be the index of an earlier task, got {earlier}"
+                )))
+            }
+        },
+        (_, Some(_)) => {
+            return Err(ApiError::DependencyNotFound(
+                "give depend_task_id or depends_on_index, not both".to_string(),
+            ))
+        }
+    };
+    Ok(BatchTask {
+        request: TaskRequest {
+            address,
+            func,
+            param,
+            timeout_s,
+            proxy,
+            mode,
+        },
+        app,
+        dependency,
+    })
+}
+
+/// The error of a field given as neither a string nor a number, with that field's code.
+fn field_error(field: &str, why: String) -> ApiError {
+    match field {
+        "ip" => ApiError::BadIp(why),
+        "app" => ApiError::BadApp(why),
+        "mode" => ApiError::BadMode(why),
+        "func" => ApiError::BadFunc(why),
+        "timeout" => ApiError::BadTimeout(why),
+        "depend_task_id" => ApiError::DependencyNotFound(why),
+        _ => ApiError::BadParam(why),
+    }
+}
+
+/// A store refusal of a batch, naming the element it is about where there is one.
+fn name_failed_element(
+    err: crate::store::StoreError,
+    stored_dependencies: &[(usize, TaskId)],
+) -> ApiError {
+    let index = match &err {
+        crate::store::StoreError::DependencyNotFound { depend_task_id, .. } => stored_dependencies
+            .iter()
+            .find(|(_, task_id)| task_id == depend_task_id)
+            .map(|(index, _)| *index),
+        _ => None,
+    };
+    let err = ApiError::from(err);
+    match index {
+        Some(index) => err.within(place(index)),
+        None => err,
+    }
 }
 
 pub async fn commit(

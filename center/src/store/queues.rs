@@ -14,6 +14,16 @@ use crate::store::models::db_time;
 use diesel::dsl::exists;
 use diesel::prelude::*;
 use elves_shared::wire::{TaskId, TaskType};
+use std::collections::HashSet;
+
+/// Columns of a `tasks` row as `NewTaskRecord` inserts it: each is one bound parameter.
+const TASK_INSERT_COLUMNS: usize = 16;
+/// Rows of one multi-row insert, under each backend's limit on bound parameters (SQLite
+/// 32,766, PostgreSQL 65,535): fewer, larger statements are what makes a batch fast.
+const SQLITE_TASK_ROWS_PER_INSERT: usize = 32_766 / TASK_INSERT_COLUMNS;
+const PG_TASK_ROWS_PER_INSERT: usize = 65_535 / TASK_INSERT_COLUMNS;
+/// Ids of one `IN (…)` lookup, well under either limit.
+const ID_LOOKUPS_PER_QUERY: usize = 10_000;
 
 impl Store {
     /// Creates an `open` queue.
@@ -88,6 +98,81 @@ impl Store {
                 .values(&NewTaskRecord::pending(task))
                 .execute(conn)
                 .map_err(duplicate_id(&task.id))?;
+            Ok(())
+        })
+    }
+
+    /// Adds tasks to an `open` queue in one transaction: all of them or, on any error, none.
+    /// A task may depend on a task already in the queue or on an earlier task of the same
+    /// batch (never a later one, which keeps the batch free of cycles). When dependencies are
+    /// missing, the error names the one of the earliest task.
+    pub fn add_tasks(&self, queue_id: &TaskId, tasks: &[NewTask]) -> Result<(), StoreError> {
+        let mut earlier: HashSet<&str> = HashSet::with_capacity(tasks.len());
+        let mut outside: Vec<&str> = Vec::new();
+        for task in tasks {
+            let invalid = |reason| StoreError::InvalidTask {
+                task_id: task.id.clone(),
+                reason,
+            };
+            if task.queue_id.as_ref() != Some(queue_id) {
+                return Err(invalid("a task of a batch belongs to the batch's queue"));
+            }
+            if task.task_type != TaskType::Queue {
+                return Err(invalid("only queue tasks go into a queue"));
+            }
+            if let Some(depend) = &task.depend_task_id {
+                if !earlier.contains(depend.as_str()) {
+                    outside.push(depend.as_str());
+                }
+            }
+            if !earlier.insert(task.id.as_str()) {
+                return Err(StoreError::DuplicateId(task.id.clone()));
+            }
+        }
+        outside.sort_unstable();
+        outside.dedup();
+        let rows_per_insert = |conn: &DbConnection| match conn {
+            DbConnection::Pg(_) => PG_TASK_ROWS_PER_INSERT,
+            DbConnection::Sqlite(_) => SQLITE_TASK_ROWS_PER_INSERT,
+        };
+        self.conn()?.write_transaction(|conn| {
+            let status = lock_queue_for_add(conn, queue_id.as_str())?
+                .ok_or_else(|| StoreError::QueueNotFound(queue_id.clone()))?;
+            if status != QueueStatus::Open {
+                return Err(StoreError::QueueStatusDoesNotAllow {
+                    queue_id: queue_id.clone(),
+                    status,
+                    action: "add tasks",
+                });
+            }
+            let mut found: HashSet<String> = HashSet::with_capacity(outside.len());
+            for chunk in outside.chunks(ID_LOOKUPS_PER_QUERY) {
+                let ids: Vec<String> = tasks::table
+                    .filter(tasks::queue_id.eq(queue_id.as_str()))
+                    .filter(tasks::id.eq_any(chunk))
+                    .select(tasks::id)
+                    .load(conn)?;
+                found.extend(ids);
+            }
+            if found.len() < outside.len() {
+                let mut batch_ids: HashSet<&str> = HashSet::with_capacity(tasks.len());
+                for task in tasks {
+                    if let Some(depend) = &task.depend_task_id {
+                        if !batch_ids.contains(depend.as_str()) && !found.contains(depend.as_str())
+                        {
+                            return Err(StoreError::DependencyNotFound {
+                                queue_id: queue_id.clone(),
+                                depend_task_id: depend.clone(),
+                            });
+                        }
+                    }
+                    batch_ids.insert(task.id.as_str());
+                }
+            }
+            let records: Vec<NewTaskRecord> = tasks.iter().map(NewTaskRecord::pending).collect();
+            for chunk in records.chunks(rows_per_insert(conn)) {
+                insert_task_records(conn, chunk)?;
+            }
             Ok(())
         })
     }
@@ -209,6 +294,19 @@ impl Store {
     }
 }
 
+/// One multi-row `INSERT` of tasks.
+fn insert_task_records(
+    conn: &mut DbConnection,
+    records: &[NewTaskRecord<'_>],
+) -> Result<(), StoreError> {
+    let insert = diesel::insert_into(tasks::table).values(records);
+    match conn {
+        DbConnection::Pg(pg) => insert.execute(pg)?,
+        DbConnection::Sqlite(sqlite) => insert.execute(sqlite)?,
+    };
+    Ok(())
+}
+
 /// Reads a queue's status and, on PostgreSQL, locks its row until the transaction ends.
 /// Everyone who changes a queue's tasks calls this first (see the module doc for the order).
 /// On SQLite the write transaction already excludes every other writer.
@@ -284,4 +382,108 @@ pub(super) fn finish_queue_if_done(
         ))
         .execute(conn)?;
     Ok(n_updated == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Run on SQLite always, and on PostgreSQL when `ELVES_TEST_PG_URL` is set.
+    use super::*;
+    use crate::store::testing::{pg_url, TestDatabase};
+    use elves_shared::wire::{AgentId, Mode};
+
+    fn on_both_backends(case: fn(&Store)) {
+        let sqlite = TestDatabase::sqlite().unwrap();
+        case(&Store::open(&sqlite.url).unwrap());
+        if let Some(url) = pg_url() {
+            let postgres = TestDatabase::postgres(&url).unwrap();
+            let store = Store::open(&postgres.url).unwrap();
+            case(&store);
+            drop(store);
+        }
+    }
+
+    fn task(queue_id: &TaskId, depend: Option<&TaskId>) -> NewTask {
+        NewTask {
+            id: TaskId::random(),
+            queue_id: Some(queue_id.clone()),
+            task_type: TaskType::Queue,
+            agent: AgentId::parse("10.0.0.7").unwrap(),
+            app: "demo".to_string(),
+            func: "run".to_string(),
+            param: "{}".to_string(),
+            timeout_s: 30,
+            proxy: String::new(),
+            mode: Mode::NP,
+            depend_task_id: depend.cloned(),
+            created_at: 1_000,
+        }
+    }
+
+    #[test]
+    fn a_batch_larger_than_one_insert_goes_in_whole_with_its_dependencies() {
+        on_both_backends(|store| {
+            let queue_id = TaskId::random();
+            store.create_queue(&queue_id, "demo", "ops", 1_000).unwrap();
+            let before = task(&queue_id, None);
+            store.add_task(&before).unwrap();
+            // More rows than one insert takes on either backend.
+            let n_tasks = PG_TASK_ROWS_PER_INSERT * 2 + 3;
+            let mut batch = vec![task(&queue_id, Some(&before.id))];
+            while batch.len() < n_tasks {
+                let previous = batch[batch.len() - 1].id.clone();
+                batch.push(task(&queue_id, Some(&previous)));
+            }
+            store.add_tasks(&queue_id, &batch).unwrap();
+            let stored = store.queue_tasks(&queue_id).unwrap();
+            assert_eq!(stored.len(), n_tasks + 1);
+            assert!(stored.iter().all(|task| task.status == TaskStatus::Pending));
+        });
+    }
+
+    #[test]
+    fn a_refused_batch_stores_nothing() {
+        on_both_backends(|store| {
+            let queue_id = TaskId::random();
+            store.create_queue(&queue_id, "demo", "ops", 1_000).unwrap();
+            let missing = TaskId::random();
+            let first = task(&queue_id, None);
+            // A dependency on a later task of the batch is no dependency yet.
+            let later = task(&queue_id, None);
+            let batch = [
+                task(&queue_id, Some(&first.id)),
+                first.clone(),
+                task(&queue_id, Some(&missing)),
+            ];
+            match store.add_tasks(&queue_id, &batch) {
+                Err(StoreError::DependencyNotFound { depend_task_id, .. }) => {
+                    assert_eq!(depend_task_id, first.id, "the earliest element's is named");
+                }
+                other => panic!("expected a missing dependency, got {other:?}"),
+            }
+            let batch = [first.clone(), task(&queue_id, Some(&later.id)), later];
+            assert!(matches!(
+                store.add_tasks(&queue_id, &batch),
+                Err(StoreError::DependencyNotFound { .. })
+            ));
+            let other_queue = TaskId::random();
+            let batch = [first.clone(), task(&other_queue, None)];
+            assert!(matches!(
+                store.add_tasks(&queue_id, &batch),
+                Err(StoreError::InvalidTask { .. })
+            ));
+            assert!(store.queue_tasks(&queue_id).unwrap().is_empty());
+
+            store.add_tasks(&queue_id, &[first]).unwrap();
+            store.commit_queue(&queue_id, 2_000).unwrap();
+            assert!(matches!(
+                store.add_tasks(&queue_id, &[task(&queue_id, None)]),
+                Err(StoreError::QueueStatusDoesNotAllow { .. })
+            ));
+            assert!(matches!(
+                store.add_tasks(&TaskId::random(), &[task(&queue_id, None)]),
+                Err(StoreError::InvalidTask { .. })
+            ));
+            assert_eq!(store.queue_tasks(&queue_id).unwrap().len(), 1);
+        });
+    }
 }
