@@ -193,7 +193,7 @@ pub struct Delivery {
 }
 
 pub(crate) enum Settle {
-    Rabbit(lapin::acker::Acker),
+    Rabbit(lapin::Acker),
     InProc(inproc::Requeue),
 }
 

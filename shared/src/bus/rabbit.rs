@@ -12,9 +12,10 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, ByteArray, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,10 +83,8 @@ impl Inner {
         if let Some(link) = guard.as_ref().filter(|link| link.usable()) {
             return Ok(link.clone());
         }
-        let properties = ConnectionProperties::default()
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio);
-        let connection = Connection::connect(&self.url, properties)
+        // lapin's `tokio` feature runs the connection on the runtime this is called from.
+        let connection = Connection::connect(&self.url, ConnectionProperties::default())
             .await
             .map_err(unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
@@ -122,8 +121,8 @@ impl Inner {
         let confirm = link
             .publisher
             .basic_publish(
-                exchange,
-                routing_key,
+                exchange.into(),
+                routing_key.into(),
                 options,
                 &message.body,
                 properties_of(message),
@@ -157,8 +156,8 @@ impl Inner {
         declare_queue(&channel, &self.namespace, spec).await?;
         let consumer = channel
             .basic_consume(
-                &spec.name,
-                "",
+                spec.name.as_str().into(),
+                ShortString::default(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -181,7 +180,7 @@ async fn declare_exchange(channel: &Channel, namespace: &str) -> Result<(), BusE
     };
     channel
         .exchange_declare(
-            namespace,
+            namespace.into(),
             ExchangeKind::Topic,
             options,
             FieldTable::default(),
@@ -203,15 +202,15 @@ async fn declare_queue(
         ..Default::default()
     };
     channel
-        .queue_declare(&spec.name, options, FieldTable::default())
+        .queue_declare(spec.name.as_str().into(), options, FieldTable::default())
         .await
         .map_err(unavailable)?;
     for key in &spec.bindings {
         channel
             .queue_bind(
-                &spec.name,
-                namespace,
-                key,
+                spec.name.as_str().into(),
+                namespace.into(),
+                key.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -309,7 +308,7 @@ impl Bus for RabbitBus {
             .await
             .map_err(unavailable)?;
         let declared = declare_queue(&channel, &self.inner.namespace, spec).await;
-        let _ = channel.close(200, "declared").await;
+        let _ = channel.close(200, "declared".into()).await;
         declared
     }
 
@@ -358,7 +357,7 @@ impl Bus for RabbitBus {
                         let item = tokio::select! {
                             item = stream.next() => item,
                             _ = sender.closed() => {
-                                let _ = channel.close(200, "consumer dropped").await;
+                                let _ = channel.close(200, "consumer dropped".into()).await;
                                 return;
                             }
                         };
@@ -369,7 +368,7 @@ impl Bus for RabbitBus {
                                 let settle = Settle::Rabbit(delivery.acker);
                                 let delivery = Delivery::new(message, delivery.redelivered, settle);
                                 if sender.send(delivery).await.is_err() {
-                                    let _ = channel.close(200, "consumer dropped").await;
+                                    let _ = channel.close(200, "consumer dropped".into()).await;
                                     return;
                                 }
                             }
@@ -407,7 +406,7 @@ impl Bus for RabbitBus {
         self.inner.closed.store(true, Ordering::Release);
         if let Some(link) = guard.take() {
             log::debug!("bus: closing the connection");
-            match link.connection.close(200, "closing").await {
+            match link.connection.close(200, "closing".into()).await {
                 Ok(()) => {
                     log::debug!("bus: connection closed");
                     // lapin's I/O thread still makes its last turns on this runtime's
