@@ -9,14 +9,15 @@ use super::{Bus, BusError, BusMessage, Consumer, Delivery, Destination, QueueSpe
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, ByteArray, FieldTable, LongString, ShortString};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Mutex};
@@ -294,6 +295,73 @@ fn message_of(delivery: &lapin::message::Delivery) -> BusMessage {
     }
 }
 
+/// How one RabbitMQ delivery is settled.
+///
+/// `acked_through` is the highest delivery tag of the channel that a multiple ack covered: the
+/// deliveries at or below it are settled already, and settling one of them again would name a
+/// tag the broker no longer knows, which closes the channel.
+pub(crate) struct Settlement {
+    acker: Acker,
+    delivery_tag: u64,
+    acked_through: Arc<AtomicU64>,
+}
+
+impl Settlement {
+    fn covered_by_a_multiple_ack(&self) -> bool {
+        self.delivery_tag <= self.acked_through.load(Ordering::Acquire)
+    }
+
+    pub(crate) async fn ack(&self) {
+        if self.covered_by_a_multiple_ack() {
+            return;
+        }
+        if let Err(err) = self.acker.ack(BasicAckOptions::default()).await {
+            // The channel died; the broker redelivers, and consumers are idempotent.
+            log::warn!("bus: ack failed, message will be redelivered: {err}");
+        }
+    }
+
+    /// basic.ack with `multiple`: this delivery and every earlier one of the channel that is
+    /// not settled yet.
+    pub(crate) async fn ack_multiple(&self) {
+        let before = self
+            .acked_through
+            .fetch_max(self.delivery_tag, Ordering::AcqRel);
+        if before >= self.delivery_tag {
+            return;
+        }
+        let options = BasicAckOptions { multiple: true };
+        if let Err(err) = self.acker.ack(options).await {
+            log::warn!("bus: multiple ack failed, messages will be redelivered: {err}");
+        }
+    }
+
+    pub(crate) async fn reject(&self) {
+        if self.covered_by_a_multiple_ack() {
+            log::debug!("bus: reject of a message a multiple ack already settled");
+            return;
+        }
+        let options = BasicRejectOptions { requeue: false };
+        if let Err(err) = self.acker.reject(options).await {
+            log::warn!("bus: reject failed: {err}");
+        }
+    }
+
+    pub(crate) async fn requeue(&self) {
+        if self.covered_by_a_multiple_ack() {
+            log::debug!("bus: requeue of a message a multiple ack already settled");
+            return;
+        }
+        let options = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        if let Err(err) = self.acker.nack(options).await {
+            log::warn!("bus: requeue failed: {err}");
+        }
+    }
+}
+
 #[async_trait]
 impl Bus for RabbitBus {
     fn namespace(&self) -> &str {
@@ -353,6 +421,8 @@ impl Bus for RabbitBus {
             let mut backoff = FIRST_BACKOFF;
             loop {
                 if let Some((channel, mut stream)) = current.take() {
+                    // Delivery tags count per channel: a new channel starts a new count.
+                    let acked_through = Arc::new(AtomicU64::new(0));
                     loop {
                         let item = tokio::select! {
                             item = stream.next() => item,
@@ -365,7 +435,11 @@ impl Bus for RabbitBus {
                             Some(Ok(delivery)) => {
                                 backoff = FIRST_BACKOFF;
                                 let message = message_of(&delivery);
-                                let settle = Settle::Rabbit(delivery.acker);
+                                let settle = Settle::Rabbit(Settlement {
+                                    acker: delivery.acker,
+                                    delivery_tag: delivery.delivery_tag,
+                                    acked_through: acked_through.clone(),
+                                });
                                 let delivery = Delivery::new(message, delivery.redelivered, settle);
                                 if sender.send(delivery).await.is_err() {
                                     let _ = channel.close(200, "consumer dropped".into()).await;
