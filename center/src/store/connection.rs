@@ -6,10 +6,7 @@
 //! is where SQL really differs (locking clauses, upserts, `BEGIN IMMEDIATE`).
 
 use super::StoreError;
-use diesel::connection::{
-    AnsiTransactionManager, Instrumentation, InstrumentationEvent, SimpleConnection,
-    TransactionManager,
-};
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::pg::PgConnection;
 use diesel::r2d2::{CustomizeConnection, ManageConnection, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
@@ -101,11 +98,7 @@ impl Target {
     pub(super) fn establish(&self) -> Result<DbConnection, diesel::ConnectionError> {
         match self {
             Target::Sqlite(path) => SqliteConnection::establish(path).map(DbConnection::Sqlite),
-            Target::Postgres(url) => {
-                let mut pg = PgConnection::establish(url)?;
-                pg.set_instrumentation(ConnectionHealth::new());
-                Ok(DbConnection::Pg(pg))
-            }
+            Target::Postgres(url) => PgConnection::establish(url).map(DbConnection::Pg),
         }
     }
 }
@@ -133,55 +126,10 @@ impl ManageConnection for Manager {
         conn.ping().map_err(diesel::r2d2::Error::QueryError)
     }
 
-    /// Diesel calls a connection broken only when its transaction state is; a PostgreSQL
-    /// connection whose server went away is also broken once a query has failed on it.
+    /// A PostgreSQL connection whose server went away is broken once a query has met it:
+    /// libpq then reports its transaction status unknown, which diesel counts as broken.
     fn has_broken(&self, conn: &mut DbConnection) -> bool {
-        if conn.is_broken() {
-            return true;
-        }
-        match conn {
-            DbConnection::Pg(pg) => pg
-                .instrumentation()
-                .downcast_ref::<ConnectionHealth>()
-                .is_some_and(|health| health.lost),
-            DbConnection::Sqlite(_) => false,
-        }
-    }
-}
-
-/// Watches a PostgreSQL connection's queries for a lost connection, so that the pool drops it
-/// when it comes back (see [`Manager::has_broken`]). Events go on to the process-wide default
-/// instrumentation, if one is set, as they would without this.
-struct ConnectionHealth {
-    lost: bool,
-    next: Option<Box<dyn Instrumentation>>,
-}
-
-impl ConnectionHealth {
-    fn new() -> ConnectionHealth {
-        ConnectionHealth {
-            lost: false,
-            next: diesel::connection::get_default_instrumentation(),
-        }
-    }
-}
-
-impl Instrumentation for ConnectionHealth {
-    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
-        if let InstrumentationEvent::FinishQuery {
-            error:
-                Some(diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::ClosedConnection,
-                    _,
-                )),
-            ..
-        } = event
-        {
-            self.lost = true;
-        }
-        if let Some(next) = &mut self.next {
-            next.on_connection_event(event);
-        }
+        conn.is_broken()
     }
 }
 
@@ -332,6 +280,23 @@ mod tests {
         assert_eq!(synchronous_commit(&mut conn).unwrap(), server_default);
     }
 
+    #[derive(diesel::QueryableByName)]
+    struct BackendPid {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+
+    /// Ends the server process of `conn` from `killer`, as a server restart would.
+    fn terminate(conn: &mut DbConnection, killer: &mut DbConnection) {
+        let pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+            .get_result::<BackendPid>(conn)
+            .unwrap()
+            .pid;
+        diesel::sql_query(format!("SELECT pg_terminate_backend({pid})"))
+            .execute(killer)
+            .unwrap();
+    }
+
     #[test]
     fn a_postgres_connection_whose_server_went_away_is_broken() {
         let Some(url) = super::super::testing::pg_url() else {
@@ -340,23 +305,19 @@ mod tests {
         let manager = Manager {
             target: Target::parse(&url).unwrap(),
         };
-        let mut conn = manager.connect().unwrap();
         let mut killer = manager.connect().unwrap();
-        assert!(!manager.has_broken(&mut conn));
-        #[derive(diesel::QueryableByName)]
-        struct Pid {
-            #[diesel(sql_type = diesel::sql_types::Integer)]
-            pid: i32,
-        }
-        let pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
-            .get_result::<Pid>(&mut conn)
-            .unwrap()
-            .pid;
-        diesel::sql_query(format!("SELECT pg_terminate_backend({pid})"))
-            .execute(&mut killer)
-            .unwrap();
-        assert!(diesel::sql_query("SELECT 1").execute(&mut conn).is_err());
-        assert!(manager.has_broken(&mut conn));
+
+        let mut queried = manager.connect().unwrap();
+        assert!(!manager.has_broken(&mut queried));
+        terminate(&mut queried, &mut killer);
+        assert!(diesel::sql_query("SELECT 1").execute(&mut queried).is_err());
+        assert!(manager.has_broken(&mut queried));
+
+        let mut transaction = manager.connect().unwrap();
+        terminate(&mut transaction, &mut killer);
+        assert!(transaction.write_transaction(|_| Ok(())).is_err());
+        assert!(manager.has_broken(&mut transaction));
+
         assert!(!manager.has_broken(&mut killer));
     }
 
