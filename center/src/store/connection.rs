@@ -24,6 +24,20 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// centers that start together run the migrations one after the other.
 const MIGRATION_LOCK_KEY: i64 = 0x656c_7665_735f_6462; // "elves_db"
 
+/// How much a committed transaction survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Durability {
+    /// The commit returns once the change is on disk (PostgreSQL flushes its log; SQLite's
+    /// WAL with `synchronous = NORMAL` as always).
+    Full,
+    /// PostgreSQL: `SET LOCAL synchronous_commit = off`, the commit returns before the log is
+    /// flushed, and a crash of the database server (not of the center) may lose the last
+    /// fraction of a second of such commits. Never lost half-way, never out of order, and
+    /// scoped to the one transaction. SQLite: the same as `Full`. Only for RT history (see
+    /// [`Store::insert_task`](super::Store::insert_task)).
+    Relaxed,
+}
+
 /// The database products the store speaks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -105,10 +119,15 @@ impl ManageConnection for Manager {
             .map_err(diesel::r2d2::Error::ConnectionError)
     }
 
+    /// Not run on checkout (the pool is built with `test_on_check_out(false)`): a ping there
+    /// was a round trip to PostgreSQL before every store call. A lost connection shows in the
+    /// query that meets it instead, and [`Manager::has_broken`] then keeps it out of the pool.
     fn is_valid(&self, conn: &mut DbConnection) -> Result<(), Self::Error> {
         conn.ping().map_err(diesel::r2d2::Error::QueryError)
     }
 
+    /// A PostgreSQL connection whose server went away is broken once a query has met it:
+    /// libpq then reports its transaction status unknown, which diesel counts as broken.
     fn has_broken(&self, conn: &mut DbConnection) -> bool {
         conn.is_broken()
     }
@@ -180,6 +199,16 @@ impl DbConnection {
         &mut self,
         body: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.write_transaction_with(Durability::Full, body)
+    }
+
+    /// [`DbConnection::write_transaction`] with the commit's [`Durability`]. On PostgreSQL the
+    /// `SET LOCAL` travels with the `BEGIN`, in the same round trip.
+    pub(super) fn write_transaction_with<T>(
+        &mut self,
+        durability: Durability,
+        body: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         // The derived transaction manager keeps its state in the inner connection, so the
         // transaction can be opened on the inner SQLite connection with custom SQL and then
         // committed or rolled back through the enum as usual.
@@ -187,9 +216,13 @@ impl DbConnection {
             DbConnection::Sqlite(sqlite) => {
                 AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?
             }
-            DbConnection::Pg(_) => {
-                <DbConnection as Connection>::TransactionManager::begin_transaction(self)?
-            }
+            DbConnection::Pg(pg) => match durability {
+                Durability::Full => AnsiTransactionManager::begin_transaction_sql(pg, "BEGIN")?,
+                Durability::Relaxed => AnsiTransactionManager::begin_transaction_sql(
+                    pg,
+                    "BEGIN; SET LOCAL synchronous_commit = off",
+                )?,
+            },
         }
         match body(self) {
             Ok(value) => {
@@ -209,6 +242,84 @@ impl DbConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use diesel::sql_types::Text;
+
+    #[derive(diesel::QueryableByName)]
+    struct SynchronousCommit {
+        #[diesel(sql_type = Text)]
+        synchronous_commit: String,
+    }
+
+    fn synchronous_commit(conn: &mut DbConnection) -> Result<String, StoreError> {
+        Ok(diesel::sql_query("SHOW synchronous_commit")
+            .get_result::<SynchronousCommit>(conn)?
+            .synchronous_commit)
+    }
+
+    #[test]
+    fn relaxed_durability_holds_for_its_own_transaction_only_on_postgres() {
+        let Some(url) = super::super::testing::pg_url() else {
+            return;
+        };
+        let mut conn = Target::parse(&url).unwrap().establish().unwrap();
+        let server_default = synchronous_commit(&mut conn).unwrap();
+        assert_ne!(
+            server_default, "off",
+            "the test needs a durable server default"
+        );
+        assert_eq!(
+            conn.write_transaction_with(Durability::Relaxed, synchronous_commit)
+                .unwrap(),
+            "off"
+        );
+        assert_eq!(
+            conn.write_transaction(synchronous_commit).unwrap(),
+            server_default,
+            "the next transaction on the same connection is durable again"
+        );
+        assert_eq!(synchronous_commit(&mut conn).unwrap(), server_default);
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct BackendPid {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+
+    /// Ends the server process of `conn` from `killer`, as a server restart would.
+    fn terminate(conn: &mut DbConnection, killer: &mut DbConnection) {
+        let pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+            .get_result::<BackendPid>(conn)
+            .unwrap()
+            .pid;
+        diesel::sql_query(format!("SELECT pg_terminate_backend({pid})"))
+            .execute(killer)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_postgres_connection_whose_server_went_away_is_broken() {
+        let Some(url) = super::super::testing::pg_url() else {
+            return;
+        };
+        let manager = Manager {
+            target: Target::parse(&url).unwrap(),
+        };
+        let mut killer = manager.connect().unwrap();
+
+        let mut queried = manager.connect().unwrap();
+        assert!(!manager.has_broken(&mut queried));
+        terminate(&mut queried, &mut killer);
+        assert!(diesel::sql_query("SELECT 1").execute(&mut queried).is_err());
+        assert!(manager.has_broken(&mut queried));
+
+        let mut transaction = manager.connect().unwrap();
+        terminate(&mut transaction, &mut killer);
+        assert!(transaction.write_transaction(|_| Ok(())).is_err());
+        assert!(manager.has_broken(&mut transaction));
+
+        assert!(!manager.has_broken(&mut killer));
+    }
 
     #[test]
     fn store_urls_name_their_backend() {

@@ -3,13 +3,13 @@
 //!
 //! Sending instructions, cancelling and retrying are the caller's; this file only records.
 
-use super::connection::DbConnection;
+use super::connection::{DbConnection, Durability};
 use super::models::{db_time, NewTaskRecord, TaskRecord};
 use super::queues::{finish_queue_if_done, lock_queue};
 use super::schema::{queues, tasks};
 use super::{
-    duplicate_id, Dispatch, NewTask, QueueStatus, RecordOutcome, Store, StoreError, TaskRow,
-    TaskStatus,
+    duplicate_id, Backend, Dispatch, NewTask, QueueStatus, RecordOutcome, Store, StoreError,
+    TaskRow, TaskStatus,
 };
 use diesel::dsl::exists;
 use diesel::prelude::*;
@@ -155,6 +155,9 @@ impl Store {
 
     /// Stores an rt or cron task that is being sent now: it starts `execing`, never goes
     /// through a claim, and is settled by [`Store::record_result`] or the deadline.
+    ///
+    /// An rt task's row is history (its caller waits for the agent, not for the row) and
+    /// commits with [`Durability::Relaxed`]; a cron firing's is fully durable.
     pub fn insert_task(&self, task: &NewTask, dispatch: &Dispatch) -> Result<(), StoreError> {
         let invalid = |reason| StoreError::InvalidTask {
             task_id: task.id.clone(),
@@ -166,10 +169,21 @@ impl Store {
         if task.depend_task_id.is_some() {
             return Err(invalid("only queue tasks can depend on another task"));
         }
-        diesel::insert_into(tasks::table)
-            .values(&NewTaskRecord::executing(task, dispatch))
-            .execute(&mut *self.conn()?)
-            .map_err(duplicate_id(&task.id))?;
+        let record = NewTaskRecord::executing(task, dispatch);
+        let insert = |conn: &mut DbConnection| {
+            diesel::insert_into(tasks::table)
+                .values(&record)
+                .execute(conn)
+                .map_err(duplicate_id(&task.id))
+        };
+        let mut conn = self.conn()?;
+        match (row_durability(task.task_type), self.backend) {
+            (Durability::Relaxed, Backend::Postgres) => {
+                conn.write_transaction_with(Durability::Relaxed, insert)?
+            }
+            // One statement is its own transaction, and saves the BEGIN and COMMIT.
+            _ => insert(&mut conn)?,
+        };
         Ok(())
     }
 
@@ -222,10 +236,30 @@ impl Store {
         results: &[JobResult],
         now: u64,
     ) -> Result<Vec<RecordOutcome>, StoreError> {
+        self.record_results_with(Durability::Full, results, now)
+    }
+
+    /// [`Store::record_results`] for the results of rt calls: their transaction commits with
+    /// [`Durability::Relaxed`], since the caller already has the result and the row is
+    /// history. Queue and cron results must go through [`Store::record_results`].
+    pub fn record_rt_results(
+        &self,
+        results: &[JobResult],
+        now: u64,
+    ) -> Result<Vec<RecordOutcome>, StoreError> {
+        self.record_results_with(Durability::Relaxed, results, now)
+    }
+
+    fn record_results_with(
+        &self,
+        durability: Durability,
+        results: &[JobResult],
+        now: u64,
+    ) -> Result<Vec<RecordOutcome>, StoreError> {
         if results.is_empty() {
             return Ok(Vec::new());
         }
-        self.conn()?.write_transaction(|conn| {
+        self.conn()?.write_transaction_with(durability, |conn| {
             let mut task_ids: Vec<&str> = results.iter().map(|result| result.id.as_str()).collect();
             task_ids.sort_unstable();
             task_ids.dedup();
@@ -343,6 +377,15 @@ impl Store {
             }
             load_tasks(conn, &expired)
         })
+    }
+}
+
+/// How durable the row of a task stored already dispatched is: an rt call's is history,
+/// relaxed; a cron firing's is not.
+fn row_durability(task_type: TaskType) -> Durability {
+    match task_type {
+        TaskType::Rt => Durability::Relaxed,
+        TaskType::Cron | TaskType::Queue => Durability::Full,
     }
 }
 
@@ -558,6 +601,13 @@ mod tests {
     use super::*;
     use diesel::pg::Pg;
     use diesel::sqlite::Sqlite;
+
+    #[test]
+    fn only_rt_rows_are_relaxed() {
+        assert_eq!(row_durability(TaskType::Rt), Durability::Relaxed);
+        assert_eq!(row_durability(TaskType::Cron), Durability::Full);
+        assert_eq!(row_durability(TaskType::Queue), Durability::Full);
+    }
 
     #[test]
     fn ready_query_locks_only_task_rows_on_postgres() {

@@ -31,6 +31,18 @@
 //! published goes the same way. A result that arrives after that is a late result and changes
 //! nothing. Tasks still `pendding` are simply claimed by the surviving centers.
 //!
+//! # What a crash can lose
+//!
+//! Every commit is durable (on PostgreSQL, flushed to disk before it returns) except the RT
+//! history: the row of an rt call ([`Store::insert_task`] of a `TaskType::Rt` task) and its
+//! result ([`Store::record_rt_results`]) commit with `synchronous_commit = off`, because the
+//! caller of an rt call already has its answer and the history is a record of it. A crash of
+//! the PostgreSQL server can lose the last such commits (a fraction of a second of them):
+//! an rt call's history row, or its result (the row then expires at its deadline). Never a
+//! queue task, a cron firing, or any of their results. SQLite is unchanged (its WAL is synced
+//! at checkpoints; a crash of the machine, not of the center, can lose the last commits of
+//! any kind there, as before).
+//!
 //! This module does not talk to the bus, sign instructions or know about HTTP codes: callers
 //! map [`StoreError`] variants to `ApiError`.
 
@@ -190,6 +202,8 @@ impl Store {
         let pool = Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
+            // No ping before each call: see `Manager::is_valid`.
+            .test_on_check_out(false)
             .connection_customizer(Box::new(SqlitePragmas))
             .build(Manager { target })?;
         Ok(Store { pool, backend })

@@ -48,6 +48,7 @@ on_both_backends!(
     stop_returns_the_execing_tasks,
     expire_overdue_settles_tasks_past_their_deadline,
     rt_and_cron_tasks_are_stored_dispatched,
+    rt_results_are_recorded_together,
     audit_log_round_trip,
     agents_round_trip,
     apps_versions_and_bindings,
@@ -982,6 +983,49 @@ fn rt_and_cron_tasks_are_stored_dispatched(store: &Store) {
         Err(StoreError::InvalidTask { .. })
     ));
     assert_eq!(store.get_task(&id(3)).unwrap(), None);
+}
+
+fn rt_results_are_recorded_together(store: &Store) {
+    let dispatch = Dispatch {
+        center_instance: "center-a".to_string(),
+        dispatched_at: 100,
+        deadline: 160_100,
+    };
+    for n in 1..=3 {
+        let rt_task = NewTask {
+            queue_id: None,
+            task_type: TaskType::Rt,
+            ..queue_task(&id(0x100), &id(n), None, 10)
+        };
+        store.insert_task(&rt_task, &dispatch).unwrap();
+    }
+    let rt_result = |n: u64, worker_flag: i8, message: &str| JobResult {
+        task_type: TaskType::Rt,
+        ..result(&id(n), worker_flag, message)
+    };
+    let outcomes = store
+        .record_rt_results(
+            &[
+                rt_result(2, 1, "two"),
+                rt_result(1, 0, "one"),
+                rt_result(2, 1, "again"),
+                rt_result(7, 1, "unknown"),
+            ],
+            500,
+        )
+        .unwrap();
+    let applied: Vec<bool> = outcomes.iter().map(|outcome| outcome.applied).collect();
+    assert_eq!(applied, vec![true, true, false, false]);
+    assert_eq!(outcomes[3].task, None);
+    for (n, message, worker_flag) in [(1, "one", 0), (2, "two", 1)] {
+        let stored = task(store, n);
+        assert_eq!(stored.status, TaskStatus::Finished);
+        assert_eq!(stored.worker_message.as_deref(), Some(message));
+        assert_eq!(stored.worker_flag, Some(worker_flag));
+        assert_eq!(stored.finished_at, Some(500));
+    }
+    assert_eq!(task(store, 3).status, TaskStatus::Executing);
+    assert!(store.record_rt_results(&[], 600).unwrap().is_empty());
 }
 
 fn audit_log_round_trip(store: &Store) {
