@@ -363,21 +363,23 @@ fn celery_broker_url(amqp: &str) -> String {
 /// The queue and exchange the Celery runs declared (their reply queues go with their clients).
 async fn delete_celery_objects(amqp: &str, queue: &str) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let properties = lapin::ConnectionProperties::default();
+    let properties = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
     let Ok(connection) = lapin::Connection::connect(amqp, properties).await else {
         eprintln!("could not connect to delete {queue}");
         return;
     };
     if let Ok(channel) = connection.create_channel().await {
         let _ = channel
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .queue_delete(queue, QueueDeleteOptions::default())
             .await;
         let _ = channel
-            .exchange_delete(queue.into(), ExchangeDeleteOptions::default())
+            .exchange_delete(queue, ExchangeDeleteOptions::default())
             .await;
-        let _ = channel.close(200, "bench done".into()).await;
+        let _ = channel.close(200, "bench done").await;
     }
-    let _ = connection.close(200, "bench done".into()).await;
+    let _ = connection.close(200, "bench done").await;
 }
 
 fn median(mut values: Vec<f64>) -> Option<f64> {

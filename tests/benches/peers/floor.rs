@@ -31,7 +31,9 @@ pub struct Floor {
 }
 
 async fn connect(amqp: &str) -> Connection {
-    let properties = ConnectionProperties::default();
+    let properties = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
     Connection::connect(amqp, properties)
         .await
         .expect("the floor connects to RabbitMQ")
@@ -40,7 +42,7 @@ async fn connect(amqp: &str) -> Connection {
 async fn declare(channel: &Channel, name: &str) {
     channel
         .queue_declare(
-            name.into(),
+            name,
             QueueDeclareOptions {
                 auto_delete: true,
                 ..QueueDeclareOptions::default()
@@ -65,8 +67,8 @@ impl Floor {
         }
         let replies = caller_channel
             .basic_consume(
-                reply_queue.as_str().into(),
-                "floor-caller".into(),
+                &reply_queue,
+                "floor-caller",
                 BasicConsumeOptions {
                     no_ack: true,
                     ..BasicConsumeOptions::default()
@@ -92,13 +94,7 @@ impl Floor {
             .with_reply_to(ShortString::from(self.reply_queue.clone()))
             .with_correlation_id(ShortString::from(id.to_string()));
         self.caller_channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                b"{}",
-                properties,
-            )
+            .basic_publish("", queue, BasicPublishOptions::default(), b"{}", properties)
             .await
             .expect("publishing a request")
             .await
@@ -128,8 +124,8 @@ impl Floor {
             .expect("responder prefetch");
         let mut requests = channel
             .basic_consume(
-                queue.into(),
-                "floor-responder".into(),
+                queue,
+                "floor-responder",
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -154,8 +150,8 @@ impl Floor {
                     }
                     if let Ok(confirm) = channel
                         .basic_publish(
-                            "".into(),
-                            reply_to.as_str().into(),
+                            "",
+                            &reply_to,
                             BasicPublishOptions::default(),
                             &output,
                             properties,
@@ -191,7 +187,7 @@ impl Floor {
                 samples.push(elapsed);
             }
         }
-        let _ = responder.close(200, "done".into()).await;
+        let _ = responder.close(200, "done").await;
         RtSamples(samples)
     }
 
@@ -211,7 +207,7 @@ impl Floor {
             }
         }
         let seconds = started.elapsed().as_secs_f64();
-        let _ = responder.close(200, "done".into()).await;
+        let _ = responder.close(200, "done").await;
         assert_eq!(ok, tasks, "every floor task succeeded");
         Drain { tasks, seconds }
     }
@@ -221,11 +217,11 @@ impl Floor {
         for queue in [&self.rt_queue, &self.drain_queue, &self.reply_queue] {
             let _ = self
                 .caller_channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .queue_delete(queue, QueueDeleteOptions::default())
                 .await;
         }
-        let _ = self.caller_channel.close(200, "bench done".into()).await;
-        let _ = self.responder.close(200, "bench done".into()).await;
-        let _ = self.caller.close(200, "bench done".into()).await;
+        let _ = self.caller_channel.close(200, "bench done").await;
+        let _ = self.responder.close(200, "bench done").await;
+        let _ = self.caller.close(200, "bench done").await;
     }
 }
