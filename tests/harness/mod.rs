@@ -525,7 +525,9 @@ fn delete_broker_objects(namespace: &str, agents: &[String]) {
         return;
     };
     runtime.block_on(async {
-        let properties = lapin::ConnectionProperties::default();
+        let properties = lapin::ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio);
         let Ok(connection) = lapin::Connection::connect(&amqp_url(), properties).await else {
             return;
         };
@@ -539,13 +541,13 @@ fn delete_broker_objects(namespace: &str, agents: &[String]) {
         queues.extend(agents.iter().map(|id| format!("{namespace}.agent.{id}")));
         for queue in &queues {
             let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .queue_delete(queue, QueueDeleteOptions::default())
                 .await;
         }
         let _ = channel
-            .exchange_delete(namespace.into(), ExchangeDeleteOptions::default())
+            .exchange_delete(namespace, ExchangeDeleteOptions::default())
             .await;
-        let _ = connection.close(200, "test done".into()).await;
+        let _ = connection.close(200, "test done").await;
     });
 }
 

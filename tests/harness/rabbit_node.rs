@@ -181,7 +181,9 @@ fn kill_group(pgid: i32) {
 }
 
 async fn accepts_amqp(url: &str) -> bool {
-    let properties = lapin::ConnectionProperties::default();
+    let properties = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
     let attempt = tokio::time::timeout(
         Duration::from_secs(5),
         lapin::Connection::connect(url, properties),
@@ -189,7 +191,7 @@ async fn accepts_amqp(url: &str) -> bool {
     .await;
     match attempt {
         Ok(Ok(connection)) => {
-            let _ = connection.close(200, "probe".into()).await;
+            let _ = connection.close(200, "probe").await;
             true
         }
         _ => false,

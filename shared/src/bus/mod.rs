@@ -193,7 +193,7 @@ pub struct Delivery {
 }
 
 pub(crate) enum Settle {
-    Rabbit(rabbit::Settlement),
+    Rabbit(lapin::acker::Acker),
     InProc(inproc::Requeue),
 }
 
@@ -207,35 +207,36 @@ impl Delivery {
     }
 
     pub async fn ack(self) {
-        if let Settle::Rabbit(settlement) = &self.settle {
-            settlement.ack().await;
-        }
-    }
-
-    /// Acks this delivery and, in one message to the broker, every delivery this consumer
-    /// received before it and has not settled yet (AMQP basic.ack with `multiple`): for a
-    /// consumer that stored a whole batch at once. Only for deliveries whose effect is stored:
-    /// settle the others before this call. Settling an earlier delivery after it does nothing,
-    /// since the broker already counts it as acked (a requeue or a reject of it is ignored).
-    /// Deliveries received before the consumer reconnected are not covered: the broker gives
-    /// them again anyway.
-    pub async fn ack_multiple(self) {
-        if let Settle::Rabbit(settlement) = &self.settle {
-            settlement.ack_multiple().await;
+        if let Settle::Rabbit(acker) = &self.settle {
+            if let Err(err) = acker.ack(Default::default()).await {
+                // The channel died; the broker redelivers, and consumers are idempotent.
+                log::warn!("bus: ack failed, message will be redelivered: {err}");
+            }
         }
     }
 
     /// Drops the message for good (no requeue): for bodies that cannot be decoded.
     pub async fn reject(self) {
-        if let Settle::Rabbit(settlement) = &self.settle {
-            settlement.reject().await;
+        if let Settle::Rabbit(acker) = &self.settle {
+            let options = lapin::options::BasicRejectOptions { requeue: false };
+            if let Err(err) = acker.reject(options).await {
+                log::warn!("bus: reject failed: {err}");
+            }
         }
     }
 
     /// Gives the message back to the queue so that it is delivered again.
     pub async fn requeue(self) {
         match self.settle {
-            Settle::Rabbit(settlement) => settlement.requeue().await,
+            Settle::Rabbit(acker) => {
+                let options = lapin::options::BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                };
+                if let Err(err) = acker.nack(options).await {
+                    log::warn!("bus: requeue failed: {err}");
+                }
+            }
             Settle::InProc(requeue) => requeue.put_back(self.message),
         }
     }

@@ -9,15 +9,13 @@ use super::{Bus, BusError, BusMessage, Consumer, Delivery, Destination, QueueSpe
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, ByteArray, FieldTable, LongString, ShortString};
-use lapin::{
-    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Mutex};
@@ -84,8 +82,10 @@ impl Inner {
         if let Some(link) = guard.as_ref().filter(|link| link.usable()) {
             return Ok(link.clone());
         }
-        // lapin's `tokio` feature runs the connection on the runtime this is called from.
-        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+        let properties = ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio);
+        let connection = Connection::connect(&self.url, properties)
             .await
             .map_err(unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
@@ -122,8 +122,8 @@ impl Inner {
         let confirm = link
             .publisher
             .basic_publish(
-                exchange.into(),
-                routing_key.into(),
+                exchange,
+                routing_key,
                 options,
                 &message.body,
                 properties_of(message),
@@ -157,8 +157,8 @@ impl Inner {
         declare_queue(&channel, &self.namespace, spec).await?;
         let consumer = channel
             .basic_consume(
-                spec.name.as_str().into(),
-                ShortString::default(),
+                &spec.name,
+                "",
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -181,7 +181,7 @@ async fn declare_exchange(channel: &Channel, namespace: &str) -> Result<(), BusE
     };
     channel
         .exchange_declare(
-            namespace.into(),
+            namespace,
             ExchangeKind::Topic,
             options,
             FieldTable::default(),
@@ -203,15 +203,15 @@ async fn declare_queue(
         ..Default::default()
     };
     channel
-        .queue_declare(spec.name.as_str().into(), options, FieldTable::default())
+        .queue_declare(&spec.name, options, FieldTable::default())
         .await
         .map_err(unavailable)?;
     for key in &spec.bindings {
         channel
             .queue_bind(
-                spec.name.as_str().into(),
-                namespace.into(),
-                key.as_str().into(),
+                &spec.name,
+                namespace,
+                key,
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -295,73 +295,6 @@ fn message_of(delivery: &lapin::message::Delivery) -> BusMessage {
     }
 }
 
-/// How one RabbitMQ delivery is settled.
-///
-/// `acked_through` is the highest delivery tag of the channel that a multiple ack covered: the
-/// deliveries at or below it are settled already, and settling one of them again would name a
-/// tag the broker no longer knows, which closes the channel.
-pub(crate) struct Settlement {
-    acker: Acker,
-    delivery_tag: u64,
-    acked_through: Arc<AtomicU64>,
-}
-
-impl Settlement {
-    fn covered_by_a_multiple_ack(&self) -> bool {
-        self.delivery_tag <= self.acked_through.load(Ordering::Acquire)
-    }
-
-    pub(crate) async fn ack(&self) {
-        if self.covered_by_a_multiple_ack() {
-            return;
-        }
-        if let Err(err) = self.acker.ack(BasicAckOptions::default()).await {
-            // The channel died; the broker redelivers, and consumers are idempotent.
-            log::warn!("bus: ack failed, message will be redelivered: {err}");
-        }
-    }
-
-    /// basic.ack with `multiple`: this delivery and every earlier one of the channel that is
-    /// not settled yet.
-    pub(crate) async fn ack_multiple(&self) {
-        let before = self
-            .acked_through
-            .fetch_max(self.delivery_tag, Ordering::AcqRel);
-        if before >= self.delivery_tag {
-            return;
-        }
-        let options = BasicAckOptions { multiple: true };
-        if let Err(err) = self.acker.ack(options).await {
-            log::warn!("bus: multiple ack failed, messages will be redelivered: {err}");
-        }
-    }
-
-    pub(crate) async fn reject(&self) {
-        if self.covered_by_a_multiple_ack() {
-            log::debug!("bus: reject of a message a multiple ack already settled");
-            return;
-        }
-        let options = BasicRejectOptions { requeue: false };
-        if let Err(err) = self.acker.reject(options).await {
-            log::warn!("bus: reject failed: {err}");
-        }
-    }
-
-    pub(crate) async fn requeue(&self) {
-        if self.covered_by_a_multiple_ack() {
-            log::debug!("bus: requeue of a message a multiple ack already settled");
-            return;
-        }
-        let options = BasicNackOptions {
-            multiple: false,
-            requeue: true,
-        };
-        if let Err(err) = self.acker.nack(options).await {
-            log::warn!("bus: requeue failed: {err}");
-        }
-    }
-}
-
 #[async_trait]
 impl Bus for RabbitBus {
     fn namespace(&self) -> &str {
@@ -376,7 +309,7 @@ impl Bus for RabbitBus {
             .await
             .map_err(unavailable)?;
         let declared = declare_queue(&channel, &self.inner.namespace, spec).await;
-        let _ = channel.close(200, "declared".into()).await;
+        let _ = channel.close(200, "declared").await;
         declared
     }
 
@@ -421,13 +354,11 @@ impl Bus for RabbitBus {
             let mut backoff = FIRST_BACKOFF;
             loop {
                 if let Some((channel, mut stream)) = current.take() {
-                    // Delivery tags count per channel: a new channel starts a new count.
-                    let acked_through = Arc::new(AtomicU64::new(0));
                     loop {
                         let item = tokio::select! {
                             item = stream.next() => item,
                             _ = sender.closed() => {
-                                let _ = channel.close(200, "consumer dropped".into()).await;
+                                let _ = channel.close(200, "consumer dropped").await;
                                 return;
                             }
                         };
@@ -435,14 +366,10 @@ impl Bus for RabbitBus {
                             Some(Ok(delivery)) => {
                                 backoff = FIRST_BACKOFF;
                                 let message = message_of(&delivery);
-                                let settle = Settle::Rabbit(Settlement {
-                                    acker: delivery.acker,
-                                    delivery_tag: delivery.delivery_tag,
-                                    acked_through: acked_through.clone(),
-                                });
+                                let settle = Settle::Rabbit(delivery.acker);
                                 let delivery = Delivery::new(message, delivery.redelivered, settle);
                                 if sender.send(delivery).await.is_err() {
-                                    let _ = channel.close(200, "consumer dropped".into()).await;
+                                    let _ = channel.close(200, "consumer dropped").await;
                                     return;
                                 }
                             }
@@ -480,7 +407,7 @@ impl Bus for RabbitBus {
         self.inner.closed.store(true, Ordering::Release);
         if let Some(link) = guard.take() {
             log::debug!("bus: closing the connection");
-            match link.connection.close(200, "closing".into()).await {
+            match link.connection.close(200, "closing").await {
                 Ok(()) => {
                     log::debug!("bus: connection closed");
                     // lapin's I/O thread still makes its last turns on this runtime's

@@ -392,7 +392,9 @@ pub fn install_noop_app(apps_dir: &Path) {
 /// the namespace's exchange.
 pub async fn delete_broker_objects(amqp: &str, namespace: &str, agents: &[AgentId]) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let properties = lapin::ConnectionProperties::default();
+    let properties = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
     let Ok(connection) = lapin::Connection::connect(amqp, properties).await else {
         eprintln!("could not connect to clean up namespace {namespace}");
         return;
@@ -407,13 +409,13 @@ pub async fn delete_broker_objects(amqp: &str, namespace: &str, agents: &[AgentI
     queues.extend(agents.iter().map(|id| format!("{namespace}.agent.{id}")));
     for queue in &queues {
         let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .queue_delete(queue, QueueDeleteOptions::default())
             .await;
     }
     let _ = channel
-        .exchange_delete(namespace.into(), ExchangeDeleteOptions::default())
+        .exchange_delete(namespace, ExchangeDeleteOptions::default())
         .await;
-    let _ = connection.close(200, "bench done".into()).await;
+    let _ = connection.close(200, "bench done").await;
 }
 
 // ---------------------------------------------------------------------------------------------
