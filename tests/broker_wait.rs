@@ -185,3 +185,71 @@ async fn a_center_waiting_for_its_broker_stops_promptly() {
     .unwrap();
     assert!(reqwest::get(format!("{base_url}/healthz")).await.is_err());
 }
+
+/// Kills the center process if the test fails before it ends.
+struct CenterProcess(std::process::Child);
+
+impl Drop for CenterProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// An operator's `kill -HUP` (reload the cron files) reaching a center process that still
+/// waits for its broker must not end it: SIGHUP's default action would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_center_process_waiting_for_its_broker_survives_a_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, broker_port) = (free_port(), free_port());
+    let base_url = format!("http://127.0.0.1:{http_port}");
+    let config_path = dir.path().join("center.toml");
+    let toml = format!(
+        "data_dir = {data:?}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\nworkers = 1\n\
+         [bus]\nurl = \"amqp://guest:guest@127.0.0.1:{broker_port}/%2f\"\n\
+         [auth]\nauth_id = {id:?}\nauth_key = {key:?}\n[cron]\ndir = {cron_dir:?}\n",
+        data = dir.path().display().to_string(),
+        cron_dir = dir.path().join("cron.d").display().to_string(),
+        id = AUTH_ID,
+        key = AUTH_KEY,
+    );
+    std::fs::write(&config_path, toml).unwrap();
+    let mut center = CenterProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_elves"))
+            .arg("center")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let waiting = || async {
+        match http.get(format!("{base_url}/healthz")).send().await {
+            Ok(response) => response.status().as_u16() == 503,
+            Err(_) => false,
+        }
+    };
+    wait_until(
+        "the center process waits for its broker",
+        Duration::from_secs(30),
+        waiting,
+    )
+    .await;
+
+    let pid = libc::pid_t::try_from(center.0.id()).unwrap();
+    // SAFETY: kill(2) with a pid we own and a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    // A process-directed signal is handled before any of its threads answers again, so an
+    // answer after the kill means the signal was taken.
+    assert!(waiting().await, "the center still waits for its broker");
+    assert!(
+        center.0.try_wait().unwrap().is_none(),
+        "SIGHUP ended the center"
+    );
+}

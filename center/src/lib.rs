@@ -462,6 +462,15 @@ fn load_or_create_instance(data_dir: &std::path::Path) -> std::io::Result<String
 pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = config::CenterConfig::load(Some(config_path))?;
     actors::cron::enable_sighup_reload();
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the signal runtime")?;
+    // SIGHUP's default action ends the process; the cron reload handler takes it only once
+    // the center is connected, so until then (a broker that is not up yet) it is held here.
+    let hangups = signals
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
+        .context("installing the SIGHUP handler")?;
     let bus = elves_shared::bus::open(&config.bus.url, &config.bus.namespace)?;
     let listener = TcpListener::bind(&config.http.listen)
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
@@ -471,22 +480,21 @@ pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
         "elves-center: instruction key {} {}",
         center.key_id, center.public_key_hex
     );
-    let signals = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the signal runtime")?;
-    signals.block_on(wait_for_stop_signal())?;
+    signals.block_on(wait_for_stop_signal(hangups))?;
     log::info!("center: stopping");
     center.stop();
     Ok(())
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
+async fn wait_for_stop_signal(mut hangups: tokio::signal::unix::Signal) -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            // The cron reload handler sees the same signal once the center is connected.
+            Some(()) = hangups.recv() => log::debug!("center: SIGHUP"),
+        }
     }
-    Ok(())
 }
