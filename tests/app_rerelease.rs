@@ -2,48 +2,15 @@
 //! agent must report the version it was told to have, whatever the bytes, so
 //! `info/agents/detail` moves to the new number.
 
-use crate::harness::{unix_now_s, wait_until, Setup, TestEnv, AUTH_ID, AUTH_KEY};
+use crate::apps_lifecycle::upload;
+use crate::harness::{wait_until, Setup, TestEnv};
 use elves_shared::package::testing::app_zip;
-use elves_shared::sign::{self, SignType};
-use serde_json::Value;
 use std::time::Duration;
 
 crate::on_every_setup!(the_same_bytes_under_a_new_version_are_reported_as_the_new_version);
 
 /// Installs and heartbeats are fast in the tests (200 ms beats); this bounds a slow machine.
 const REPORTED_WITHIN: Duration = Duration::from_secs(15);
-
-/// `POST /api/v2/app/upload` with the auth parameters in the query string and the zip as the
-/// multipart field `file`.
-async fn upload(env: &TestEnv, file_name: &str, bytes: &[u8]) -> Value {
-    let path = "/api/v2/app/upload";
-    let pairs = vec![
-        ("auth_id".to_string(), AUTH_ID.to_string()),
-        ("timestamp".to_string(), unix_now_s().to_string()),
-    ];
-    let signed = sign::sign_params(path, pairs, SignType::HmacSha256, AUTH_KEY);
-    let boundary = format!("elves{:016x}", rand::random::<u64>());
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\nContent-Type: application/zip\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    reqwest::Client::new()
-        .post(format!("{}{path}", env.base_url))
-        .query(&signed)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
 
 /// The version of `app` that `info/agents/detail` shows for `ip`, if any.
 async fn reported_version(env: &TestEnv, ip: &str, app: &str) -> Option<String> {

@@ -43,7 +43,7 @@ async fn call_as(
 
 /// `POST /api/v2/app/upload` with the auth parameters in the query string and the zip as the
 /// multipart field `file`.
-async fn upload_as(
+pub(crate) async fn upload_as(
     env: &TestEnv,
     auth_id: &str,
     key: &str,
@@ -82,7 +82,7 @@ async fn upload_as(
         .unwrap()
 }
 
-async fn upload(env: &TestEnv, file_name: &str, bytes: &[u8]) -> Value {
+pub(crate) async fn upload(env: &TestEnv, file_name: &str, bytes: &[u8]) -> Value {
     upload_as(env, AUTH_ID, AUTH_KEY, file_name, bytes, &[]).await
 }
 
