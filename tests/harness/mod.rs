@@ -517,38 +517,17 @@ impl Drop for TestEnv {
 /// exchange, so that repeated runs do not pile them up on the shared broker. Best effort: a
 /// queue a test declared under another name stays.
 fn delete_broker_objects(namespace: &str, agents: &[String]) {
-    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     else {
         return;
     };
-    runtime.block_on(async {
-        let properties = lapin::ConnectionProperties::default()
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio);
-        let Ok(connection) = lapin::Connection::connect(&amqp_url(), properties).await else {
-            return;
-        };
-        let Ok(channel) = connection.create_channel().await else {
-            return;
-        };
-        let mut queues: Vec<String> = ["center.result", "center.heartbeat", "center.submit"]
-            .iter()
-            .map(|suffix| format!("{namespace}.{suffix}"))
-            .collect();
-        queues.extend(agents.iter().map(|id| format!("{namespace}.agent.{id}")));
-        for queue in &queues {
-            let _ = channel
-                .queue_delete(queue, QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = channel
-            .exchange_delete(namespace, ExchangeDeleteOptions::default())
-            .await;
-        let _ = connection.close(200, "test done").await;
-    });
+    runtime.block_on(elves_shared::bus::testing::delete_namespace(
+        &amqp_url(),
+        namespace,
+        agents,
+    ));
 }
 
 /// Starts a center on its own thread (its start blocks briefly).

@@ -51,3 +51,34 @@ impl Bus for PublishOutageBus {
         self.inner.consume(spec, prefetch).await
     }
 }
+
+/// Removes what a test or bench run left on a shared RabbitMQ: the durable queues of the
+/// center and of `agents`, and the namespace's exchange, so that repeated runs do not pile them
+/// up. Best effort: a queue declared under another name stays.
+pub async fn delete_namespace(amqp_url: &str, namespace: &str, agents: &[String]) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let properties = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let Ok(connection) = lapin::Connection::connect(amqp_url, properties).await else {
+        log::warn!("could not connect to clean up namespace {namespace}");
+        return;
+    };
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    let mut queues: Vec<String> = ["center.result", "center.heartbeat", "center.submit"]
+        .iter()
+        .map(|suffix| format!("{namespace}.{suffix}"))
+        .collect();
+    queues.extend(agents.iter().map(|id| format!("{namespace}.agent.{id}")));
+    for queue in &queues {
+        let _ = channel
+            .queue_delete(queue, QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete(namespace, ExchangeDeleteOptions::default())
+        .await;
+    let _ = connection.close(200, "clean-up done").await;
+}

@@ -391,31 +391,8 @@ pub fn install_noop_app(apps_dir: &Path) {
 /// Removes what a run left on the broker: the durable queues of the center and the agents, and
 /// the namespace's exchange.
 pub async fn delete_broker_objects(amqp: &str, namespace: &str, agents: &[AgentId]) {
-    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let properties = lapin::ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
-    let Ok(connection) = lapin::Connection::connect(amqp, properties).await else {
-        eprintln!("could not connect to clean up namespace {namespace}");
-        return;
-    };
-    let Ok(channel) = connection.create_channel().await else {
-        return;
-    };
-    let mut queues: Vec<String> = ["center.result", "center.heartbeat", "center.submit"]
-        .iter()
-        .map(|suffix| format!("{namespace}.{suffix}"))
-        .collect();
-    queues.extend(agents.iter().map(|id| format!("{namespace}.agent.{id}")));
-    for queue in &queues {
-        let _ = channel
-            .queue_delete(queue, QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = channel
-        .exchange_delete(namespace, ExchangeDeleteOptions::default())
-        .await;
-    let _ = connection.close(200, "bench done").await;
+    let agents: Vec<String> = agents.iter().map(ToString::to_string).collect();
+    elves_shared::bus::testing::delete_namespace(amqp, namespace, &agents).await;
 }
 
 // ---------------------------------------------------------------------------------------------
