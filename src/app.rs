@@ -5,52 +5,12 @@
 //! the query string, with its `sha256`). The other subcommands are signed calls to the admin
 //! endpoints, printed like `elves call`.
 
-use crate::call::CallArgs;
+use crate::client::Connection;
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use elves_shared::package::{self, Limits, PackageName};
 use elves_shared::sign::{self, SignType};
 use std::path::PathBuf;
-
-/// Where the center is and who calls it (as for `elves call`).
-#[derive(Args, Clone)]
-pub struct Connection {
-    #[arg(long, env = "ELVES_URL")]
-    url: Option<String>,
-    #[arg(long, env = "ELVES_AUTH_ID")]
-    auth_id: Option<String>,
-    #[arg(long, env = "ELVES_AUTH_KEY", hide_env_values = true)]
-    auth_key: Option<String>,
-    /// MD5 or HMAC-SHA256.
-    #[arg(long, default_value = "HMAC-SHA256")]
-    sign_type: String,
-    #[arg(long, default_value = "data")]
-    data_dir: PathBuf,
-}
-
-impl Connection {
-    fn call(&self, endpoint: &str, params: Vec<String>) -> anyhow::Result<()> {
-        crate::call::run(CallArgs {
-            endpoint: endpoint.to_string(),
-            params,
-            url: self.url.clone(),
-            auth_id: self.auth_id.clone(),
-            auth_key: self.auth_key.clone(),
-            sign_type: self.sign_type.clone(),
-            data_dir: self.data_dir.clone(),
-        })
-    }
-
-    /// (url, auth id, auth key): flags, then the environment, then `<data>/client.toml`.
-    fn resolve(&self) -> anyhow::Result<(String, String, String)> {
-        crate::client::resolve_credentials(
-            self.url.clone(),
-            self.auth_id.clone(),
-            self.auth_key.clone(),
-            &self.data_dir,
-        )
-    }
-}
 
 #[derive(Args)]
 pub struct AppArgs {

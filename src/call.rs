@@ -3,11 +3,9 @@
 //! or the `data/client.toml` that `elves up` writes. The services ignore these variables
 //! (`elves_shared::config::CLIENT_VARIABLES`), so one shell can hold them and start a center.
 
-use crate::client::{self, Client};
+use crate::client::Connection;
 use anyhow::{bail, Context as _};
 use clap::Args;
-use elves_shared::config;
-use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct CallArgs {
@@ -15,23 +13,12 @@ pub struct CallArgs {
     pub(crate) endpoint: String,
     /// Parameters as key=value (auth_id, timestamp and sign are added).
     pub(crate) params: Vec<String>,
-    #[arg(long, env = config::CLIENT_URL)]
-    pub(crate) url: Option<String>,
-    #[arg(long, env = config::CLIENT_AUTH_ID)]
-    pub(crate) auth_id: Option<String>,
-    #[arg(long, env = config::CLIENT_AUTH_KEY, hide_env_values = true)]
-    pub(crate) auth_key: Option<String>,
-    /// MD5 or HMAC-SHA256.
-    #[arg(long, default_value = "HMAC-SHA256")]
-    pub(crate) sign_type: String,
-    #[arg(long, default_value = "data")]
-    pub(crate) data_dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) connection: Connection,
 }
 
 pub fn run(args: CallArgs) -> anyhow::Result<()> {
-    let credentials =
-        client::resolve_credentials(args.url, args.auth_id, args.auth_key, &args.data_dir)?;
-    let client = Client::new(credentials, &args.sign_type)?;
+    let client = args.connection.client()?;
     let mut params = Vec::new();
     for pair in &args.params {
         let Some((key, value)) = pair.split_once('=') else {

@@ -4,8 +4,51 @@
 
 use crate::up::{client_file_path, ClientFile};
 use anyhow::{bail, Context as _};
+use clap::Args;
+use elves_shared::config;
 use elves_shared::sign::{self, SignType};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Where the center is and who calls it: the flags every client subcommand takes.
+#[derive(Args, Clone)]
+pub struct Connection {
+    #[arg(long, env = config::CLIENT_URL)]
+    pub url: Option<String>,
+    #[arg(long, env = config::CLIENT_AUTH_ID)]
+    pub auth_id: Option<String>,
+    #[arg(long, env = config::CLIENT_AUTH_KEY, hide_env_values = true)]
+    pub auth_key: Option<String>,
+    /// MD5 or HMAC-SHA256.
+    #[arg(long, default_value = "HMAC-SHA256")]
+    pub sign_type: String,
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+impl Connection {
+    /// (url, auth id, auth key): flags, then the environment, then `<data>/client.toml`.
+    pub fn resolve(&self) -> anyhow::Result<(String, String, String)> {
+        resolve_credentials(
+            self.url.clone(),
+            self.auth_id.clone(),
+            self.auth_key.clone(),
+            &self.data_dir,
+        )
+    }
+
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Client::new(self.resolve()?, &self.sign_type)
+    }
+
+    /// `elves call <endpoint> <params>` with these flags: prints the answer.
+    pub fn call(&self, endpoint: &str, params: Vec<String>) -> anyhow::Result<()> {
+        crate::call::run(crate::call::CallArgs {
+            endpoint: endpoint.to_string(),
+            params,
+            connection: self.clone(),
+        })
+    }
+}
 
 /// (url, auth id, auth key): each from its flag or variable, else from `<data_dir>/client.toml`.
 pub fn resolve_credentials(

@@ -10,7 +10,7 @@
 //! `name` of an earlier task of the file) or `depend_task_id` (a task already in the queue).
 //! A JSON file may also be just the array of tasks.
 
-use crate::client::{self, Client};
+use crate::client::{Client, Connection};
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use elves_center::api::queue::{MAX_BATCH_BODY_BYTES, MAX_BATCH_TASKS};
@@ -19,34 +19,6 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// Where the center is and who calls it (as for `elves call`).
-#[derive(Args, Clone)]
-pub struct Connection {
-    #[arg(long, env = "ELVES_URL")]
-    url: Option<String>,
-    #[arg(long, env = "ELVES_AUTH_ID")]
-    auth_id: Option<String>,
-    #[arg(long, env = "ELVES_AUTH_KEY", hide_env_values = true)]
-    auth_key: Option<String>,
-    /// MD5 or HMAC-SHA256.
-    #[arg(long, default_value = "HMAC-SHA256")]
-    sign_type: String,
-    #[arg(long, default_value = "data")]
-    data_dir: PathBuf,
-}
-
-impl Connection {
-    fn client(&self) -> anyhow::Result<Client> {
-        let credentials = client::resolve_credentials(
-            self.url.clone(),
-            self.auth_id.clone(),
-            self.auth_key.clone(),
-            &self.data_dir,
-        )?;
-        Client::new(credentials, &self.sign_type)
-    }
-}
 
 /// How `watch` waits.
 #[derive(Args, Clone)]
