@@ -76,13 +76,9 @@ impl Harness {
         config.interpreters = [("sh".to_string(), "/bin/sh".to_string())].into();
         configure(&mut config);
         // The center declares an agent's queue before it sends the first instruction.
-        bus.declare(&QueueSpec {
-            name: bus.queue_name("agent.host-1"),
-            bindings: vec![routing::agent(&agent_id)],
-            durable: true,
-        })
-        .await
-        .unwrap();
+        bus.declare(&QueueSpec::agent(bus.as_ref(), &agent_id))
+            .await
+            .unwrap();
         let stats = Arc::new(AgentStats::new());
         let (stop, stopped) = oneshot::channel::<()>();
         let agent = tokio::spawn(run(config, bus.clone(), stats.clone(), async move {

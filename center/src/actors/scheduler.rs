@@ -355,7 +355,6 @@ mod tests {
     use diesel::connection::SimpleConnection;
     use diesel::Connection;
     use elves_shared::bus::QueueSpec;
-    use elves_shared::wire::routing;
     use std::time::Instant;
 
     fn task_id(n: u64) -> TaskId {
@@ -449,14 +448,7 @@ mod tests {
         let agent = AgentId::parse("agent-1").unwrap();
         let bus = elves_shared::bus::open("inproc", "test").unwrap();
         let mut agent_queue = bus
-            .consume(
-                QueueSpec {
-                    name: bus.queue_name("agent.agent-1"),
-                    bindings: vec![routing::agent(&agent)],
-                    durable: true,
-                },
-                16,
-            )
+            .consume(QueueSpec::agent(bus.as_ref(), &agent), 16)
             .await
             .unwrap();
         let scheduler = Scheduler::new(

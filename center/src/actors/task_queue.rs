@@ -569,7 +569,7 @@ mod tests {
     use crate::store::NewTask;
     use elves_shared::bus::testing::PublishOutageBus;
     use elves_shared::bus::{Bus, QueueSpec};
-    use elves_shared::wire::{routing, AgentId, Mode};
+    use elves_shared::wire::{AgentId, Mode};
 
     fn task(queue_id: &TaskId, n: u64, agent: &AgentId) -> NewTask {
         NewTask {
@@ -602,14 +602,7 @@ mod tests {
 
         let bus = Arc::new(PublishOutageBus::new("test", true));
         let mut agent_queue = bus
-            .consume(
-                QueueSpec {
-                    name: bus.queue_name("agent.agent-1"),
-                    bindings: vec![routing::agent(&agent)],
-                    durable: true,
-                },
-                16,
-            )
+            .consume(QueueSpec::agent(bus.as_ref(), &agent), 16)
             .await
             .unwrap();
         let round = || DispatchRound {

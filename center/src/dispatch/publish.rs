@@ -124,11 +124,7 @@ mod tests {
     async fn a_bound_agent_gets_the_message() {
         let bus: SharedBus = Arc::new(InProcBus::new("test"));
         let agent = AgentId::parse("a").unwrap();
-        let spec = QueueSpec {
-            name: bus.queue_name("agent.a"),
-            bindings: vec![routing::agent(&agent)],
-            durable: true,
-        };
+        let spec = QueueSpec::agent(bus.as_ref(), &agent);
         let mut consumer = bus.consume(spec, 16).await.unwrap();
         let signer = InstructionSigner::generate("center");
         let mut outbound = pack_per_agent(&signer, vec![row(1, "a", 0)]);
