@@ -7,6 +7,7 @@
 //! - `elves`: the release `elves-center` and one `elves-agent` as processes on RabbitMQ and a
 //!   fresh PostgreSQL database, called over HTTP with keep-alive from a Rust client (reqwest)
 //!   and from a plain Python client (`peers/client.py`, http.client), MD5-signed;
+//! - `elves-sqlite`: the same center and agent on RabbitMQ with SQLite: it prices the database;
 //! - `elves-up`: the release `elves` binary's `elves up` (one process, in-process bus, SQLite)
 //!   on a free port with a temp data dir, from the Rust client;
 //! - `celery-c2`, `celery-c8`: Celery 5 on the same broker (its own queue), a prefork worker of
@@ -46,19 +47,29 @@ const WORKER: &str =
 pub const PARAM: &str = "{}";
 const WARMUP: usize = 10;
 
-const SYSTEMS: [&str; 5] = ["floor", "elves", "elves-up", "celery-c2", "celery-c8"];
+const SYSTEMS: [&str; 6] = [
+    "floor",
+    "elves",
+    "elves-sqlite",
+    "elves-up",
+    "celery-c2",
+    "celery-c8",
+];
 
 /// The rows of a table, in the order they are printed.
 const FLOOR: &str = "floor: bare lapin request/reply";
 const ELVES_RUST: &str = "elves distributed, Rust client";
 const ELVES_PYTHON: &str = "elves distributed, Python client";
+/// The distributed system with SQLite instead of PostgreSQL: the cut that prices the database.
+const ELVES_SQLITE: &str = "elves on RabbitMQ + SQLite, Rust";
 const ELVES_UP: &str = "elves up, Rust client";
 const CELERY_C2: &str = "Celery 5, prefork -c 2";
 const CELERY_C8: &str = "Celery 5, prefork -c 8";
-const ROWS: [&str; 6] = [
+const ROWS: [&str; 7] = [
     FLOOR,
     ELVES_RUST,
     ELVES_PYTHON,
+    ELVES_SQLITE,
     ELVES_UP,
     CELERY_C2,
     CELERY_C8,
@@ -163,7 +174,7 @@ fn main() {
         return;
     }
     support::init_logging();
-    let missing = "missing: run scripts/bench peers, which builds the release binaries";
+    let missing = "missing: run scripts/bench peers, which builds the binaries";
     let settings = Settings {
         calls: support::env_count("ELVES_PEERS_CALLS", 300),
         tasks: support::env_count("ELVES_PEERS_TASKS", 5000),
@@ -268,7 +279,7 @@ async fn run(settings: Settings) {
         }
         if settings.runs("elves") {
             eprintln!("[rep {rep}] elves distributed");
-            let system = elves::Distributed::start(&settings).await;
+            let system = elves::Distributed::start(&settings, elves::Database::Postgres).await;
             let ip = system.agent_ip();
             let rt = system.client.rt(ip, WARMUP, settings.calls).await;
             let python_rt = python
@@ -295,6 +306,16 @@ async fn run(settings: Settings) {
             system.stop().await;
             table.insert(ELVES_RUST, Figures::default().rt(&rt).drain(&drain));
             table.insert(ELVES_PYTHON, Figures::default().rt(&python_rt));
+        }
+        if settings.runs("elves-sqlite") {
+            eprintln!("[rep {rep}] elves on RabbitMQ + SQLite");
+            let system = elves::Distributed::start(&settings, elves::Database::Sqlite).await;
+            let ip = system.agent_ip();
+            let rt = system.client.rt(ip, WARMUP, settings.calls).await;
+            let (drain, how) = system.client.drain(&system.store, ip, settings.tasks).await;
+            fill_methods.push(how);
+            system.stop().await;
+            table.insert(ELVES_SQLITE, Figures::default().rt(&rt).drain(&drain));
         }
         if settings.runs("elves-up") {
             eprintln!("[rep {rep}] elves up");
@@ -343,10 +364,39 @@ async fn run(settings: Settings) {
         );
     }
     print_ratios(&summary);
+    let incomplete = incomplete_rows(&settings, &summary);
     println!("versions:");
     for line in &versions {
         println!("  {line}");
     }
+    // The smoke run in `.ci/run` relies on this: a system that ran but left a figure out fails.
+    assert!(
+        incomplete.is_empty(),
+        "systems without their figures: {incomplete:?}"
+    );
+}
+
+/// The rows of the systems that ran whose RT or drain figure is missing from `summary`.
+fn incomplete_rows(settings: &Settings, summary: &Table) -> Vec<&'static str> {
+    let expected: [(&str, &'static str, bool); 7] = [
+        ("floor", FLOOR, true),
+        ("elves", ELVES_RUST, true),
+        ("elves", ELVES_PYTHON, false),
+        ("elves-sqlite", ELVES_SQLITE, true),
+        ("elves-up", ELVES_UP, true),
+        ("celery-c2", CELERY_C2, true),
+        ("celery-c8", CELERY_C8, true),
+    ];
+    expected
+        .into_iter()
+        .filter(|(system, _, _)| settings.runs(system))
+        .filter(|(_, row, drains)| {
+            summary
+                .get(row)
+                .is_none_or(|figures| figures.p50.is_none() || (*drains && figures.drain.is_none()))
+        })
+        .map(|(_, row, _)| row)
+        .collect()
 }
 
 /// Celery's broker URL: kombu reads the vhost `/` as `//`, not as `/%2f`.

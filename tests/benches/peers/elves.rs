@@ -253,7 +253,14 @@ async fn open_store(url: &str) -> Store {
         .expect("the bench's own handle on the center's database")
 }
 
-/// The center and one agent as release processes on RabbitMQ and a fresh PostgreSQL database.
+/// The database a distributed center runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Database {
+    Postgres,
+    Sqlite,
+}
+
+/// The center and one agent as release processes on RabbitMQ and a fresh database.
 pub struct Distributed {
     pub client: Client,
     pub store: Store,
@@ -266,14 +273,17 @@ pub struct Distributed {
 }
 
 impl Distributed {
-    pub async fn start(settings: &Settings) -> Distributed {
+    pub async fn start(settings: &Settings, kind: Database) -> Distributed {
         let dir = tempfile::tempdir().expect("temp dir");
         let namespace = support::namespace("elves-peers");
         let pg_url = settings.pg_url.clone();
-        let database = tokio::task::spawn_blocking(move || TestDatabase::postgres(&pg_url))
-            .await
-            .expect("database task")
-            .expect("a fresh PostgreSQL database (is PostgreSQL up? scripts/services.sh)");
+        let database = tokio::task::spawn_blocking(move || match kind {
+            Database::Postgres => TestDatabase::postgres(&pg_url),
+            Database::Sqlite => TestDatabase::sqlite(),
+        })
+        .await
+        .expect("database task")
+        .expect("a fresh database (is PostgreSQL up? scripts/services.sh)");
         let mut env = support::center_env(&dir.path().join("center"), &namespace);
         env.push(("ELVES_BUS__URL".to_string(), settings.amqp.clone()));
         env.push(("ELVES_DATABASE__URL".to_string(), database.url.clone()));
