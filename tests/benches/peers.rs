@@ -43,6 +43,8 @@ use std::process::Stdio;
 /// The worker every system runs: an elves app's native entry.
 const WORKER: &str =
     "#!/bin/sh\necho '<ElvesWFlag>true</ElvesWFlag><ElvesWResult>ok</ElvesWResult>'\n";
+/// What the worker prints: the floor's bare round trips answer it without running anything.
+pub const WORKER_OUTPUT: &[u8] = b"<ElvesWFlag>true</ElvesWFlag><ElvesWResult>ok</ElvesWResult>\n";
 /// The param of every call; the worker gets it base64-encoded, as an agent passes it.
 pub const PARAM: &str = "{}";
 const WARMUP: usize = 10;
@@ -65,7 +67,11 @@ const ELVES_SQLITE: &str = "elves on RabbitMQ + SQLite, Rust";
 const ELVES_UP: &str = "elves up, Rust client";
 const CELERY_C2: &str = "Celery 5, prefork -c 2";
 const CELERY_C8: &str = "Celery 5, prefork -c 8";
-const ROWS: [&str; 7] = [
+/// Cuts of the RT path (RT figures only), measured with the systems they cut.
+const CUT_HOPS: &str = "cut: two broker hops, no worker";
+const CUT_SPAWN: &str = "cut: worker spawn alone";
+const CUT_HTTP: &str = "cut: elves HTTP call, refused";
+const ROWS: [&str; 10] = [
     FLOOR,
     ELVES_RUST,
     ELVES_PYTHON,
@@ -73,6 +79,9 @@ const ROWS: [&str; 7] = [
     ELVES_UP,
     CELERY_C2,
     CELERY_C8,
+    CUT_HOPS,
+    CUT_SPAWN,
+    CUT_HTTP,
 ];
 
 pub struct Settings {
@@ -161,6 +170,21 @@ impl Worker {
             .output()
             .await;
         output.map(|output| output.stdout).unwrap_or_default()
+    }
+
+    /// `calls` runs one at a time after `warmup`, each timed from the spawn to the exit.
+    pub async fn spawn_times(&self, warmup: usize, calls: usize) -> RtSamples {
+        let mut samples = Vec::with_capacity(calls);
+        for n in 0..warmup + calls {
+            let started = std::time::Instant::now();
+            let output = self.run().await;
+            let elapsed = support::elapsed_ms(started);
+            assert!(Worker::succeeded(&output), "the worker failed alone");
+            if n >= warmup {
+                samples.push(elapsed);
+            }
+        }
+        RtSamples(samples)
     }
 
     pub fn succeeded(output: &[u8]) -> bool {
@@ -273,9 +297,16 @@ async fn run(settings: Settings) {
             )
             .await;
             let rt = floor.rt(WARMUP, settings.calls).await;
+            let hops = floor.bare_round_trips(WARMUP, settings.calls).await;
             let drain = floor.drain(settings.tasks).await;
             floor.stop().await;
+            let worker = Worker {
+                path: worker_path.clone(),
+            };
+            let spawn = worker.spawn_times(WARMUP, settings.calls).await;
             table.insert(FLOOR, Figures::default().rt(&rt).drain(&drain));
+            table.insert(CUT_HOPS, Figures::default().rt(&hops));
+            table.insert(CUT_SPAWN, Figures::default().rt(&spawn));
         }
         if settings.runs("elves") {
             eprintln!("[rep {rep}] elves distributed");
@@ -301,10 +332,12 @@ async fn run(settings: Settings) {
                     &settings.calls.to_string(),
                 ])
                 .await;
+            let refused = system.client.refused_rt(WARMUP, settings.calls).await;
             let (drain, how) = system.client.drain(&system.store, ip, settings.tasks).await;
             fill_methods.push(how);
             system.stop().await;
             table.insert(ELVES_RUST, Figures::default().rt(&rt).drain(&drain));
+            table.insert(CUT_HTTP, Figures::default().rt(&refused));
             table.insert(ELVES_PYTHON, Figures::default().rt(&python_rt));
         }
         if settings.runs("elves-sqlite") {
@@ -364,6 +397,7 @@ async fn run(settings: Settings) {
         );
     }
     print_ratios(&summary);
+    print_breakdown(&summary);
     let incomplete = incomplete_rows(&settings, &summary);
     println!("versions:");
     for line in &versions {
@@ -547,6 +581,38 @@ fn print_ratios(summary: &Table) {
         "<= 1.2",
         |x| x <= 1.2,
     );
+}
+
+/// Where an elves distributed RT call's p50 goes, from the cuts: each part is a cut's p50 or the
+/// difference of two systems' p50s, and the rest is the center's and the agent's own handling
+/// (dispatch, signing, verifying, the agent's bookkeeping around the spawn, result intake).
+fn print_breakdown(summary: &Table) {
+    let p50 = |row: &str| summary.get(row).and_then(|figures| figures.p50);
+    let (Some(total), Some(http), Some(hops), Some(spawn), Some(sqlite)) = (
+        p50(ELVES_RUST),
+        p50(CUT_HTTP),
+        p50(CUT_HOPS),
+        p50(CUT_SPAWN),
+        p50(ELVES_SQLITE),
+    ) else {
+        println!("RT breakdown: needs floor, elves and elves-sqlite in the run");
+        return;
+    };
+    let database = total - sqlite;
+    let rest = total - http - hops - spawn - database;
+    println!("RT breakdown of elves distributed, p50 {total:.2} ms:");
+    for (part, ms) in [
+        ("HTTP call, signature, auth, presence (refused call)", http),
+        ("two broker hops (bare round trip)", hops),
+        ("worker spawn (alone)", spawn),
+        ("PostgreSQL instead of SQLite", database),
+        (
+            "rest: center dispatch and result intake, agent handling",
+            rest,
+        ),
+    ] {
+        println!("  {part:<58} {ms:>6.2} ms  {:>4.0} %", 100.0 * ms / total);
+    }
 }
 
 /// rustc, lapin, RabbitMQ, PostgreSQL, Python and Celery, and this checkout's commit.

@@ -131,6 +131,37 @@ impl Client {
         RtSamples(samples)
     }
 
+    /// `calls` rt calls to an address no agent has, one at a time after `warmup`: the center
+    /// answers `[410.x]` after the HTTP hop, the signature check, the auth id's rights and the
+    /// presence lookup, touching neither the database nor the bus. The cut that prices the
+    /// HTTP side of an RT call.
+    pub async fn refused_rt(&self, warmup: usize, calls: usize) -> RtSamples {
+        let params = [
+            ("ip", "10.255.255.254"),
+            ("app", "noop"),
+            ("func", "run"),
+            ("param", PARAM),
+        ];
+        let mut samples = Vec::with_capacity(calls);
+        for n in 0..warmup + calls {
+            let started = Instant::now();
+            let (status, answer) = self.post("rt/exec", &params).await;
+            let elapsed = support::elapsed_ms(started);
+            assert!(
+                status == 200
+                    && answer["flag"] == "false"
+                    && answer["error"]
+                        .as_str()
+                        .is_some_and(|e| e.starts_with("[410")),
+                "rt/exec to nobody answered ({status}) {answer}"
+            );
+            if n >= warmup {
+                samples.push(elapsed);
+            }
+        }
+        RtSamples(samples)
+    }
+
     /// A queue of `tasks` no-op tasks on `ip`, filled, then committed: from the commit to the
     /// last task's stored finish time. `store` reads the center's database.
     pub async fn drain(&self, store: &Store, ip: &str, tasks: usize) -> (Drain, &'static str) {

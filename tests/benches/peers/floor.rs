@@ -111,8 +111,9 @@ impl Floor {
     }
 
     /// Starts a responder on `queue` that works on `in_flight` requests at once; closing its
-    /// channel ends it.
-    async fn respond(&self, queue: &str, in_flight: u16) -> Channel {
+    /// channel ends it. Without `run_worker` it answers the worker's output at once: the two
+    /// broker hops alone.
+    async fn respond(&self, queue: &str, in_flight: u16, run_worker: bool) -> Channel {
         let channel = self
             .responder
             .create_channel()
@@ -137,7 +138,11 @@ impl Floor {
                 let (channel, worker) = (responder.clone(), worker.clone());
                 // Each request on its own task: the prefetch bounds how many run at once.
                 tokio::spawn(async move {
-                    let output = worker.run().await;
+                    let output = if run_worker {
+                        worker.run().await
+                    } else {
+                        super::WORKER_OUTPUT.to_vec()
+                    };
                     let reply_to = delivery
                         .properties
                         .reply_to()
@@ -170,8 +175,19 @@ impl Floor {
     /// `calls` requests one at a time after `warmup` unmeasured ones; each sample is publish →
     /// answer, in ms.
     pub async fn rt(&mut self, warmup: usize, calls: usize) -> RtSamples {
+        self.round_trips(warmup, calls, true).await
+    }
+
+    /// As [`Floor::rt`] with a responder that runs nothing: what the two broker hops cost.
+    pub async fn bare_round_trips(&mut self, warmup: usize, calls: usize) -> RtSamples {
+        self.round_trips(warmup, calls, false).await
+    }
+
+    async fn round_trips(&mut self, warmup: usize, calls: usize, run_worker: bool) -> RtSamples {
         let rt_queue = self.rt_queue.clone();
-        let responder = self.respond(&rt_queue, 1).await;
+        // The queue is auto-delete: an earlier run's responder took it along when it left.
+        declare(&self.caller_channel, &rt_queue).await;
+        let responder = self.respond(&rt_queue, 1, run_worker).await;
         let mut samples = Vec::with_capacity(calls);
         for n in 0..warmup + calls {
             let started = Instant::now();
@@ -199,7 +215,7 @@ impl Floor {
             self.request(&drain_queue, n).await;
         }
         let started = Instant::now();
-        let responder = self.respond(&drain_queue, IN_FLIGHT).await;
+        let responder = self.respond(&drain_queue, IN_FLIGHT, true).await;
         let mut ok = 0;
         for _ in 0..tasks {
             if Worker::succeeded(&self.answer().await) {
