@@ -132,7 +132,7 @@ impl Client {
     }
 
     /// `calls` rt calls to an address no agent has, one at a time after `warmup`: the center
-    /// answers `[410.x]` after the HTTP hop, the signature check, the auth id's rights and the
+    /// answers `[414.1]` (unknown agent) after the HTTP hop, the signature check, the auth id's rights and the
     /// presence lookup, touching neither the database nor the bus. The cut that prices the
     /// HTTP side of an RT call.
     pub async fn refused_rt(&self, warmup: usize, calls: usize) -> RtSamples {
@@ -152,7 +152,7 @@ impl Client {
                     && answer["flag"] == "false"
                     && answer["error"]
                         .as_str()
-                        .is_some_and(|e| e.starts_with("[410")),
+                        .is_some_and(|e| e.starts_with("[414.1]")),
                 "rt/exec to nobody answered ({status}) {answer}"
             );
             if n >= warmup {
