@@ -60,6 +60,10 @@ pub enum WorkerError {
     NoPython,
     #[error("agent is shutting down")]
     ShuttingDown,
+    /// The start could not be written down; a task whose start is not on record could run a
+    /// second time after a crash, so it does not run at all.
+    #[error("task not started: {0}")]
+    NotRecorded(String),
 }
 
 /// One job for a worker, as the agent received it.
@@ -169,6 +173,17 @@ impl WorkerRunner {
     /// Runs one job to its end. Never fails: every problem becomes `worker_flag` -1.
     /// Dropping the future kills the worker's process group.
     pub async fn run(&self, job: WorkerJob) -> WorkerReport {
+        self.run_recorded(job, || Ok(())).await
+    }
+
+    /// Like [`WorkerRunner::run`], calling `record_start` once a worker slot is free and just
+    /// before the process is spawned; when it fails, nothing is spawned and its message is
+    /// the report's (a [`WorkerError::NotRecorded`]).
+    pub async fn run_recorded(
+        &self,
+        job: WorkerJob,
+        record_start: impl FnOnce() -> Result<(), String>,
+    ) -> WorkerReport {
         let task_id = &job.task_id;
         let entry = match self.entry_for(&job) {
             Ok(entry) => entry,
@@ -189,6 +204,10 @@ impl WorkerRunner {
             },
             ..self.limits.clone()
         };
+        if let Err(err) = record_start() {
+            log::error!("task {task_id}: {err}");
+            return refused(WorkerError::NotRecorded(err));
+        }
         let spec = exec_spec(entry, &job);
         log::debug!(
             "task {task_id}: starting {} for app {} func {}",
