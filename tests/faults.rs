@@ -1,0 +1,404 @@
+//! The fault suite: tasks submitted while a part of the system is broken on purpose, and one
+//! checker ([`checker`]) that classifies every submitted task by what the center finally says
+//! about it and how many times the app itself ran it (the `count` func of the test app appends
+//! its task id to a file at each execution):
+//!
+//! - ended ok once: finished with `worker_flag` 1 and the app's own answer, run once;
+//! - ended with a clear failure: a terminal state with a non-empty error or message;
+//! - ran twice: the app counted the task more than once;
+//! - never ended: no terminal state within the scenario's bound.
+//!
+//! A scenario fails on any "ran twice" or "never ended", and prints its row of the table
+//! `scenario | tasks | ended ok | ended failed | ran twice | never ended`.
+//!
+//! Agents run as real processes (`elves agent`), so that they can be killed with SIGKILL or
+//! stopped with SIGSTOP. Scenarios that restart the broker use a node of their own
+//! (`harness::rabbit_node`); the others use the shared broker in a namespace of their own,
+//! since nothing they do touches the broker itself.
+
+use crate::harness::{BusKind, TestEnv};
+use crate::queue::{commit, create_queue, ok_result, read_lines, results};
+use elves_agent::AgentConfig;
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+pub mod checker {
+    use serde_json::{Map, Value};
+    use std::collections::BTreeMap;
+
+    const TERMINAL: [&str; 3] = ["finish", "skipped", "stoped"];
+
+    /// One row of the table: how every task of a scenario ended.
+    #[derive(Debug, Default)]
+    pub struct Tally {
+        pub scenario: String,
+        pub tasks: usize,
+        pub ended_ok: usize,
+        /// Failure message → how many tasks ended with it.
+        pub ended_failed: BTreeMap<String, usize>,
+        pub ran_twice: Vec<String>,
+        pub never_ended: Vec<String>,
+    }
+
+    impl Tally {
+        pub fn n_failed(&self) -> usize {
+            self.ended_failed.values().sum()
+        }
+
+        pub fn row(&self) -> String {
+            let failures: Vec<String> = self
+                .ended_failed
+                .iter()
+                .map(|(message, n)| format!("{n}× {message}"))
+                .collect();
+            format!(
+                "| {} | {} | {} | {}{} | {} | {} |",
+                self.scenario,
+                self.tasks,
+                self.ended_ok,
+                self.n_failed(),
+                if failures.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", failures.join("; "))
+                },
+                self.ran_twice.len(),
+                self.never_ended.len()
+            )
+        }
+
+        /// Prints the row and fails the test on any task that ran twice or never ended.
+        pub fn report(&self) {
+            println!(
+                "| scenario | tasks | ended ok | ended failed | ran twice | never ended |\n\
+                 |---|---|---|---|---|---|\n{}",
+                self.row()
+            );
+            assert!(
+                self.ran_twice.is_empty() && self.never_ended.is_empty(),
+                "{}: ran twice {:?}, never ended {:?}",
+                self.scenario,
+                self.ran_twice,
+                self.never_ended
+            );
+            assert_eq!(
+                self.ended_ok + self.n_failed(),
+                self.tasks,
+                "{}: every task is counted once",
+                self.scenario
+            );
+        }
+    }
+
+    /// Classifies each of `submitted` (task id → the answer its app gives when it runs to its
+    /// end) from the center's `queue/result` rows and the ids the app wrote at each run.
+    pub fn classify(
+        scenario: &str,
+        submitted: &BTreeMap<String, String>,
+        rows: &Map<String, Value>,
+        executions: &[String],
+    ) -> Tally {
+        let mut runs: BTreeMap<&str, usize> = BTreeMap::new();
+        for id in executions {
+            *runs.entry(id.as_str()).or_default() += 1;
+        }
+        let mut tally = Tally {
+            scenario: scenario.to_string(),
+            tasks: submitted.len(),
+            ..Tally::default()
+        };
+        for (id, expected) in submitted {
+            let n_runs = runs.get(id.as_str()).copied().unwrap_or(0);
+            let row = rows.get(id);
+            let status = row.and_then(|row| row["status"].as_str()).unwrap_or("");
+            if n_runs > 1 {
+                tally.ran_twice.push(id.clone());
+                continue;
+            }
+            let Some(row) = row.filter(|_| TERMINAL.contains(&status)) else {
+                tally.never_ended.push(id.clone());
+                continue;
+            };
+            let message = row["worker_message"].as_str().unwrap_or("");
+            let error = row["error"].as_str().unwrap_or("");
+            if status == "finish" && row["worker_flag"] == "1" && message == expected && n_runs == 1
+            {
+                tally.ended_ok += 1;
+                continue;
+            }
+            let failure = match (error, message) {
+                ("", "") => format!("{status} with no message (ran {n_runs}×)"),
+                ("", message) => message.to_string(),
+                (error, "") => error.to_string(),
+                (error, message) => format!("{error}: {message}"),
+            };
+            *tally.ended_failed.entry(failure).or_default() += 1;
+        }
+        tally
+    }
+}
+
+/// An agent as its own process (`elves agent --config …`), killed when dropped.
+struct AgentProcess {
+    config_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    fn start(dir: &Path, config: &AgentConfig) -> AgentProcess {
+        let config_path = dir.join(format!("agent-{}.toml", config.id));
+        std::fs::write(&config_path, agent_toml(config)).unwrap();
+        let mut agent = AgentProcess {
+            config_path,
+            child: None,
+        };
+        agent.restart();
+        agent
+    }
+
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "the agent runs already");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_elves"));
+        command
+            .arg("agent")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        // The file alone is its configuration, whatever this test process was given.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("ELVES_") {
+                command.env_remove(name);
+            }
+        }
+        self.child = Some(command.spawn().unwrap());
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        libc::pid_t::try_from(self.child.as_ref().unwrap().id()).unwrap()
+    }
+
+    /// SIGKILL: none of the agent's shutdown code runs.
+    fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill has no memory-safety preconditions.
+        let sent = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(sent, 0, "signal {signal} to the agent");
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn agent_toml(config: &AgentConfig) -> String {
+    let text = |path: &Path| path.to_str().unwrap().to_string();
+    let file = json!({
+        "id": config.id.to_string(),
+        "ip": config.ip,
+        "apps_dir": text(&config.apps_dir),
+        "spool_dir": text(&config.spool_dir),
+        "heartbeat_interval_ms": config.heartbeat_interval_ms,
+        "max_concurrent": config.max_concurrent,
+        "bus": { "url": config.bus.url, "namespace": config.bus.namespace },
+        "center": { "key_id": config.center.key_id, "public_key": config.center.public_key },
+        "exec": { "kill_grace_ms": config.exec.kill_grace_ms },
+    });
+    let table: toml::Table = serde_json::from_value(file).unwrap();
+    toml::to_string(&table).unwrap()
+}
+
+fn process_agent_config(env: &TestEnv, id: &str, max_concurrent: usize) -> AgentConfig {
+    let mut config = env.agent_config(id);
+    config.bus.url = crate::harness::amqp_url();
+    config.bus.namespace = env.namespace.clone();
+    config.max_concurrent = max_concurrent;
+    config
+}
+
+/// Adds one `count` task per entry of `seconds` to a new queue for agent `ip`; returns the
+/// queue id and task id → the answer the app gives when it runs to its end.
+async fn count_tasks(
+    env: &TestEnv,
+    ip: &str,
+    file: &Path,
+    seconds: &[&str],
+    timeout_s: u32,
+) -> (String, std::collections::BTreeMap<String, String>) {
+    let queue = create_queue(env).await;
+    let mut submitted = std::collections::BTreeMap::new();
+    for seconds in seconds {
+        let param = json!({ "file": file, "seconds": seconds }).to_string();
+        let answer = env
+            .call(
+                "queue/addtask",
+                &[
+                    ("queue_id", &queue),
+                    ("ip", ip),
+                    ("func", "count"),
+                    ("param", &param),
+                    ("timeout", &timeout_s.to_string()),
+                ],
+            )
+            .await;
+        let id = ok_result(&answer)["id"].as_str().unwrap().to_string();
+        submitted.insert(id.clone(), format!("counted {id}"));
+    }
+    (queue, submitted)
+}
+
+/// The queue's rows once every task is terminal, or as they are after `bound`: a task still
+/// running then is what the checker calls "never ended".
+async fn settled_results(env: &TestEnv, queue: &str, bound: Duration) -> Map<String, Value> {
+    let started = Instant::now();
+    loop {
+        let rows = results(env, queue).await;
+        let all_terminal = rows.values().all(|row| {
+            ["finish", "skipped", "stoped"].contains(&row["status"].as_str().unwrap_or(""))
+        });
+        if all_terminal || started.elapsed() > bound {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The pids of the worker processes (`app-worker`) of `tasks`, from `/proc`.
+fn workers_of(tasks: &[String]) -> Vec<u32> {
+    let markers: Vec<Vec<u8>> = tasks
+        .iter()
+        .map(|id| format!("ELVES_TASK_ID={id}").into_bytes())
+        .collect();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let is_worker = cmdline
+            .split(|&byte| byte == 0)
+            .any(|arg| arg.ends_with(b"app-worker"));
+        let ours = environ
+            .split(|&byte| byte == 0)
+            .any(|variable| markers.iter().any(|marker| marker == variable));
+        if is_worker && ours {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+async fn wait_lines(file: &Path, n: usize, what: &str) {
+    crate::harness::wait_until(what, Duration::from_secs(30), || async {
+        read_lines(file).len() >= n
+    })
+    .await;
+}
+
+/// Issue 16, item 1: an agent killed mid-task and restarted 5 s later. Its workers die with it;
+/// the tasks that were running come back from the broker and are reported lost, not run a
+/// second time; the ones that had not started yet run once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_mid_task_runs_nothing_twice() {
+    let env = TestEnv::start(BusKind::Rabbit).await;
+    let config = process_agent_config(&env, "a1", 4);
+    let mut agent = AgentProcess::start(env.dir.path(), &config);
+    env.wait_online("a1").await;
+    let file = env.dir.path().join("executions.log");
+    let (queue, submitted) = count_tasks(&env, "ip-a1", &file, &["3"; 8], 30).await;
+    commit(&env, &queue).await;
+    wait_lines(&file, 4, "four tasks running").await;
+    assert_eq!(workers_of(&read_lines(&file)).len(), 4, "four workers seen");
+
+    agent.kill();
+    let at_kill = read_lines(&file);
+    assert_eq!(at_kill.len(), 4, "only four slots: {at_kill:?}");
+    // The workers died with their agent (their `sleep`, a grandchild, is found again and
+    // killed by the restarted agent).
+    crate::harness::wait_until(
+        "the workers to die with their agent",
+        Duration::from_secs(5),
+        || async { workers_of(&at_kill).is_empty() },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    agent.restart();
+
+    let rows = settled_results(&env, &queue, Duration::from_secs(60)).await;
+    let tally = checker::classify(
+        "agent SIGKILL mid-task, restart after 5 s",
+        &submitted,
+        &rows,
+        &read_lines(&file),
+    );
+    tally.report();
+    assert_eq!(tally.ended_ok, 4, "{}", tally.row());
+    let lost: usize = tally
+        .ended_failed
+        .iter()
+        .filter(|(message, _)| {
+            message.starts_with("lost: agent stopped while the task was running")
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(lost, 4, "{}", tally.row());
+    for id in &at_kill {
+        assert_eq!(rows[id]["error"], "lost", "{}", rows[id]);
+    }
+}
+
+/// Issue 16, item 2: an agent stopped (SIGSTOP) for longer than the offline threshold and the
+/// tasks' timeout, while its workers finish. Once continued it reports what they printed and
+/// their own short run, not timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_stopped_past_the_timeout_reports_finished_work() {
+    let env = TestEnv::start(BusKind::Rabbit).await;
+    let config = process_agent_config(&env, "a1", 2);
+    let agent = AgentProcess::start(env.dir.path(), &config);
+    env.wait_online("a1").await;
+    let file = env.dir.path().join("executions.log");
+    let (queue, submitted) = count_tasks(&env, "ip-a1", &file, &["0.2"; 6], 2).await;
+    commit(&env, &queue).await;
+    wait_lines(&file, 1, "a task running").await;
+
+    agent.signal(libc::SIGSTOP);
+    // Longer than the tasks' 2 s timeout and than the offline threshold (a few 200 ms beats).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    agent.signal(libc::SIGCONT);
+
+    let rows = settled_results(&env, &queue, Duration::from_secs(60)).await;
+    let tally = checker::classify(
+        "agent SIGSTOP 4 s (past timeout and offline threshold)",
+        &submitted,
+        &rows,
+        &read_lines(&file),
+    );
+    tally.report();
+    assert!(
+        tally
+            .ended_failed
+            .keys()
+            .all(|message| !message.contains("timeout")),
+        "{}",
+        tally.row()
+    );
+    for id in read_lines(&file) {
+        let costtime = rows[&id]["worker_costtime"].as_u64().unwrap();
+        assert!(costtime < 2_000, "task {id} ran 0.2 s: {}", rows[&id]);
+    }
+    assert_eq!(tally.ended_ok, 6, "{}", tally.row());
+}
