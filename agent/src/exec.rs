@@ -559,9 +559,14 @@ mod tests {
             .build()
             .unwrap();
         let outcome = runtime.block_on(async {
-            let limits = quick_limits();
-            let running = tokio::spawn(async move { run(sh("echo done"), &limits).await });
-            // Let the task spawn the child, then stall the only runtime thread past the timeout.
+            let limits = ExecLimits {
+                timeout: Duration::from_millis(500),
+                ..quick_limits()
+            };
+            let script = sh("sleep 0.2; echo done");
+            let running = tokio::spawn(async move { run(script, &limits).await });
+            // Let the task spawn the child, then stall the only runtime thread past the timeout
+            // while the child finishes.
             tokio::time::sleep(Duration::from_millis(50)).await;
             std::thread::sleep(Duration::from_millis(1_500));
             running.await.unwrap()
