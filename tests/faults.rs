@@ -402,3 +402,166 @@ async fn agent_stopped_past_the_timeout_reports_finished_work() {
     }
     assert_eq!(tally.ended_ok, 6, "{}", tally.row());
 }
+
+/// A signed `rt/exec` of the test app's `count` func: appends the task id to `file`, sleeps.
+async fn rt_count(
+    http: &reqwest::Client,
+    base_url: &str,
+    ip: &str,
+    file: &Path,
+    seconds: &str,
+) -> Value {
+    use crate::harness::{unix_now_s, AUTH_ID, AUTH_KEY};
+    use elves_shared::sign::{self, SignType};
+    let path = "/api/v2/rt/exec";
+    let param = json!({ "file": file, "seconds": seconds }).to_string();
+    let pairs = vec![
+        ("ip".to_string(), ip.to_string()),
+        ("app".to_string(), "elvestest".to_string()),
+        ("func".to_string(), "count".to_string()),
+        ("param".to_string(), param),
+        ("timeout".to_string(), "30".to_string()),
+        ("auth_id".to_string(), AUTH_ID.to_string()),
+        ("timestamp".to_string(), unix_now_s().to_string()),
+    ];
+    let signed = sign::sign_params(path, pairs, SignType::Md5, AUTH_KEY);
+    http.post(format!("{base_url}{path}"))
+        .form(&signed)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Issue 16, item 4: RT calls in flight when the broker restarts, one running on the agent, one
+/// waiting for its only worker slot. Their callers get a clear answer once the broker
+/// connection is lost, long before the deadline (30 s timeout + kill grace + allowance), and
+/// nothing runs twice. The broker is a node of this test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rt_calls_in_flight_when_the_broker_restarts_end_at_once() {
+    use crate::harness::rabbit_node::{free_port, RabbitNode};
+    use crate::harness::{center_config, install_test_apps, start_center, wait_until};
+    use elves_shared::bus;
+    use elves_shared::wire::AgentId;
+    use std::sync::Arc;
+
+    let mut node = RabbitNode::start_on(free_port()).await;
+    let namespace = format!("elves-test-{:016x}", rand::random::<u64>());
+    let dir = tempfile::tempdir().unwrap();
+    let database = elves_center::store::testing::TestDatabase::sqlite().unwrap();
+    let mut config = center_config(dir.path(), &BusKind::InProc, &namespace, &database.url);
+    config.bus.url = node.url();
+    let center = start_center(config, bus::open(&node.url(), &namespace).unwrap()).await;
+    let base_url = format!("http://{}", center.http_addr);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+
+    let mut agent_config = AgentConfig::new(AgentId::parse("a1").unwrap());
+    agent_config.ip = "ip-a1".to_string();
+    agent_config.apps_dir = dir.path().join("apps-a1");
+    install_test_apps(&agent_config.apps_dir);
+    agent_config.spool_dir = dir.path().join("spool-a1");
+    agent_config.heartbeat_interval_ms = 200;
+    agent_config.max_concurrent = 1;
+    agent_config.exec.kill_grace_ms = 500;
+    agent_config.center.key_id = center.key_id.clone();
+    agent_config.center.public_key = center.public_key_hex.clone();
+    let agent_bus = bus::open(
+        &bus::with_frame_max(&node.url(), elves_agent::config::DEFAULT_FRAME_MAX),
+        &namespace,
+    )
+    .unwrap();
+    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(elves_agent::run(
+        agent_config,
+        agent_bus.clone(),
+        Arc::new(elves_agent::AgentStats::new()),
+        async move {
+            let _ = agent_stopped.await;
+        },
+    ));
+    wait_until("agent a1 online", Duration::from_secs(20), || async {
+        let health: Value = http
+            .get(format!("{base_url}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        health["heartbeat"]["online"].get("a1").is_some()
+    })
+    .await;
+
+    let file = dir.path().join("executions.log");
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, base_url, file) = (http.clone(), base_url.clone(), file.clone());
+            tokio::spawn(async move { rt_count(&http, &base_url, "ip-a1", &file, "8").await })
+        })
+        .collect();
+    wait_lines(&file, 1, "one rt call running").await;
+
+    let stopped_at = Instant::now();
+    tokio::task::block_in_place(|| node.stop());
+    node.start().await;
+    let mut tally = checker::Tally {
+        scenario: "broker restart with RT calls in flight".to_string(),
+        tasks: calls.len(),
+        ..checker::Tally::default()
+    };
+    for (n, call) in calls.into_iter().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(20), call).await {
+            Ok(answer) => {
+                let answer = answer.unwrap();
+                if answer["flag"] == "true" {
+                    tally.ended_ok += 1;
+                } else {
+                    let error = answer["error"].as_str().unwrap_or("").to_string();
+                    assert!(!error.is_empty(), "{answer}");
+                    let kind = error.split(" while task ").next().unwrap_or("").to_string();
+                    *tally.ended_failed.entry(kind).or_default() += 1;
+                }
+            }
+            Err(_) => tally.never_ended.push(format!("call {n}")),
+        }
+    }
+    let waited = stopped_at.elapsed();
+    let mut executions = read_lines(&file);
+    executions.sort();
+    let n_runs = executions.len();
+    executions.dedup();
+    if executions.len() != n_runs {
+        tally.ran_twice = executions.clone();
+    }
+    tally.report();
+    assert_eq!(tally.ended_ok, 0, "{}", tally.row());
+    assert!(
+        tally
+            .ended_failed
+            .keys()
+            .all(|error| error.contains("the broker connection was lost")),
+        "{}",
+        tally.row()
+    );
+    // Well before the calls' deadline (over 40 s): the wait ended with the connection.
+    assert!(
+        waited < Duration::from_secs(30),
+        "callers waited {waited:?}"
+    );
+
+    let _ = stop_agent.send(());
+    tokio::time::timeout(Duration::from_secs(40), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    agent_bus.close().await;
+    tokio::task::spawn_blocking(move || center.stop())
+        .await
+        .unwrap();
+}

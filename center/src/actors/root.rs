@@ -10,7 +10,7 @@
 use super::app_store::{AgentReported, AppRegistry, AppStore};
 use super::cron::Cron;
 use super::heartbeat::{Heartbeat, HeartbeatReceived};
-use super::scheduler::{ReplyReceived, Scheduler};
+use super::scheduler::{ReplyQueueLost, ReplyReceived, Scheduler};
 use super::task_queue::{ResultsReceived, TaskQueue};
 use crate::config::CenterConfig;
 use crate::metrics::Metrics;
@@ -255,7 +255,20 @@ async fn feed_heartbeats(
 }
 
 async fn feed_replies(mut consumer: Consumer, scheduler: Addr<Scheduler>) {
-    while let Some(delivery) = consumer.next().await {
+    let mut losses = consumer.losses();
+    loop {
+        let delivery = tokio::select! {
+            delivery = consumer.next() => delivery,
+            Ok(()) = losses.changed() => {
+                // The reply queue is private: it went with the connection, and with it every
+                // result on its way to a waiting caller.
+                scheduler.do_send(ReplyQueueLost);
+                continue;
+            }
+        };
+        let Some(delivery) = delivery else {
+            break;
+        };
         let message = &delivery.message;
         match wire::decode::<JobResult>(&message.body) {
             Ok(result) if message.kind == kind::RESULT => {

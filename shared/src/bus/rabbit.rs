@@ -348,6 +348,7 @@ impl Bus for RabbitBus {
     async fn consume(&self, spec: QueueSpec, prefetch: u16) -> Result<Consumer, BusError> {
         let first = self.inner.open_consumer(&spec, prefetch).await?;
         let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
+        let (losses, losses_seen) = tokio::sync::watch::channel(0u64);
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let mut current = Some(first);
@@ -384,6 +385,7 @@ impl Bus for RabbitBus {
                             }
                         }
                     }
+                    losses.send_modify(|n_lost| *n_lost += 1);
                 }
                 if sender.is_closed() || inner.is_closed() {
                     return;
@@ -399,7 +401,7 @@ impl Bus for RabbitBus {
                 }
             }
         });
-        Ok(Consumer::new(receiver))
+        Ok(Consumer::with_losses(receiver, losses_seen))
     }
 
     async fn close(&self) {
