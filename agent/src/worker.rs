@@ -64,6 +64,8 @@ pub enum WorkerError {
     /// second time after a crash, so it does not run at all.
     #[error("task not started: {0}")]
     NotRecorded(String),
+    #[error("param is {0} bytes, over the limit of {max} bytes (a worker gets it as one command-line argument)", max = elves_shared::wire::MAX_PARAM_BYTES)]
+    ParamTooLarge(usize),
 }
 
 /// One job for a worker, as the agent received it.
@@ -244,6 +246,9 @@ impl WorkerRunner {
     }
 
     fn entry_for(&self, job: &WorkerJob) -> Result<Entry, WorkerError> {
+        if job.param.len() > elves_shared::wire::MAX_PARAM_BYTES {
+            return Err(WorkerError::ParamTooLarge(job.param.len()));
+        }
         if !is_valid_name(&job.app) {
             return Err(WorkerError::BadAppName(job.app.clone()));
         }
@@ -1161,6 +1166,24 @@ esac
         assert_eq!(timed_out.worker_flag, -1);
         assert_eq!(timed_out.worker_message, "app exec timeout");
         assert!(timed_out.costtime_ms >= 300);
+
+        // The largest param runs; one byte more is refused before anything starts.
+        let largest = "x".repeat(elves_shared::wire::MAX_PARAM_BYTES);
+        let report = runner.run(job("demo", "hello", &largest)).await;
+        assert_eq!(report.worker_flag, 1, "{}", report.worker_message.len());
+        let too_large = runner
+            .run(job("demo", "hello", &format!("{largest}x")))
+            .await;
+        assert_eq!(too_large.worker_flag, -1);
+        assert_eq!(
+            too_large.not_started,
+            Some(WorkerError::ParamTooLarge(
+                elves_shared::wire::MAX_PARAM_BYTES + 1
+            ))
+        );
+        assert!(too_large
+            .worker_message
+            .contains("over the limit of 96000 bytes"));
 
         let absent = runner.run(job("absent", "hello", "")).await;
         assert_eq!(absent.worker_flag, -1);
