@@ -359,6 +359,18 @@ async fn agent_killed_mid_task_runs_nothing_twice() {
     for id in &at_kill {
         assert_eq!(rows[id]["error"], "lost", "{}", rows[id]);
     }
+    drop(agent);
+    forget_agent_queue(&env, "a1").await;
+}
+
+/// The harness removes the queues of the agents it started; these ran as processes.
+async fn forget_agent_queue(env: &TestEnv, id: &str) {
+    elves_shared::bus::testing::delete_namespace(
+        &crate::harness::amqp_url(),
+        &env.namespace,
+        &[id.to_string()],
+    )
+    .await;
 }
 
 /// Issue 16, item 2: an agent stopped (SIGSTOP) for longer than the offline threshold and the
@@ -401,6 +413,8 @@ async fn agent_stopped_past_the_timeout_reports_finished_work() {
         assert!(costtime < 2_000, "task {id} ran 0.2 s: {}", rows[&id]);
     }
     assert_eq!(tally.ended_ok, 6, "{}", tally.row());
+    drop(agent);
+    forget_agent_queue(&env, "a1").await;
 }
 
 /// A signed `rt/exec` of the test app's `count` func: appends the task id to `file`, sleeps.
@@ -564,4 +578,51 @@ async fn rt_calls_in_flight_when_the_broker_restarts_end_at_once() {
     tokio::task::spawn_blocking(move || center.stop())
         .await
         .unwrap();
+}
+
+/// Issue 16, item 7: a body over the limit gets the HTTP-200 envelope with a code (not a bare
+/// 413), and a param too large to hand to a worker is refused up front with 403.2 and the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_and_params_get_the_envelope_with_their_limit() {
+    let env = TestEnv::start(BusKind::InProc).await;
+    let http = reqwest::Client::new();
+    let body = format!("param={}", "x".repeat(300 * 1024));
+    let response = http
+        .post(format!("{}/api/v2/rt/exec", env.base_url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(crate::harness::error_code(&answer), "403.2", "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("request body over the limit of 262144 bytes"),
+        "{answer}"
+    );
+
+    let param = json!({ "data": "x".repeat(100_000) }).to_string();
+    let answer = env
+        .call(
+            "rt/exec",
+            &[
+                ("ip", "ip-a1"),
+                ("app", "elvestest"),
+                ("func", "ok"),
+                ("param", &param),
+            ],
+        )
+        .await;
+    assert_eq!(crate::harness::error_code(&answer), "403.2", "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit of 96000 bytes"),
+        "{answer}"
+    );
 }

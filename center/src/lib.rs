@@ -384,13 +384,17 @@ impl Center {
             bus: self.bus.clone(),
         });
         actix_rt::spawn(submit::consume_submissions(submissions, state.clone()));
-        let server =
-            HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
-                .workers(workers)
-                .disable_signals()
-                .listen(listener)
-                .context("listening for http")?
-                .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(api::envelope_errors())
+                .app_data(state.clone())
+                .configure(api::configure)
+        })
+        .workers(workers)
+        .disable_signals()
+        .listen(listener)
+        .context("listening for http")?
+        .run();
         Ok(server)
     }
 }

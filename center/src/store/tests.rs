@@ -52,6 +52,7 @@ on_both_backends!(
     audit_log_round_trip,
     agents_round_trip,
     apps_versions_and_bindings,
+    concurrent_uploads_of_one_app,
     submit_replies_are_owed_once_their_task_is_settled,
     unsent_tasks_go_back_to_pending,
 );
@@ -1153,6 +1154,10 @@ fn store_is_a_clone_send_sync_handle() {
 
 fn apps_versions_and_bindings(store: &Store) {
     super::apps::tests::apps_versions_and_bindings(store);
+}
+
+fn concurrent_uploads_of_one_app(store: &Store) {
+    super::apps::tests::concurrent_uploads_of_one_app(store);
 }
 
 fn submit_replies_are_owed_once_their_task_is_settled(store: &Store) {
