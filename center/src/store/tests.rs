@@ -1264,3 +1264,22 @@ fn unsent_tasks_go_back_to_pending(store: &Store) {
     assert_eq!(store.release_unsent(&[id(2)], "center-a").unwrap(), 0);
     assert_eq!(task(store, 2).status, TaskStatus::Stopped);
 }
+
+/// A database that hands out no connection (away, or every connection held) fails a call
+/// within the checkout timeout with a message that says so, instead of holding it for 30 s.
+#[test]
+fn a_call_without_a_connection_fails_fast_and_says_why() {
+    let db = TestDb::sqlite();
+    let held: Vec<_> = (0..POOL_SIZE).map(|_| db.store.conn().unwrap()).collect();
+    let asked = std::time::Instant::now();
+    let err = db.store.list_apps().unwrap_err();
+    let waited = asked.elapsed();
+    assert!(matches!(err, StoreError::Pool(_)), "{err}");
+    assert!(err.to_string().starts_with("database unavailable"), "{err}");
+    assert!(
+        waited >= CHECKOUT_TIMEOUT && waited < CHECKOUT_TIMEOUT * 3,
+        "{waited:?}"
+    );
+    drop(held);
+    assert!(db.store.list_apps().is_ok());
+}
