@@ -626,3 +626,40 @@ async fn oversized_bodies_and_params_get_the_envelope_with_their_limit() {
         "{answer}"
     );
 }
+
+/// Issue 16, item 6: an RT call to an agent whose only queue slot is busy, with queued work
+/// waiting behind it, runs at once in the RT share instead of waiting for the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rt_call_does_not_wait_behind_queued_work() {
+    let mut env = TestEnv::start(BusKind::Rabbit).await;
+    let mut config = env.agent_config("a1");
+    config.max_concurrent = 1;
+    env.start_agent_with(config).await;
+    let file = env.dir.path().join("executions.log");
+    let (queue, submitted) = count_tasks(&env, "ip-a1", &file, &["1"; 8], 30).await;
+    commit(&env, &queue).await;
+    wait_lines(&file, 1, "the queue running").await;
+
+    let answer = env
+        .call(
+            "rt/exec",
+            &[("ip", "ip-a1"), ("app", "elvestest"), ("func", "ok")],
+        )
+        .await;
+    assert_eq!(ok_result(&answer)["worker_message"], "ok", "{answer}");
+    let finished_by_then = read_lines(&file).len();
+    assert!(
+        finished_by_then < submitted.len(),
+        "the RT call was answered before the queue ran its {} tasks ({finished_by_then} started)",
+        submitted.len()
+    );
+    let rows = settled_results(&env, &queue, Duration::from_secs(60)).await;
+    let tally = checker::classify(
+        "RT call with 8 queued tasks on a 1-slot agent",
+        &submitted,
+        &rows,
+        &read_lines(&file),
+    );
+    tally.report();
+    assert_eq!(tally.ended_ok, submitted.len(), "{}", tally.row());
+}

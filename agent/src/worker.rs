@@ -119,14 +119,22 @@ pub struct Entry {
     pub leading_args: Vec<OsString>,
 }
 
-/// Runs workers, at most `max_concurrent` at once; later jobs wait in arrival order.
+/// Runs workers, at most `max_concurrent` queue and cron jobs at once, and RT jobs in a share
+/// of their own on top ([`rt_share`]); later jobs wait in arrival order. RT calls are
+/// interactive: a caller must not wait behind hundreds of queued tasks.
 #[derive(Debug, Clone)]
 pub struct WorkerRunner {
     apps_dir: PathBuf,
     interpreters: BTreeMap<String, PathBuf>,
     limits: ExecLimits,
     concurrency: Arc<Semaphore>,
+    rt_concurrency: Arc<Semaphore>,
     max_concurrent: usize,
+}
+
+/// The worker slots RT jobs have besides `max_concurrent`: a quarter of it, at least one.
+pub fn rt_share(max_concurrent: usize) -> usize {
+    max_concurrent.div_ceil(4).max(1)
 }
 
 impl WorkerRunner {
@@ -144,6 +152,7 @@ impl WorkerRunner {
             interpreters,
             limits,
             concurrency: Arc::new(Semaphore::new(max_concurrent)),
+            rt_concurrency: Arc::new(Semaphore::new(rt_share(max_concurrent))),
             max_concurrent,
         }
     }
@@ -160,16 +169,21 @@ impl WorkerRunner {
         self.max_concurrent
     }
 
-    /// Workers running right now.
+    /// Workers running right now, RT ones included.
     pub fn n_running(&self) -> usize {
-        self.max_concurrent
-            .saturating_sub(self.concurrency.available_permits())
+        let queue = self
+            .max_concurrent
+            .saturating_sub(self.concurrency.available_permits());
+        let rt =
+            rt_share(self.max_concurrent).saturating_sub(self.rt_concurrency.available_permits());
+        queue + rt
     }
 
     /// Makes waiting and future jobs end at once with "agent is shutting down"; running
     /// workers are not touched.
     pub fn close(&self) {
         self.concurrency.close();
+        self.rt_concurrency.close();
     }
 
     /// Runs one job to its end. Never fails: every problem becomes `worker_flag` -1.
@@ -194,7 +208,12 @@ impl WorkerRunner {
                 return refused(err);
             }
         };
-        let Ok(_permit) = self.concurrency.acquire().await else {
+        let slots = if job.kind == "rt" {
+            &self.rt_concurrency
+        } else {
+            &self.concurrency
+        };
+        let Ok(_permit) = slots.acquire().await else {
             return refused(WorkerError::ShuttingDown);
         };
 
@@ -1208,6 +1227,7 @@ esac
             let runner = Arc::clone(&runner);
             let mut marked = job("demo", "mark", "");
             marked.task_id = format!("job{n_job}");
+            marked.kind = "queue".to_string();
             tokio::spawn(async move { runner.run(marked).await })
         });
         for handle in jobs.collect::<Vec<_>>() {
@@ -1223,6 +1243,29 @@ esac
         }
         assert!(peak <= 2, "{log}");
         assert_eq!((log.lines().count(), n_running), (12, 0), "{log}");
+    }
+
+    #[tokio::test]
+    async fn an_rt_job_does_not_wait_behind_queued_work() {
+        let root = tempfile::tempdir().unwrap();
+        sh_app(root.path(), "demo", DEMO_WORKER);
+        let runner = Arc::new(runner(root.path(), 1));
+        let mut queued = Vec::new();
+        for n_job in 0..3 {
+            let runner = Arc::clone(&runner);
+            let mut hang = job("demo", "hang", "");
+            hang.task_id = format!("queued{n_job}");
+            hang.kind = "queue".to_string();
+            hang.timeout = Duration::from_secs(30);
+            queued.push(tokio::spawn(async move { runner.run(hang).await }));
+        }
+        // The only queue slot is taken and two queue jobs wait for it; the RT call runs now.
+        let report = runner.run(job("demo", "hello", "")).await;
+        assert_eq!(report.worker_flag, 1, "{report:?}");
+        assert!(queued.iter().all(|job| !job.is_finished()));
+        for job in queued {
+            job.abort();
+        }
     }
 
     #[tokio::test]
