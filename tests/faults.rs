@@ -663,3 +663,194 @@ async fn an_rt_call_does_not_wait_behind_queued_work() {
     tally.report();
     assert_eq!(tally.ended_ok, submitted.len(), "{}", tally.row());
 }
+
+/// A PostgreSQL cluster of this test's own (`initdb` + `pg_ctl` on a free port), so that an
+/// outage never touches the shared server. As root, the server runs as the `postgres` user.
+struct PgCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PgCluster {
+    fn start() -> PgCluster {
+        let dir = tempfile::tempdir().unwrap();
+        if Self::as_root() {
+            let uid = Self::postgres_id("-u");
+            let gid = Self::postgres_id("-g");
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let cluster = PgCluster {
+            dir,
+            port: crate::harness::rabbit_node::free_port(),
+        };
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &["-D", &data, "-U", "postgres", "--auth=trust", "-N"],
+        );
+        cluster.up();
+        cluster
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn up(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    fn down(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn as_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    fn postgres_id(flag: &str) -> u32 {
+        let output = std::process::Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let mut command = if Self::as_root() {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--", program]);
+            command
+        } else {
+            std::process::Command::new(program)
+        };
+        let output = command
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|err| panic!("{program}: {err}"));
+        assert!(
+            output.status.success(),
+            "{program} {args:?}: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let mut command = if Self::as_root() {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--", "pg_ctl"]);
+            command
+        } else {
+            std::process::Command::new("pg_ctl")
+        };
+        let _ = command
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Issue 16, item 3 (the results and API side): the database stops for a while mid-queue.
+/// Calls that need it answer within seconds with a clear `[500] … database unavailable`; the
+/// results that come back meanwhile wait on the broker and are stored once it returns; every
+/// task ends once. The database is a cluster of this test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_mid_queue_loses_nothing_and_fails_calls_fast() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let database_url = cluster.url();
+    let setup = crate::harness::Setup {
+        bus: BusKind::Rabbit,
+        db: crate::harness::DbKind::Sqlite,
+    };
+    let mut env = TestEnv::start_configured(setup, |config| {
+        config.database.url = database_url;
+    })
+    .await;
+    env.start_agent("a1").await;
+    let file = env.dir.path().join("executions.log");
+    let (queue, submitted) = count_tasks(&env, "ip-a1", &file, &["2"; 6], 30).await;
+    commit(&env, &queue).await;
+    wait_lines(&file, 1, "the queue running").await;
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.down();
+        cluster
+    })
+    .await
+    .unwrap();
+    let asked = Instant::now();
+    let answer = env.call("queue/result", &[("queue_id", &queue)]).await;
+    let waited = asked.elapsed();
+    assert_eq!(crate::harness::error_code(&answer), "500", "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("database unavailable"),
+        "{answer}"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+    // Results of the tasks that finish now have nowhere to go but the broker.
+    let agent_stats = env.agents["a1"].stats.clone();
+    crate::harness::wait_until(
+        "a result sent during the outage",
+        Duration::from_secs(30),
+        || async { agent_stats.snapshot().results_published >= 2 },
+    )
+    .await;
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.up();
+        cluster
+    })
+    .await
+    .unwrap();
+
+    let rows = settled_results(&env, &queue, Duration::from_secs(90)).await;
+    let tally = checker::classify(
+        "database stopped mid-queue, then started",
+        &submitted,
+        &rows,
+        &read_lines(&file),
+    );
+    tally.report();
+    assert_eq!(tally.ended_ok, submitted.len(), "{}", tally.row());
+    drop(env);
+    drop(cluster);
+}

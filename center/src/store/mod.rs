@@ -146,6 +146,23 @@ pub enum StoreError {
     Query(#[from] diesel::result::Error),
 }
 
+impl StoreError {
+    /// True when the database could not be reached or dropped the connection: the call may
+    /// succeed once it is back, and says so rather than looking like a bug.
+    pub fn is_unavailable(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            StoreError::Pool(_) | StoreError::Connect(_) => true,
+            StoreError::Query(Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            )) => true,
+            StoreError::Query(Error::BrokenTransactionManager) => true,
+            _ => false,
+        }
+    }
+}
+
 /// What [`Store::stop_queue`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StopOutcome {
