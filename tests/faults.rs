@@ -461,7 +461,7 @@ async fn rt_calls_in_flight_when_the_broker_restarts_end_at_once() {
     use elves_shared::wire::AgentId;
     use std::sync::Arc;
 
-    let mut node = RabbitNode::start_on(free_port()).await;
+    let node = RabbitNode::start_on(free_port()).await;
     let namespace = format!("elves-test-{:016x}", rand::random::<u64>());
     let dir = tempfile::tempdir().unwrap();
     let database = elves_center::store::testing::TestDatabase::sqlite().unwrap();
@@ -521,7 +521,14 @@ async fn rt_calls_in_flight_when_the_broker_restarts_end_at_once() {
     wait_lines(&file, 1, "one rt call running").await;
 
     let stopped_at = Instant::now();
-    tokio::task::block_in_place(|| node.stop());
+    // Off the runtime's threads: the in-process agent's workers die with the thread that
+    // started them, and `block_in_place` can retire a runtime thread.
+    let mut node = tokio::task::spawn_blocking(move || {
+        node.stop();
+        node
+    })
+    .await
+    .unwrap();
     node.start().await;
     let mut tally = checker::Tally {
         scenario: "broker restart with RT calls in flight".to_string(),
