@@ -524,6 +524,7 @@ async fn rt_calls_in_flight_when_the_broker_restarts_end_at_once() {
     // Off the runtime's threads: the in-process agent's workers die with the thread that
     // started them, and `block_in_place` can retire a runtime thread.
     let mut node = tokio::task::spawn_blocking(move || {
+        let mut node = node;
         node.stop();
         node
     })
@@ -860,4 +861,220 @@ async fn a_database_outage_mid_queue_loses_nothing_and_fails_calls_fast() {
     assert_eq!(tally.ended_ok, submitted.len(), "{}", tally.row());
     drop(env);
     drop(cluster);
+}
+
+/// `rabbitmqctl -n <node> …` for this test's own node.
+fn rabbitmqctl(node: &crate::harness::rabbit_node::RabbitNode, args: &[&str]) {
+    let direct = Path::new("/usr/lib/rabbitmq/bin/rabbitmqctl");
+    let program = if direct.exists() {
+        direct
+    } else {
+        Path::new("rabbitmqctl")
+    };
+    let output = std::process::Command::new(program)
+        // The node's home holds its Erlang cookie.
+        .env("HOME", node.dir())
+        .arg("-n")
+        .arg(&node.node_name)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Issue 16, item 5: with one broker user per agent (`bus.agent_accounts`), a result is taken
+/// only from the agent the task was sent to. Another broker user forges a result naming the
+/// real agent (refused: its validated user-id is not that agent's) and one naming itself
+/// (refused: the task was not sent to it); the real result, arriving after both, is the one
+/// stored. The broker is a node of this test's own, with users of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_results_from_another_broker_user_are_refused() {
+    use crate::harness::rabbit_node::{free_port, RabbitNode};
+    use crate::harness::{center_config, install_test_apps, start_center, wait_until};
+    use elves_shared::bus::{self, Destination};
+    use elves_shared::wire::{self, routing, AgentId, JobResult, Mode, TaskId, TaskType};
+    use std::sync::Arc;
+
+    let node = RabbitNode::start_on(free_port()).await;
+    let port = node.port;
+    let node = tokio::task::spawn_blocking(move || {
+        for user in ["a1", "mallory"] {
+            rabbitmqctl(&node, &["add_user", user, "pw"]);
+            rabbitmqctl(
+                &node,
+                &["set_permissions", "-p", "/", user, ".*", ".*", ".*"],
+            );
+        }
+        node
+    })
+    .await
+    .unwrap();
+    let url_of = |user: &str| format!("amqp://{user}:pw@127.0.0.1:{port}/%2f");
+    let namespace = format!("elves-test-{:016x}", rand::random::<u64>());
+    let dir = tempfile::tempdir().unwrap();
+    let database = elves_center::store::testing::TestDatabase::sqlite().unwrap();
+    let mut config = center_config(dir.path(), &BusKind::InProc, &namespace, &database.url);
+    config.bus.url = node.url();
+    config.bus.agent_accounts = true;
+    let center = start_center(config, bus::open(&node.url(), &namespace).unwrap()).await;
+    let base_url = format!("http://{}", center.http_addr);
+
+    let mut agent_config = AgentConfig::new(AgentId::parse("a1").unwrap());
+    agent_config.ip = "ip-a1".to_string();
+    agent_config.apps_dir = dir.path().join("apps-a1");
+    install_test_apps(&agent_config.apps_dir);
+    agent_config.spool_dir = dir.path().join("spool-a1");
+    agent_config.heartbeat_interval_ms = 200;
+    agent_config.center.key_id = center.key_id.clone();
+    agent_config.center.public_key = center.public_key_hex.clone();
+    let agent_bus = bus::open(&url_of("a1"), &namespace).unwrap();
+    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(elves_agent::run(
+        agent_config,
+        agent_bus.clone(),
+        Arc::new(elves_agent::AgentStats::new()),
+        async move {
+            let _ = agent_stopped.await;
+        },
+    ));
+    let http = reqwest::Client::new();
+    wait_until("agent a1 online", Duration::from_secs(20), || async {
+        let health: Value = http
+            .get(format!("{base_url}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        health["heartbeat"]["online"].get("a1").is_some()
+    })
+    .await;
+
+    let signed = |endpoint: &str, params: &[(&str, &str)]| {
+        use crate::harness::{unix_now_s, AUTH_ID, AUTH_KEY};
+        use elves_shared::sign::{self, SignType};
+        let path = format!("/api/v2/{endpoint}");
+        let mut pairs: Vec<(String, String)> = params
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        pairs.push(("auth_id".into(), AUTH_ID.into()));
+        pairs.push(("timestamp".into(), unix_now_s().to_string()));
+        (
+            path.clone(),
+            sign::sign_params(&path, pairs, SignType::Md5, AUTH_KEY),
+        )
+    };
+    let call = |endpoint: &str, params: &[(&str, &str)]| {
+        let (path, form) = signed(endpoint, params);
+        let (http, base_url) = (http.clone(), base_url.clone());
+        async move {
+            let answer: Value = http
+                .post(format!("{base_url}{path}"))
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer
+        }
+    };
+    let queue = ok_result(&call("queue/create", &[("app", "elvestest")]).await)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gate = dir.path().join("gate");
+    let param = json!({ "file": gate }).to_string();
+    let task = ok_result(
+        &call(
+            "queue/addtask",
+            &[
+                ("queue_id", &queue),
+                ("ip", "ip-a1"),
+                ("func", "gate"),
+                ("param", &param),
+            ],
+        )
+        .await,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok_result(&call("queue/commit", &[("queue_id", &queue)]).await);
+    let started = gate.with_extension("started");
+    wait_until("the task running", Duration::from_secs(20), || async {
+        started.exists()
+    })
+    .await;
+
+    let forger = bus::open(&url_of("mallory"), &namespace).unwrap();
+    let forged = |agent: &str, message: &str| JobResult {
+        id: TaskId::parse(&task).unwrap(),
+        agent: AgentId::parse(agent).unwrap(),
+        task_type: TaskType::Queue,
+        mode: Mode::NP,
+        app: "elvestest".into(),
+        func: "gate".into(),
+        worker_flag: 1,
+        worker_message: message.into(),
+        worker_costtime: 1,
+        started_at: 1,
+        finished_at: 2,
+        error: String::new(),
+    };
+    let to_center = Destination::Topic(routing::CENTER_RESULT.to_string());
+    for (agent, message) in [("a1", "forged as a1"), ("mallory", "forged as mallory")] {
+        let body = wire::encode(&forged(agent, message));
+        forger
+            .publish(
+                &to_center,
+                elves_shared::bus::BusMessage::msgpack(wire::kind::RESULT, body),
+            )
+            .await
+            .unwrap();
+    }
+    std::fs::write(&gate, b"").unwrap();
+
+    let asked = Instant::now();
+    let rows = loop {
+        let answer = call("queue/result", &[("queue_id", &queue)]).await;
+        let rows = ok_result(&answer).as_object().unwrap().clone();
+        if rows[&task]["status"] == "finish" || asked.elapsed() > Duration::from_secs(30) {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let submitted = [(task.clone(), "opened".to_string())].into_iter().collect();
+    let mut tally = checker::classify(
+        "forged results from another broker user",
+        &submitted,
+        &rows,
+        &[task.clone()],
+    );
+    // The app counts nothing here (gate); its one run is the one the center dispatched.
+    tally.scenario.push_str(" (2 forgeries)");
+    tally.report();
+    assert_eq!(rows[&task]["worker_message"], "opened", "{}", rows[&task]);
+
+    let _ = stop_agent.send(());
+    tokio::time::timeout(Duration::from_secs(20), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    agent_bus.close().await;
+    forger.close().await;
+    tokio::task::spawn_blocking(move || center.stop())
+        .await
+        .unwrap();
+    drop(node);
 }

@@ -320,6 +320,17 @@ impl Handler<ReplyReceived> for Scheduler {
 
     fn handle(&mut self, msg: ReplyReceived, ctx: &mut Context<Self>) {
         let result = msg.0;
+        if let Some(waiter) = self.waiters.get(&result.id) {
+            if waiter.agent != result.agent {
+                log::warn!(
+                    "task {}: result from agent {} dropped: the task was sent to {}",
+                    result.id,
+                    result.agent,
+                    waiter.agent
+                );
+                return;
+            }
+        }
         let outcome = if result.error.is_empty() {
             TaskOutcome::from_worker_flag(result.worker_flag)
         } else {

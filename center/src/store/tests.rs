@@ -41,6 +41,7 @@ on_both_backends!(
     dependency_chain_releases_tasks_in_order,
     failed_task_skips_its_transitive_dependents_and_the_queue_still_finishes,
     duplicate_result_changes_nothing,
+    a_result_from_another_agent_settles_nothing,
     concurrent_claims_never_share_a_task,
     concurrent_results_finish_the_queue_exactly_once,
     batch_of_results_settles_each_task_once,
@@ -436,6 +437,26 @@ fn failed_task_skips_its_transitive_dependents_and_the_queue_still_finishes(stor
         store.get_queue(&queue_id).unwrap().unwrap().status,
         QueueStatus::Finished
     );
+}
+
+fn a_result_from_another_agent_settles_nothing(store: &Store) {
+    let queue_id = id(0x100);
+    committed_queue(store, &queue_id, &[(1, None)]);
+    assert_eq!(claim(store, 1_000, 10), ids(&[1]));
+    let mut forged = result(&id(1), 1, "forged");
+    forged.agent = AgentId::parse("agent-2").unwrap();
+    let outcome = store.record_result(&forged, 2_000).unwrap();
+    assert!(!outcome.applied);
+    assert_eq!(
+        outcome.task.unwrap().status,
+        TaskStatus::Executing,
+        "still waiting for its own agent"
+    );
+    let real = store
+        .record_result(&result(&id(1), 1, "real"), 3_000)
+        .unwrap();
+    assert!(real.applied);
+    assert_eq!(real.task.unwrap().worker_message.as_deref(), Some("real"));
 }
 
 fn duplicate_result_changes_nothing(store: &Store) {

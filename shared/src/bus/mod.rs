@@ -52,6 +52,11 @@ pub struct BusMessage {
     /// use after a broker restart, such as an RT instruction, whose caller waits for the reply
     /// on a queue that the restart deletes. Saves the broker's disk write on the way.
     pub transient: bool,
+    /// AMQP `user-id`: the broker account that published the message. `RabbitBus` stamps its
+    /// own on every message it publishes, and RabbitMQ refuses a message whose user-id is not
+    /// the publishing connection's user, so a consumer can trust it names the sender's account
+    /// (the in-process bus has no accounts and leaves it empty).
+    pub user_id: Option<String>,
 }
 
 impl BusMessage {
