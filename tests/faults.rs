@@ -1078,3 +1078,129 @@ async fn forged_results_from_another_broker_user_are_refused() {
         .unwrap();
     drop(node);
 }
+
+/// The center killed with SIGKILL mid-queue and restarted: claimed tasks are re-sent, agents
+/// drop the ids they already ran, results wait on the broker. Every task ends once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn center_killed_mid_queue_runs_everything_once() {
+    let setup = crate::harness::Setup {
+        bus: BusKind::Rabbit,
+        db: crate::harness::DbKind::Sqlite,
+    };
+    let mut env = TestEnv::start_with_child_center(setup).await;
+    let mut config = env.agent_config("a1");
+    config.max_concurrent = 4;
+    env.start_agent_with(config).await;
+    let file = env.dir.path().join("executions.log");
+    let (queue, submitted) = count_tasks(&env, "ip-a1", &file, &["0.5"; 24], 30).await;
+    commit(&env, &queue).await;
+    wait_lines(&file, 6, "part of the queue ran").await;
+    env.kill_child_center();
+    env.start_child_center().await;
+
+    let rows = settled_results(&env, &queue, Duration::from_secs(90)).await;
+    let tally = checker::classify(
+        "center SIGKILL mid-queue, restarted",
+        &submitted,
+        &rows,
+        &read_lines(&file),
+    );
+    tally.report();
+    assert_eq!(tally.ended_ok, submitted.len(), "{}", tally.row());
+}
+
+/// An agent killed mid-task and restarted a minute later: the tasks that were running are
+/// still reported lost (their deadline is later), the others run once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_and_restarted_a_minute_later_runs_nothing_twice() {
+    let env = TestEnv::start(BusKind::Rabbit).await;
+    let config = process_agent_config(&env, "a1", 2);
+    let mut agent = AgentProcess::start(env.dir.path(), &config);
+    env.wait_online("a1").await;
+    let file = env.dir.path().join("executions.log");
+    let (queue, submitted) = count_tasks(&env, "ip-a1", &file, &["3"; 4], 120).await;
+    commit(&env, &queue).await;
+    wait_lines(&file, 2, "two tasks running").await;
+    agent.kill();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    agent.restart();
+
+    let rows = settled_results(&env, &queue, Duration::from_secs(60)).await;
+    let tally = checker::classify(
+        "agent SIGKILL mid-task, restart after 60 s",
+        &submitted,
+        &rows,
+        &read_lines(&file),
+    );
+    tally.report();
+    assert_eq!(tally.ended_ok, 2, "{}", tally.row());
+    drop(agent);
+    forget_agent_queue(&env, "a1").await;
+}
+
+/// 1,000 RT calls at once to one agent: every one ends once, through the RT share and the
+/// agent's queue. Prints the latency percentiles (a figure, not a pass mark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_rt_calls_each_end_once() {
+    const N_CALLS: usize = 1_000;
+    let mut env = TestEnv::start(BusKind::Rabbit).await;
+    let mut config = env.agent_config("a1");
+    // Presence is not under test here: beats that a loaded machine delays by a second must not
+    // make the agent look offline.
+    config.heartbeat_interval_ms = 2_000;
+    env.start_agent_with(config).await;
+    let file = env.dir.path().join("executions.log");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let calls: Vec<_> = (0..N_CALLS)
+        .map(|_| {
+            let (http, base_url, file) = (http.clone(), env.base_url.clone(), file.clone());
+            tokio::spawn(async move {
+                let asked = Instant::now();
+                let answer = rt_count(&http, &base_url, "ip-a1", &file, "0").await;
+                (answer, asked.elapsed())
+            })
+        })
+        .collect();
+    let mut tally = checker::Tally {
+        scenario: format!("{N_CALLS} concurrent RT calls"),
+        tasks: N_CALLS,
+        ..checker::Tally::default()
+    };
+    let mut latencies = Vec::with_capacity(N_CALLS);
+    let mut answered_ids = Vec::new();
+    for call in calls {
+        let (answer, latency) = call.await.unwrap();
+        latencies.push(latency);
+        if answer["flag"] == "true" {
+            let id = answer["result"]["id"].as_str().unwrap().to_string();
+            assert_eq!(answer["result"]["worker_message"], format!("counted {id}"));
+            answered_ids.push(id);
+            tally.ended_ok += 1;
+        } else {
+            let error = answer["error"].as_str().unwrap_or("").to_string();
+            assert!(!error.is_empty(), "{answer}");
+            *tally.ended_failed.entry(error).or_default() += 1;
+        }
+    }
+    let wall = started.elapsed();
+    let mut executions = read_lines(&file);
+    executions.sort();
+    let mut counted = executions.clone();
+    counted.dedup();
+    if counted.len() != executions.len() {
+        tally.ran_twice = executions;
+    }
+    latencies.sort();
+    let percentile = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
+    println!(
+        "{N_CALLS} concurrent RT calls: wall {wall:?}, p50 {:?}, p99 {:?}",
+        percentile(50),
+        percentile(99)
+    );
+    tally.report();
+    assert_eq!(tally.ended_ok, N_CALLS, "{}", tally.row());
+}

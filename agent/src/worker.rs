@@ -119,9 +119,10 @@ pub struct Entry {
     pub leading_args: Vec<OsString>,
 }
 
-/// Runs workers, at most `max_concurrent` queue and cron jobs at once, and RT jobs in a share
-/// of their own on top ([`rt_share`]); later jobs wait in arrival order. RT calls are
-/// interactive: a caller must not wait behind hundreds of queued tasks.
+/// Runs workers, at most `max_concurrent` at once, plus a share kept for RT jobs
+/// ([`rt_share`]): an RT job takes a shared slot or one of its share, whichever frees first,
+/// so that an interactive caller never waits behind hundreds of queued tasks. Later jobs wait
+/// in arrival order.
 #[derive(Debug, Clone)]
 pub struct WorkerRunner {
     apps_dir: PathBuf,
@@ -208,12 +209,17 @@ impl WorkerRunner {
                 return refused(err);
             }
         };
-        let slots = if job.kind == "rt" {
-            &self.rt_concurrency
+        // An RT job takes whichever frees first: a shared slot or one of its own share.
+        let permit = if job.kind == "rt" {
+            tokio::select! {
+                biased;
+                permit = self.concurrency.acquire() => permit,
+                permit = self.rt_concurrency.acquire() => permit,
+            }
         } else {
-            &self.concurrency
+            self.concurrency.acquire().await
         };
-        let Ok(_permit) = slots.acquire().await else {
+        let Ok(_permit) = permit else {
             return refused(WorkerError::ShuttingDown);
         };
 
