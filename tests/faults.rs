@@ -1058,7 +1058,7 @@ async fn forged_results_from_another_broker_user_are_refused() {
         "forged results from another broker user",
         &submitted,
         &rows,
-        &[task.clone()],
+        std::slice::from_ref(&task),
     );
     // The app counts nothing here (gate); its one run is the one the center dispatched.
     tally.scenario.push_str(" (2 forgeries)");
