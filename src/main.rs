@@ -30,6 +30,11 @@ enum Command {
         #[arg(long, default_value = "config/center.toml")]
         config: std::path::PathBuf,
     },
+    /// The agent of a host (the same as the `elves-agent` binary).
+    Agent {
+        #[arg(long, default_value = "config/agent.toml")]
+        config: std::path::PathBuf,
+    },
     /// Sign and send a v2 API call, e.g. `elves call rt/exec ip=127.0.0.1 app=apptest func=helloword`.
     Call(call::CallArgs),
     /// App packages: `elves app pack <dir>`, `elves app push <zip>`, online, versions, bind…
@@ -53,6 +58,7 @@ fn main() {
         Command::Cron(args) => cron::run(args),
         Command::Queue(args) => queue::run(args),
         Command::Center { config } => elves_center::run_until_signal(&config),
+        Command::Agent { config } => elves_agent::service::run_until_signal(&config),
     };
     if let Err(err) = outcome {
         eprintln!("elves: {err:#}");

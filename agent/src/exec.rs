@@ -7,6 +7,16 @@
 //! The child's environment is the agent's own minus every `ELVES_*` variable, because those
 //! carry the agent's configuration (broker URL, keys), plus the variables of the job.
 //!
+//! Every child also dies with the agent: it asks the kernel for SIGKILL when its parent goes
+//! (`PR_SET_PDEATHSIG`), so that an agent killed with SIGKILL leaves no worker running that a
+//! restarted agent could not account for (the runtime finds any grandchild again by its
+//! `ELVES_TASK_ID`).
+//!
+//! Time is the worker's own: the agent itself may be stopped (SIGSTOP, a frozen VM) while a
+//! child runs. The kernel, not the clock, says whether a child ended, so a child that exited
+//! while the agent was stopped is reported as exited with its output, never as timed out, and
+//! its run time does not include the agent's stall (see [`run`]).
+//!
 //! This module knows nothing about the ELVES worker protocol; `worker.rs` does.
 //! It does not reap orphans that the child re-parented to init: that is init's job.
 
@@ -36,6 +46,13 @@ const MAX_READS_AFTER_STOP: usize = 64;
 const REAP_AFTER_KILL: Duration = Duration::from_secs(5);
 
 const READ_CHUNK: usize = 16 * 1024;
+
+/// How often a running child is checked on. Besides the timeout, this is how a stall of the
+/// agent is told apart from a long run: an exit seen much later than the last check found the
+/// child alive means the agent was not running in between.
+const LIVENESS_CHECK: Duration = Duration::from_millis(200);
+/// A gap between checks longer than this is a stall of the agent, not scheduling noise.
+const STALL: Duration = Duration::from_secs(1);
 
 /// Limits applied to one execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +107,9 @@ pub struct ExecOutcome {
     pub stdout_dropped: u64,
     pub stderr: Vec<u8>,
     pub stderr_dropped: u64,
-    /// From spawn to exit (or to the kill, on timeout).
+    /// From spawn to exit (or to the kill, on timeout). When the agent was stopped and found
+    /// the child exited afterwards, from spawn to the last time it saw the child alive: the
+    /// exit happened somewhere in the stall, and the stall is not the worker's time.
     pub costtime_ms: u64,
 }
 
@@ -137,7 +156,29 @@ pub fn command(program: &Path, cwd: &Path, env: &[(String, String)]) -> tokio::p
         cmd.env_remove(key);
     }
     cmd.envs(env.iter().map(|(key, value)| (key, value)));
+    die_with_parent(cmd.as_std_mut());
     cmd
+}
+
+/// Makes the child get SIGKILL when the thread that started it ends (the agent's runtime
+/// threads live as long as the agent).
+fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid() before the fork; in the child only prctl, getppid and raise, which are
+    // async-signal-safe system calls, and no allocation.
+    let parent = unsafe { libc::getpid() };
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died between the fork and the prctl: nobody will ask for our result.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Runs `spec` to completion within `limits`.
@@ -167,17 +208,39 @@ pub async fn run(spec: ExecSpec, limits: &ExecLimits) -> ExecOutcome {
         .take()
         .map(|pipe| tokio::spawn(read_capped(pipe, limits.stderr_cap, stop_rx)));
 
-    let exit = match tokio::time::timeout_at(started + limits.timeout, child.wait()).await {
-        Ok(Ok(status)) => exit_kind(status),
-        Ok(Err(err)) => {
-            ExitKind::SpawnFailed(format!("waiting for {}: {err}", spec.program.display()))
-        }
-        Err(_elapsed) => {
-            terminate(&mut child, &group, limits.kill_grace).await;
-            ExitKind::TimedOut
-        }
+    let deadline = started + limits.timeout;
+    // The last time this agent saw the child running.
+    let mut seen_alive = started;
+    let waited = |err: std::io::Error| {
+        ExitKind::SpawnFailed(format!("waiting for {}: {err}", spec.program.display()))
     };
-    let costtime = started.elapsed();
+    let exit = loop {
+        let check_at = (Instant::now() + LIVENESS_CHECK).min(deadline);
+        match tokio::time::timeout_at(check_at, child.wait()).await {
+            Ok(Ok(status)) => break exit_kind(status),
+            Ok(Err(err)) => break waited(err),
+            Err(_elapsed) => {}
+        }
+        // The clock says time is up; the kernel says whether the child is still running. After
+        // a stall of the agent the timer can fire before the exit is noticed.
+        match child.try_wait() {
+            Ok(Some(status)) => break exit_kind(status),
+            Ok(None) => {}
+            Err(err) => break waited(err),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            terminate(&mut child, &group, limits.kill_grace).await;
+            break ExitKind::TimedOut;
+        }
+        seen_alive = now;
+    };
+    let exited_seen = Instant::now();
+    let costtime = if exit != ExitKind::TimedOut && exited_seen - seen_alive > STALL {
+        seen_alive - started
+    } else {
+        exited_seen - started
+    };
     // A background grandchild may still be alive and holding the pipes.
     group.kill_and_release();
 
@@ -485,6 +548,84 @@ mod tests {
         assert!(outcome.costtime_ms >= 300, "{}", outcome.costtime_ms);
         assert!(started.elapsed() < Duration::from_secs(5));
         wait_until_group_gone(first_pid(&outcome.stdout)).await;
+    }
+
+    /// The agent stopped while its worker ran (a runtime thread blocked stands for SIGSTOP):
+    /// the worker that exited meanwhile reports its output and its own short run, not a timeout.
+    #[test]
+    fn a_child_that_exited_while_the_agent_was_stalled_is_not_a_timeout() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcome = runtime.block_on(async {
+            let limits = ExecLimits {
+                timeout: Duration::from_millis(500),
+                ..quick_limits()
+            };
+            let script = sh("sleep 0.2; echo done");
+            let running = tokio::spawn(async move { run(script, &limits).await });
+            // Let the task spawn the child, then stall the only runtime thread past the timeout
+            // while the child finishes.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            std::thread::sleep(Duration::from_millis(1_500));
+            running.await.unwrap()
+        });
+        assert_eq!(outcome.exit, ExitKind::Exited(0));
+        assert_eq!(outcome.stdout, b"done\n");
+        assert!(outcome.costtime_ms < 1_000, "{}", outcome.costtime_ms);
+    }
+
+    #[test]
+    fn a_child_dies_with_the_thread_that_started_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("echo $$ > {}; exec sleep 300", pid_file.display());
+        let written = pid_file.clone();
+        let starter = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut cmd = command(Path::new("/bin/sh"), &std::env::temp_dir(), &[]);
+                cmd.args(["-c", &script]).kill_on_drop(false);
+                let child = cmd.spawn().unwrap();
+                // Leaked, so that only the thread's end can kill it.
+                std::mem::forget(child);
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while std::fs::read_to_string(&written).map_or(true, |pid| !pid.ends_with('\n')) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the child never started"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        });
+        starter.join().unwrap();
+        let pid: libc::pid_t = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Gone, or a zombie nobody reaps yet (its parent is this process).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit(')').next().map(|rest| rest.trim().to_owned()));
+            match state {
+                None => break,
+                Some(state) if state.starts_with('Z') => break,
+                Some(_) => {}
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child outlived its starter"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[tokio::test]

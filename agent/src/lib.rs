@@ -9,6 +9,7 @@
 //! ready at once into one `center.result` message, `stats` counts what happened, and
 //! `app_scan` lists the installed apps for the heartbeat, `installer` applies the center's app
 //! sets, and `runtime` ties them to the bus: it is the agent's one entry point, [`run`].
+//! `service` runs it as a process does (`elves-agent`, `elves agent`).
 
 pub mod app_scan;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod local_cron;
 pub mod processor;
 pub mod result_batcher;
 pub mod runtime;
+pub mod service;
 pub mod spool;
 pub mod stats;
 pub mod worker;

@@ -13,6 +13,7 @@ mod cron_firings;
 mod delivery;
 mod heartbeat;
 mod results;
+mod survivors;
 #[cfg(test)]
 mod testing;
 
@@ -52,8 +53,12 @@ struct Agent {
     spool_wake: Arc<Notify>,
     /// Publishes the results bound for `center.result`.
     results: ResultBatcher,
-    /// The tasks finished here, across restarts.
+    /// The tasks started and finished here, across restarts.
     done: DoneJournal,
+    /// Task id → deadline of the tasks an earlier run of this agent started and never
+    /// finished. They are not run again: their instruction, when it comes back, is answered
+    /// with a `lost` result.
+    interrupted: Mutex<HashMap<TaskId, u64>>,
     /// Task id → the sender that cancels it, for every accepted task not finished yet.
     running: Mutex<HashMap<TaskId, oneshot::Sender<()>>>,
     /// Becomes true when shutdown starts; retry loops give up on it.
@@ -72,6 +77,15 @@ impl Agent {
         self.running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// True (once) when `id` was running when this agent last stopped.
+    fn take_interrupted(&self, id: &TaskId) -> bool {
+        self.interrupted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(id)
+            .is_some()
     }
 }
 
@@ -102,10 +116,26 @@ pub async fn run(
         .await
         .context("opening the spool")??;
     let journal_dir = config.spool_dir.clone();
-    let (done, done_before) =
+    let (done, journal) =
         tokio::task::spawn_blocking(move || DoneJournal::open(&journal_dir, now_unix_ms()))
             .await
             .context("opening the done journal")??;
+    if !journal.interrupted.is_empty() {
+        let interrupted: Vec<TaskId> = journal
+            .interrupted
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        log::warn!(
+            "agent {agent_id}: {} task(s) were running when this agent last stopped; they will \
+             be reported lost, not run again: {interrupted:?}",
+            interrupted.len()
+        );
+        // A worker's own process died with the agent, but what it started may still run.
+        tokio::task::spawn_blocking(move || survivors::kill(&interrupted))
+            .await
+            .context("ending what interrupted tasks left running")?;
+    }
     let (stop, stopping) = watch::channel(false);
     let results = ResultBatcher::start(bus.clone());
     let agent = Arc::new(Agent {
@@ -118,6 +148,7 @@ pub async fn run(
         results,
         done,
         running: Mutex::new(HashMap::new()),
+        interrupted: Mutex::new(journal.interrupted.into_iter().collect()),
         stopping,
         app_sets: watch::channel(None).0,
         beat_now: Arc::new(Notify::new()),
@@ -157,7 +188,7 @@ pub async fn run(
         // agent online must be able to route work to it.
         background.spawn(heartbeat::run(agent.clone()));
         let mut guard = InstructionGuard::new(verifier, agent_id.clone());
-        for (task_id, deadline) in done_before {
+        for (task_id, deadline) in journal.done {
             guard.remember(task_id, deadline);
         }
         loop {

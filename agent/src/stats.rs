@@ -18,6 +18,9 @@ pub struct AgentStats {
     pub expired: AtomicU64,
     /// Instructions whose id had been seen before.
     pub replayed: AtomicU64,
+    /// Instructions whose worker was running when this agent last stopped: reported lost,
+    /// not run again.
+    pub lost: AtomicU64,
     /// Bodies that could not be decoded, and messages of an unknown kind.
     pub undecodable: AtomicU64,
     /// Results written to disk because the bus was unavailable.
@@ -43,6 +46,8 @@ pub struct StatsSnapshot {
     pub refused_signature: u64,
     pub expired: u64,
     pub replayed: u64,
+    #[serde(default)]
+    pub lost: u64,
     pub undecodable: u64,
     pub results_spooled: u64,
     pub results_published: u64,
@@ -73,6 +78,7 @@ impl AgentStats {
             refused_signature: read(&self.refused_signature),
             expired: read(&self.expired),
             replayed: read(&self.replayed),
+            lost: read(&self.lost),
             undecodable: read(&self.undecodable),
             results_spooled: read(&self.results_spooled),
             results_published: read(&self.results_published),

@@ -60,6 +60,12 @@ pub enum WorkerError {
     NoPython,
     #[error("agent is shutting down")]
     ShuttingDown,
+    /// The start could not be written down; a task whose start is not on record could run a
+    /// second time after a crash, so it does not run at all.
+    #[error("task not started: {0}")]
+    NotRecorded(String),
+    #[error("param is {0} bytes, over the limit of {max} bytes (a worker gets it as one command-line argument)", max = elves_shared::wire::MAX_PARAM_BYTES)]
+    ParamTooLarge(usize),
 }
 
 /// One job for a worker, as the agent received it.
@@ -113,14 +119,23 @@ pub struct Entry {
     pub leading_args: Vec<OsString>,
 }
 
-/// Runs workers, at most `max_concurrent` at once; later jobs wait in arrival order.
+/// Runs workers, at most `max_concurrent` at once, plus a share kept for RT jobs
+/// ([`rt_share`]): an RT job takes a shared slot or one of its share, whichever frees first,
+/// so that an interactive caller never waits behind hundreds of queued tasks. Later jobs wait
+/// in arrival order.
 #[derive(Debug, Clone)]
 pub struct WorkerRunner {
     apps_dir: PathBuf,
     interpreters: BTreeMap<String, PathBuf>,
     limits: ExecLimits,
     concurrency: Arc<Semaphore>,
+    rt_concurrency: Arc<Semaphore>,
     max_concurrent: usize,
+}
+
+/// The worker slots RT jobs have besides `max_concurrent`: a quarter of it, at least one.
+pub fn rt_share(max_concurrent: usize) -> usize {
+    max_concurrent.div_ceil(4).max(1)
 }
 
 impl WorkerRunner {
@@ -138,6 +153,7 @@ impl WorkerRunner {
             interpreters,
             limits,
             concurrency: Arc::new(Semaphore::new(max_concurrent)),
+            rt_concurrency: Arc::new(Semaphore::new(rt_share(max_concurrent))),
             max_concurrent,
         }
     }
@@ -154,21 +170,37 @@ impl WorkerRunner {
         self.max_concurrent
     }
 
-    /// Workers running right now.
+    /// Workers running right now, RT ones included.
     pub fn n_running(&self) -> usize {
-        self.max_concurrent
-            .saturating_sub(self.concurrency.available_permits())
+        let queue = self
+            .max_concurrent
+            .saturating_sub(self.concurrency.available_permits());
+        let rt =
+            rt_share(self.max_concurrent).saturating_sub(self.rt_concurrency.available_permits());
+        queue + rt
     }
 
     /// Makes waiting and future jobs end at once with "agent is shutting down"; running
     /// workers are not touched.
     pub fn close(&self) {
         self.concurrency.close();
+        self.rt_concurrency.close();
     }
 
     /// Runs one job to its end. Never fails: every problem becomes `worker_flag` -1.
     /// Dropping the future kills the worker's process group.
     pub async fn run(&self, job: WorkerJob) -> WorkerReport {
+        self.run_recorded(job, || Ok(())).await
+    }
+
+    /// Like [`WorkerRunner::run`], calling `record_start` once a worker slot is free and just
+    /// before the process is spawned; when it fails, nothing is spawned and its message is
+    /// the report's (a [`WorkerError::NotRecorded`]).
+    pub async fn run_recorded(
+        &self,
+        job: WorkerJob,
+        record_start: impl FnOnce() -> Result<(), String>,
+    ) -> WorkerReport {
         let task_id = &job.task_id;
         let entry = match self.entry_for(&job) {
             Ok(entry) => entry,
@@ -177,7 +209,17 @@ impl WorkerRunner {
                 return refused(err);
             }
         };
-        let Ok(_permit) = self.concurrency.acquire().await else {
+        // An RT job takes whichever frees first: a shared slot or one of its own share.
+        let permit = if job.kind == "rt" {
+            tokio::select! {
+                biased;
+                permit = self.concurrency.acquire() => permit,
+                permit = self.rt_concurrency.acquire() => permit,
+            }
+        } else {
+            self.concurrency.acquire().await
+        };
+        let Ok(_permit) = permit else {
             return refused(WorkerError::ShuttingDown);
         };
 
@@ -189,6 +231,10 @@ impl WorkerRunner {
             },
             ..self.limits.clone()
         };
+        if let Err(err) = record_start() {
+            log::error!("task {task_id}: {err}");
+            return refused(WorkerError::NotRecorded(err));
+        }
         let spec = exec_spec(entry, &job);
         log::debug!(
             "task {task_id}: starting {} for app {} func {}",
@@ -225,6 +271,9 @@ impl WorkerRunner {
     }
 
     fn entry_for(&self, job: &WorkerJob) -> Result<Entry, WorkerError> {
+        if job.param.len() > elves_shared::wire::MAX_PARAM_BYTES {
+            return Err(WorkerError::ParamTooLarge(job.param.len()));
+        }
         if !is_valid_name(&job.app) {
             return Err(WorkerError::BadAppName(job.app.clone()));
         }
@@ -1143,6 +1192,24 @@ esac
         assert_eq!(timed_out.worker_message, "app exec timeout");
         assert!(timed_out.costtime_ms >= 300);
 
+        // The largest param runs; one byte more is refused before anything starts.
+        let largest = "x".repeat(elves_shared::wire::MAX_PARAM_BYTES);
+        let report = runner.run(job("demo", "hello", &largest)).await;
+        assert_eq!(report.worker_flag, 1, "{}", report.worker_message.len());
+        let too_large = runner
+            .run(job("demo", "hello", &format!("{largest}x")))
+            .await;
+        assert_eq!(too_large.worker_flag, -1);
+        assert_eq!(
+            too_large.not_started,
+            Some(WorkerError::ParamTooLarge(
+                elves_shared::wire::MAX_PARAM_BYTES + 1
+            ))
+        );
+        assert!(too_large
+            .worker_message
+            .contains("over the limit of 96000 bytes"));
+
         let absent = runner.run(job("absent", "hello", "")).await;
         assert_eq!(absent.worker_flag, -1);
         assert_eq!(absent.worker_message, "app [absent] not installed");
@@ -1166,6 +1233,7 @@ esac
             let runner = Arc::clone(&runner);
             let mut marked = job("demo", "mark", "");
             marked.task_id = format!("job{n_job}");
+            marked.kind = "queue".to_string();
             tokio::spawn(async move { runner.run(marked).await })
         });
         for handle in jobs.collect::<Vec<_>>() {
@@ -1181,6 +1249,29 @@ esac
         }
         assert!(peak <= 2, "{log}");
         assert_eq!((log.lines().count(), n_running), (12, 0), "{log}");
+    }
+
+    #[tokio::test]
+    async fn an_rt_job_does_not_wait_behind_queued_work() {
+        let root = tempfile::tempdir().unwrap();
+        sh_app(root.path(), "demo", DEMO_WORKER);
+        let runner = Arc::new(runner(root.path(), 1));
+        let mut queued = Vec::new();
+        for n_job in 0..3 {
+            let runner = Arc::clone(&runner);
+            let mut hang = job("demo", "hang", "");
+            hang.task_id = format!("queued{n_job}");
+            hang.kind = "queue".to_string();
+            hang.timeout = Duration::from_secs(30);
+            queued.push(tokio::spawn(async move { runner.run(hang).await }));
+        }
+        // The only queue slot is taken and two queue jobs wait for it; the RT call runs now.
+        let report = runner.run(job("demo", "hello", "")).await;
+        assert_eq!(report.worker_flag, 1, "{report:?}");
+        assert!(queued.iter().all(|job| !job.is_finished()));
+        for job in queued {
+            job.abort();
+        }
     }
 
     #[tokio::test]

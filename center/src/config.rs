@@ -152,6 +152,12 @@ pub struct BusConfig {
     pub url: String,
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// Every agent connects to the broker as a user of its own, named after its agent id:
+    /// results are then taken only from the agent they name (RabbitMQ validates the
+    /// `user-id` of each message). Off by default: agents sharing one broker user is the
+    /// simple setup.
+    #[serde(default)]
+    pub agent_accounts: bool,
 }
 
 impl Default for BusConfig {
@@ -159,6 +165,7 @@ impl Default for BusConfig {
         BusConfig {
             url: default_bus_url(),
             namespace: default_namespace(),
+            agent_accounts: false,
         }
     }
 }

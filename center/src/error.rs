@@ -158,6 +158,9 @@ impl From<crate::store::StoreError> for ApiError {
             StoreError::VersionConflict { .. } => ApiError::VersionConflict(err.to_string()),
             StoreError::AuthIdNotFound(auth_id) => ApiError::AuthIdNotFound(auth_id),
             StoreError::AuthIdExists(_) => ApiError::BadParam(err.to_string()),
+            other if other.is_unavailable() => {
+                ApiError::Internal(format!("database unavailable: {other}"))
+            }
             other => ApiError::Internal(format!("store: {other}")),
         }
     }

@@ -163,7 +163,21 @@ pub fn start_with(
     let thread = std::thread::Builder::new()
         .name("elves-center".to_string())
         .spawn(move || {
-            let system = actix::System::new();
+            // The actors' store calls and signatures run on this runtime's blocking pool;
+            // bounded, so that a burst of calls queues there instead of starting hundreds of
+            // threads that would all wait for one of the store's few connections.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(MAX_BLOCKING_THREADS)
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    let _ = ready_sender.send(Err(anyhow::anyhow!("starting the runtime: {err}")));
+                    return;
+                }
+            };
+            let system = actix::System::with_tokio_rt(move || runtime);
             let bus_to_close = (ownership == BusOwnership::Owned).then(|| bus.clone());
             let center = Center {
                 bus,
@@ -189,6 +203,10 @@ pub fn start_with(
         thread: Some(thread),
     })
 }
+
+/// The blocking pool of each runtime of the center (the actors' and each HTTP worker's):
+/// store calls, which wait for one of the store's connections, and signatures.
+const MAX_BLOCKING_THREADS: usize = 32;
 
 /// First wait between two attempts to reach the broker; doubled after each failure.
 const FIRST_BROKER_BACKOFF: Duration = Duration::from_millis(100);
@@ -384,13 +402,18 @@ impl Center {
             bus: self.bus.clone(),
         });
         actix_rt::spawn(submit::consume_submissions(submissions, state.clone()));
-        let server =
-            HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
-                .workers(workers)
-                .disable_signals()
-                .listen(listener)
-                .context("listening for http")?
-                .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(api::envelope_errors())
+                .app_data(state.clone())
+                .configure(api::configure)
+        })
+        .workers(workers)
+        .worker_max_blocking_threads(MAX_BLOCKING_THREADS)
+        .disable_signals()
+        .listen(listener)
+        .context("listening for http")?
+        .run();
         Ok(server)
     }
 }

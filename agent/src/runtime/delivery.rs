@@ -138,6 +138,13 @@ async fn start(
 ) {
     let stats = &agent.stats;
     match verdict {
+        Verdict::Run(instruction) if agent.take_interrupted(&instruction.id) => {
+            log::warn!(
+                "task {}: was running when this agent stopped; reported lost, not run again",
+                instruction.id
+            );
+            tasks.spawn(report_lost(agent.clone(), instruction, delivery));
+        }
         Verdict::Run(instruction) => {
             bump(&stats.ran);
             let (cancel, cancelled) = oneshot::channel();
@@ -290,8 +297,16 @@ async fn run_task(
     let _running = agent.stats.running_guard();
     let started_at = now_unix_ms();
     let task_id = instruction.id.clone();
+    // On record before the worker exists: if this agent dies while it runs, the next start
+    // knows the task may have done its work and does not run it again.
+    let record_start = || {
+        agent
+            .done
+            .record_started(&instruction.id, instruction.deadline, now_unix_ms())
+            .map_err(|err| err.to_string())
+    };
     let report = tokio::select! {
-        report = agent.runner.run(job_of(&instruction)) => Some(report),
+        report = agent.runner.run_recorded(job_of(&instruction), record_start) => Some(report),
         // Dropping the worker's future kills its process group. A closed channel (the sender
         // dropped without sending) only happens when the agent itself is going away.
         Ok(()) = cancelled => None,
@@ -341,6 +356,27 @@ async fn report_expired(
     );
     let outgoing = outgoing_for(delivery.message(), result);
     if deliver(&agent, &outgoing).await {
+        delivery.done().await;
+    }
+}
+
+/// The result of a task whose worker was running when this agent stopped (killed, crashed,
+/// or stopped past its shutdown grace): it may have done some or all of its work, and only
+/// a human can tell whether running it again is safe.
+pub(super) const LOST_MESSAGE: &str = "agent stopped while the task was running; it was not run again (its work may be partly or wholly done)";
+
+async fn report_lost(agent: Arc<Agent>, instruction: Instruction, delivery: InstructionDelivery) {
+    bump(&agent.stats.lost);
+    let result = failed_result(
+        &agent.config.id,
+        &instruction,
+        "lost",
+        LOST_MESSAGE,
+        now_unix_ms(),
+    );
+    let outgoing = outgoing_for(delivery.message(), result);
+    if deliver(&agent, &outgoing).await {
+        note_done(&agent, &instruction);
         delivery.done().await;
     }
 }

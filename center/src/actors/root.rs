@@ -10,7 +10,7 @@
 use super::app_store::{AgentReported, AppRegistry, AppStore};
 use super::cron::Cron;
 use super::heartbeat::{Heartbeat, HeartbeatReceived};
-use super::scheduler::{ReplyReceived, Scheduler};
+use super::scheduler::{ReplyQueueLost, ReplyReceived, Scheduler};
 use super::task_queue::{ResultsReceived, TaskQueue};
 use crate::config::CenterConfig;
 use crate::metrics::Metrics;
@@ -192,8 +192,9 @@ impl Root {
             app_store.clone(),
             store,
         ));
-        actix_rt::spawn(feed_replies(replies, scheduler.clone()));
-        actix_rt::spawn(feed_results(results, task_queue.clone()));
+        let agent_accounts = config.bus.agent_accounts;
+        actix_rt::spawn(feed_replies(replies, scheduler.clone(), agent_accounts));
+        actix_rt::spawn(feed_results(results, task_queue.clone(), agent_accounts));
 
         let children = Children {
             heartbeat,
@@ -254,13 +255,34 @@ async fn feed_heartbeats(
     }
 }
 
-async fn feed_replies(mut consumer: Consumer, scheduler: Addr<Scheduler>) {
-    while let Some(delivery) = consumer.next().await {
+async fn feed_replies(mut consumer: Consumer, scheduler: Addr<Scheduler>, agent_accounts: bool) {
+    let mut losses = consumer.losses();
+    loop {
+        let delivery = tokio::select! {
+            delivery = consumer.next() => delivery,
+            Ok(()) = losses.changed() => {
+                // The reply queue is private: it went with the connection, and with it every
+                // result on its way to a waiting caller.
+                scheduler.do_send(ReplyQueueLost);
+                continue;
+            }
+        };
+        let Some(delivery) = delivery else {
+            break;
+        };
         let message = &delivery.message;
         match wire::decode::<JobResult>(&message.body) {
             Ok(result) if message.kind == kind::RESULT => {
-                scheduler.do_send(ReplyReceived(result));
-                delivery.ack().await;
+                match crate::dispatch::sender::refusal(message, &result, agent_accounts) {
+                    None => {
+                        scheduler.do_send(ReplyReceived(result));
+                        delivery.ack().await;
+                    }
+                    Some(why) => {
+                        log::warn!("reply queue: dropped result of task {}: {why}", result.id);
+                        delivery.reject().await;
+                    }
+                }
             }
             Ok(_) => {
                 log::warn!("reply queue: dropped message of kind {:?}", message.kind);
@@ -277,13 +299,13 @@ async fn feed_replies(mut consumer: Consumer, scheduler: Addr<Scheduler>) {
 /// Stores results batch by batch: whatever has arrived (up to about [`RESULT_BATCH`] results;
 /// one message may carry several) goes to TaskQueue as one batch, and each message is acked
 /// only once the batch is committed.
-async fn feed_results(mut consumer: Consumer, task_queue: Addr<TaskQueue>) {
+async fn feed_results(mut consumer: Consumer, task_queue: Addr<TaskQueue>, agent_accounts: bool) {
     while let Some(first) = consumer.next().await {
         let mut messages = Vec::with_capacity(RESULT_BATCH);
         let mut results = Vec::with_capacity(RESULT_BATCH);
         let mut next = Some(first);
         while let Some(delivery) = next {
-            match decode_results(&delivery.message) {
+            match decode_results(&delivery.message, agent_accounts) {
                 Some(decoded) => {
                     results.extend(decoded.iter().cloned());
                     messages.push((delivery, decoded));
@@ -329,8 +351,9 @@ async fn feed_results(mut consumer: Consumer, task_queue: Addr<TaskQueue>) {
 }
 
 /// The results a `center.result` message carries: one (`result`) or several (`results`).
-/// `None` for a message that cannot be one of these; it is dropped.
-fn decode_results(message: &BusMessage) -> Option<Vec<JobResult>> {
+/// `None` for a message that cannot be one of these, or carries a result that may not be
+/// taken (`dispatch::sender`); it is dropped whole.
+fn decode_results(message: &BusMessage, agent_accounts: bool) -> Option<Vec<JobResult>> {
     let decoded = match message.kind.as_str() {
         kind::RESULT => wire::decode::<JobResult>(&message.body).map(|result| vec![result]),
         kind::RESULTS => wire::decode::<ResultBatch>(&message.body).map(|batch| batch.results),
@@ -344,7 +367,22 @@ fn decode_results(message: &BusMessage) -> Option<Vec<JobResult>> {
             log::warn!("result queue: dropped a results message with no result");
             None
         }
-        Ok(results) => Some(results),
+        Ok(results) => {
+            let refused = results.iter().find_map(|result| {
+                crate::dispatch::sender::refusal(message, result, agent_accounts)
+                    .map(|why| format!("task {}: {why}", result.id))
+            });
+            match refused {
+                None => Some(results),
+                Some(why) => {
+                    log::warn!(
+                        "result queue: dropped a message of {} result(s): {why}",
+                        results.len()
+                    );
+                    None
+                }
+            }
+        }
         Err(err) => {
             log::warn!("result queue: dropped undecodable message: {err}");
             None
@@ -355,7 +393,7 @@ fn decode_results(message: &BusMessage) -> Option<Vec<JobResult>> {
 /// The database could not be reached at all: trying results one by one would only fail
 /// again, each after the pool's timeout.
 fn is_unreachable(err: &StoreError) -> bool {
-    matches!(err, StoreError::Pool(_) | StoreError::Connect(_))
+    err.is_unavailable()
 }
 
 /// A message with its results.

@@ -43,6 +43,14 @@ pub struct RunInstant {
 #[rtype(result = "()")]
 pub struct ReplyReceived(pub JobResult);
 
+/// The reply queue went with a lost broker connection (a broker restart, a network cut): the
+/// results of the calls waiting now may never come, and their instructions, transient, may be
+/// gone with the broker. Their callers get an answer at once instead of waiting out the
+/// deadline.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReplyQueueLost;
+
 /// Nobody waits for this task any more (its caller gave up or the publish failed).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -80,6 +88,12 @@ pub enum DispatchError {
     NoResult { agent: AgentId, waited_s: u64 },
     #[error("scheduler restarted while the task was running")]
     Interrupted,
+    #[error(
+        "the broker connection was lost while task {task} waited for agent {agent}: the task \
+         may not have run (its instruction went with the broker) or may have run without its \
+         result reaching this center; its history row shows a result if one arrives later"
+    )]
+    BrokerLost { task: TaskId, agent: AgentId },
 }
 
 pub struct Scheduler {
@@ -90,8 +104,14 @@ pub struct Scheduler {
     metrics: Arc<Metrics>,
     store: Store,
     instance: String,
-    waiters: HashMap<TaskId, oneshot::Sender<JobResult>>,
+    waiters: HashMap<TaskId, Waiter>,
     history: RtHistory,
+}
+
+/// A caller waiting for the result of an rt task.
+struct Waiter {
+    agent: AgentId,
+    reply: oneshot::Sender<Result<JobResult, DispatchError>>,
 }
 
 /// Most rt results recorded in one transaction.
@@ -231,7 +251,13 @@ impl Handler<RunInstant> for Scheduler {
         };
         let instruction = dispatch::instruction(&stored_task, &dispatch);
         let (sender, receiver) = oneshot::channel();
-        self.waiters.insert(instruction.id.clone(), sender);
+        self.waiters.insert(
+            instruction.id.clone(),
+            Waiter {
+                agent: instruction.agent.clone(),
+                reply: sender,
+            },
+        );
         let message = dispatch::rt_message(&self.signer, &instruction, &self.reply_queue);
         let bus = self.bus.clone();
         let metrics = self.metrics.clone();
@@ -268,7 +294,12 @@ impl Handler<RunInstant> for Scheduler {
             }
             log::debug!("task {id}: rt sent to {agent}");
             match tokio::time::timeout(wait, receiver).await {
-                Ok(Ok(result)) => Ok(result),
+                Ok(Ok(Ok(result))) => Ok(result),
+                Ok(Ok(Err(err))) => {
+                    metrics.record_task(TaskOutcome::Lost);
+                    log::warn!("task {id}: {err}");
+                    Err(err)
+                }
                 Ok(Err(_)) => Err(DispatchError::Interrupted),
                 Err(_) => {
                     scheduler.do_send(ForgetWaiter(id.clone()));
@@ -289,6 +320,17 @@ impl Handler<ReplyReceived> for Scheduler {
 
     fn handle(&mut self, msg: ReplyReceived, ctx: &mut Context<Self>) {
         let result = msg.0;
+        if let Some(waiter) = self.waiters.get(&result.id) {
+            if waiter.agent != result.agent {
+                log::warn!(
+                    "task {}: result from agent {} dropped: the task was sent to {}",
+                    result.id,
+                    result.agent,
+                    waiter.agent
+                );
+                return;
+            }
+        }
         let outcome = if result.error.is_empty() {
             TaskOutcome::from_worker_flag(result.worker_flag)
         } else {
@@ -300,9 +342,29 @@ impl Handler<ReplyReceived> for Scheduler {
             Some(waiter) => {
                 self.metrics.record_task(outcome);
                 // The caller may have gone (HTTP client disconnected); nothing else to do then.
-                let _ = waiter.send(result);
+                let _ = waiter.reply.send(Ok(result));
             }
             None => log::info!("task {}: late or duplicate rt result dropped", result.id),
+        }
+    }
+}
+
+impl Handler<ReplyQueueLost> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, _: ReplyQueueLost, _: &mut Context<Self>) {
+        if !self.waiters.is_empty() {
+            log::warn!(
+                "scheduler: reply queue lost with the broker connection, {} rt callers answered",
+                self.waiters.len()
+            );
+        }
+        for (task, waiter) in self.waiters.drain() {
+            let lost = DispatchError::BrokerLost {
+                task,
+                agent: waiter.agent,
+            };
+            let _ = waiter.reply.send(Err(lost));
         }
     }
 }

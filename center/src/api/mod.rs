@@ -74,6 +74,35 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(ops::metrics));
 }
 
+/// The largest request body a v2 call may send (actix-web's default for the `Bytes` the
+/// handlers take). Uploads stream their body and have their own limit.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Answers a v2 request whose body the HTTP layer refused as too large (413) with the
+/// HTTP-200 envelope every v2 answer has, and a 403.2 naming the limit.
+pub fn envelope_errors<B: 'static>() -> actix_web::middleware::ErrorHandlers<B> {
+    use actix_web::dev::ServiceResponse;
+    use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+    ErrorHandlers::new().handler(
+        actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+        |response: ServiceResponse<B>| {
+            if !response.request().path().starts_with("/api/v2/") {
+                return Ok(ErrorHandlerResponse::Response(
+                    response.map_into_left_body(),
+                ));
+            }
+            let refused = ApiError::BadParam(format!(
+                "request body over the limit of {MAX_BODY_BYTES} bytes"
+            ));
+            let (request, _) = response.into_parts();
+            let answer = HttpResponse::Ok().json(refused.envelope());
+            Ok(ErrorHandlerResponse::Response(
+                ServiceResponse::new(request, answer).map_into_right_body(),
+            ))
+        },
+    )
+}
+
 /// A v2 call's parameters and its verified caller.
 pub struct V2Call {
     pub params: Params,

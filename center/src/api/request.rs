@@ -142,9 +142,19 @@ pub fn agent_address(params: &Params) -> Result<String, ApiError> {
     Ok(ip.to_string())
 }
 
-/// `param` is any JSON text or empty, passed on byte-exact.
+/// `param` is any JSON text or empty, passed on byte-exact, of at most
+/// [`MAX_PARAM_BYTES`](elves_shared::wire::MAX_PARAM_BYTES) bytes (the worker could not be
+/// started with a larger one).
 pub fn json_param(params: &Params) -> Result<String, ApiError> {
     let param = params.get_or_empty("param");
+    let limit = elves_shared::wire::MAX_PARAM_BYTES;
+    if param.len() > limit {
+        return Err(ApiError::BadParam(format!(
+            "param is {} bytes, over the limit of {limit} bytes (a worker gets it as one \
+             command-line argument); pass large data another way, such as a file or URL",
+            param.len()
+        )));
+    }
     if !param.is_empty() {
         serde_json::from_str::<serde::de::IgnoredAny>(param)
             .map_err(|err| ApiError::BadParam(format!("param is not JSON: {err}")))?;
@@ -305,6 +315,17 @@ mod tests {
     #[test]
     fn param_must_be_json_or_empty() {
         assert!(json_param(&Params::from_pairs(&[("param", "")])).is_ok());
+        let limit = elves_shared::wire::MAX_PARAM_BYTES;
+        let string_of = |n_bytes: usize| format!("\"{}\"", "x".repeat(n_bytes - 2));
+        let largest = string_of(limit);
+        assert!(json_param(&Params::from_pairs(&[("param", &largest)])).is_ok());
+        let too_large = string_of(limit + 1);
+        let refused = json_param(&Params::from_pairs(&[("param", &too_large)])).unwrap_err();
+        assert_eq!(refused.code(), "403.2");
+        assert!(
+            refused.to_string().contains("limit of 96000 bytes"),
+            "{refused}"
+        );
         assert!(json_param(&Params::from_pairs(&[("param", r#"{"a":"é\n"}"#)])).is_ok());
         assert_eq!(
             json_param(&Params::from_pairs(&[("param", "{oops")]))

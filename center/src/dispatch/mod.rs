@@ -15,6 +15,7 @@
 pub mod instruction;
 pub mod message;
 pub mod publish;
+pub mod sender;
 pub mod submit_reply;
 
 pub use instruction::{deadline, instruction};

@@ -197,22 +197,31 @@ fn require_app(conn: &mut DbConnection, name: &str) -> Result<AppRecord, StoreEr
     find_app(conn, name)?.ok_or_else(|| StoreError::AppNotFound(name.to_string()))
 }
 
+/// Inserts the app unless it exists; true when this call inserted it. `ON CONFLICT DO
+/// NOTHING` rather than a look first: two uploads of a new app at once on PostgreSQL would both
+/// find nothing, and the second insert would fail on the primary key.
 fn insert_app(
     conn: &mut DbConnection,
     name: &str,
     display_name: &str,
     now: u64,
-) -> Result<(), StoreError> {
-    diesel::insert_into(apps::table)
-        .values(&AppRecord {
-            name: name.to_string(),
-            display_name: display_name.to_string(),
-            online_version: None,
-            created_at: db_time(now),
-            updated_at: db_time(now),
-        })
-        .execute(conn)?;
-    Ok(())
+) -> Result<bool, StoreError> {
+    let record = AppRecord {
+        name: name.to_string(),
+        display_name: display_name.to_string(),
+        online_version: None,
+        created_at: db_time(now),
+        updated_at: db_time(now),
+    };
+    let insert = diesel::insert_into(apps::table)
+        .values(&record)
+        .on_conflict_do_nothing();
+    // The multi-backend connection has no ON CONFLICT; each backend has.
+    let n_inserted = match conn {
+        DbConnection::Pg(pg) => insert.execute(pg)?,
+        DbConnection::Sqlite(sqlite) => insert.execute(sqlite)?,
+    };
+    Ok(n_inserted == 1)
 }
 
 fn active_auth_id(conn: &mut DbConnection, auth_id: &str) -> Result<(), StoreError> {
@@ -232,16 +241,15 @@ impl Store {
     /// non-empty `display_name` replaces the old one).
     pub fn create_app(&self, name: &str, display_name: &str, now: u64) -> Result<bool, StoreError> {
         self.conn()?.write_transaction(|conn| {
-            if find_app(conn, name)?.is_some() {
-                if !display_name.is_empty() {
-                    diesel::update(apps::table.find(name))
-                        .set(apps::display_name.eq(display_name))
-                        .execute(conn)?;
-                }
-                return Ok(false);
+            if insert_app(conn, name, display_name, now)? {
+                return Ok(true);
             }
-            insert_app(conn, name, display_name, now)?;
-            Ok(true)
+            if !display_name.is_empty() {
+                diesel::update(apps::table.find(name))
+                    .set(apps::display_name.eq(display_name))
+                    .execute(conn)?;
+            }
+            Ok(false)
         })
     }
 
@@ -249,15 +257,29 @@ impl Store {
     /// content again changes nothing; with other content it is [`StoreError::VersionConflict`].
     pub fn add_app_version(&self, new: &NewAppVersion) -> Result<VersionAdded, StoreError> {
         self.conn()?.write_transaction(|conn| {
-            if find_app(conn, &new.app)?.is_none() {
-                insert_app(conn, &new.app, "", new.uploaded_at)?;
-            }
-            let existing = app_versions::table
-                .find((&new.app, &new.version))
-                .select(AppVersionRecord::as_select())
-                .first(conn)
-                .optional()?;
-            if let Some(existing) = existing {
+            insert_app(conn, &new.app, "", new.uploaded_at)?;
+            // Inserted unless the version exists; a concurrent upload of the same version
+            // makes this wait for it and then find its row, never a key violation.
+            let record = AppVersionRecord {
+                app: new.app.clone(),
+                version: new.version.clone(),
+                sha256: new.sha256.clone(),
+                size: db_time(new.size),
+                uploaded_by: new.uploaded_by.clone(),
+                uploaded_at: db_time(new.uploaded_at),
+            };
+            let insert = diesel::insert_into(app_versions::table)
+                .values(&record)
+                .on_conflict_do_nothing();
+            let n_inserted = match conn {
+                DbConnection::Pg(pg) => insert.execute(pg)?,
+                DbConnection::Sqlite(sqlite) => insert.execute(sqlite)?,
+            };
+            if n_inserted == 0 {
+                let existing = app_versions::table
+                    .find((&new.app, &new.version))
+                    .select(AppVersionRecord::as_select())
+                    .first(conn)?;
                 if existing.sha256 == new.sha256 {
                     return Ok(VersionAdded::Unchanged);
                 }
@@ -266,16 +288,6 @@ impl Store {
                     version: new.version.clone(),
                 });
             }
-            diesel::insert_into(app_versions::table)
-                .values(&AppVersionRecord {
-                    app: new.app.clone(),
-                    version: new.version.clone(),
-                    sha256: new.sha256.clone(),
-                    size: db_time(new.size),
-                    uploaded_by: new.uploaded_by.clone(),
-                    uploaded_at: db_time(new.uploaded_at),
-                })
-                .execute(conn)?;
             let online_version = new.make_online.then(|| new.version.clone());
             let update = diesel::update(apps::table.find(&new.app));
             match online_version {
@@ -518,6 +530,36 @@ pub(super) mod tests {
             uploaded_by: "admin".to_string(),
             uploaded_at: 1_000,
             make_online,
+        }
+    }
+
+    /// Run on both backends by `store::tests`: uploads of one new app at once, the same
+    /// version with the same bytes or other bytes, each answer is Added, Unchanged or a
+    /// version conflict (415.2 at the API), never a key violation.
+    pub fn concurrent_uploads_of_one_app(store: &Store) {
+        for round in 0..10 {
+            let app = format!("race{round}");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let uploads: Vec<_> = (0..4)
+                .map(|n| {
+                    let (store, barrier, app) = (store.clone(), barrier.clone(), app.clone());
+                    std::thread::spawn(move || {
+                        let sha = if n < 2 { 'a' } else { 'b' };
+                        barrier.wait();
+                        store.add_app_version(&version(&app, "1.0", sha, true))
+                    })
+                })
+                .collect();
+            let mut n_added = 0;
+            for upload in uploads {
+                match upload.join().unwrap() {
+                    Ok(VersionAdded::Added) => n_added += 1,
+                    Ok(VersionAdded::Unchanged) | Err(StoreError::VersionConflict { .. }) => {}
+                    Err(other) => panic!("round {round}: {other}"),
+                }
+            }
+            assert_eq!(n_added, 1, "round {round}");
+            assert_eq!(store.app_versions(&app).unwrap().len(), 1);
         }
     }
 

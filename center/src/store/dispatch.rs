@@ -263,13 +263,18 @@ impl Store {
             let mut task_ids: Vec<&str> = results.iter().map(|result| result.id.as_str()).collect();
             task_ids.sort_unstable();
             task_ids.dedup();
-            // The queue of a task never changes, so it can be read before the locks.
-            let queue_of: HashMap<String, Option<String>> = tasks::table
+            // The queue and the agent of a task never change, so they can be read before the
+            // locks.
+            let rows = tasks::table
                 .filter(tasks::id.eq_any(&task_ids))
-                .select((tasks::id, tasks::queue_id))
-                .load::<(String, Option<String>)>(conn)?
-                .into_iter()
-                .collect();
+                .select((tasks::id, tasks::queue_id, tasks::agent))
+                .load::<(String, Option<String>, String)>(conn)?;
+            let mut queue_of: HashMap<String, Option<String>> = HashMap::new();
+            let mut agent_of: HashMap<String, String> = HashMap::new();
+            for (id, queue_id, agent) in rows {
+                queue_of.insert(id.clone(), queue_id);
+                agent_of.insert(id, agent);
+            }
             // Queue rows first, in id order (a BTreeSet), then task rows in id order, as the
             // expiry does: two centers recording overlapping batches cannot deadlock.
             let queue_ids: BTreeSet<&str> =
@@ -281,8 +286,16 @@ impl Store {
             // are duplicates. In task id order: the lock order.
             let mut first_result_of: BTreeMap<&str, usize> = BTreeMap::new();
             for (n, result) in results.iter().enumerate() {
-                if queue_of.contains_key(result.id.as_str()) {
+                // Only the agent the task was sent to can settle it.
+                let sent_to = agent_of.get(result.id.as_str());
+                if sent_to.is_some_and(|agent| agent == result.agent.as_str()) {
                     first_result_of.entry(result.id.as_str()).or_insert(n);
+                } else if let Some(agent) = sent_to {
+                    log::warn!(
+                        "task {}: result from agent {} dropped: the task was sent to {agent}",
+                        result.id,
+                        result.agent
+                    );
                 }
             }
             let settlements: Vec<(&str, Settlement<'_>)> = first_result_of

@@ -80,6 +80,10 @@ use elves_shared::wire::TaskId;
 /// Connections kept by the pool. Writers take turns on SQLite anyway; on PostgreSQL this is
 /// per center.
 const POOL_SIZE: u32 = 8;
+/// How long a store call waits for a connection before it fails. A healthy database hands
+/// one out in milliseconds; past this it is away (or overloaded), and a call should say so
+/// soon instead of holding its caller for r2d2's default 30 s.
+const CHECKOUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Why a store call failed. The first variants are outcomes a caller answers with an API
 /// code; the rest are failures of the database itself.
@@ -134,12 +138,32 @@ pub enum StoreError {
     },
     #[error("connecting to the database: {0}")]
     Connect(#[from] diesel::ConnectionError),
-    #[error("database connection pool: {0}")]
+    #[error("database unavailable: no connection within 3 s ({0})")]
     Pool(#[from] diesel::r2d2::PoolError),
     #[error("running the database migrations: {0}")]
     Migration(String),
     #[error("database: {0}")]
     Query(#[from] diesel::result::Error),
+}
+
+impl StoreError {
+    /// True when the database could not be reached or dropped the connection: the call may
+    /// succeed once it is back, and says so rather than looking like a bug.
+    pub fn is_unavailable(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        matches!(
+            self,
+            StoreError::Pool(_)
+                | StoreError::Connect(_)
+                | StoreError::Query(
+                    Error::DatabaseError(
+                        DatabaseErrorKind::ClosedConnection
+                            | DatabaseErrorKind::UnableToSendCommand,
+                        _,
+                    ) | Error::BrokenTransactionManager,
+                )
+        )
+    }
 }
 
 /// What [`Store::stop_queue`] did.
@@ -202,6 +226,7 @@ impl Store {
         let pool = Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
+            .connection_timeout(CHECKOUT_TIMEOUT)
             // No ping before each call: see `Manager::is_valid`.
             .test_on_check_out(false)
             .connection_customizer(Box::new(SqlitePragmas))

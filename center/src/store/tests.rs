@@ -41,6 +41,7 @@ on_both_backends!(
     dependency_chain_releases_tasks_in_order,
     failed_task_skips_its_transitive_dependents_and_the_queue_still_finishes,
     duplicate_result_changes_nothing,
+    a_result_from_another_agent_settles_nothing,
     concurrent_claims_never_share_a_task,
     concurrent_results_finish_the_queue_exactly_once,
     batch_of_results_settles_each_task_once,
@@ -52,6 +53,7 @@ on_both_backends!(
     audit_log_round_trip,
     agents_round_trip,
     apps_versions_and_bindings,
+    concurrent_uploads_of_one_app,
     submit_replies_are_owed_once_their_task_is_settled,
     unsent_tasks_go_back_to_pending,
 );
@@ -435,6 +437,26 @@ fn failed_task_skips_its_transitive_dependents_and_the_queue_still_finishes(stor
         store.get_queue(&queue_id).unwrap().unwrap().status,
         QueueStatus::Finished
     );
+}
+
+fn a_result_from_another_agent_settles_nothing(store: &Store) {
+    let queue_id = id(0x100);
+    committed_queue(store, &queue_id, &[(1, None)]);
+    assert_eq!(claim(store, 1_000, 10), ids(&[1]));
+    let mut forged = result(&id(1), 1, "forged");
+    forged.agent = AgentId::parse("agent-2").unwrap();
+    let outcome = store.record_result(&forged, 2_000).unwrap();
+    assert!(!outcome.applied);
+    assert_eq!(
+        outcome.task.unwrap().status,
+        TaskStatus::Executing,
+        "still waiting for its own agent"
+    );
+    let real = store
+        .record_result(&result(&id(1), 1, "real"), 3_000)
+        .unwrap();
+    assert!(real.applied);
+    assert_eq!(real.task.unwrap().worker_message.as_deref(), Some("real"));
 }
 
 fn duplicate_result_changes_nothing(store: &Store) {
@@ -1155,6 +1177,10 @@ fn apps_versions_and_bindings(store: &Store) {
     super::apps::tests::apps_versions_and_bindings(store);
 }
 
+fn concurrent_uploads_of_one_app(store: &Store) {
+    super::apps::tests::concurrent_uploads_of_one_app(store);
+}
+
 fn submit_replies_are_owed_once_their_task_is_settled(store: &Store) {
     let queue_id = id(0x100);
     committed_queue(store, &queue_id, &[(1, None), (2, None)]);
@@ -1258,4 +1284,23 @@ fn unsent_tasks_go_back_to_pending(store: &Store) {
     store.stop_queue(&queue_id, 4_000).unwrap();
     assert_eq!(store.release_unsent(&[id(2)], "center-a").unwrap(), 0);
     assert_eq!(task(store, 2).status, TaskStatus::Stopped);
+}
+
+/// A database that hands out no connection (away, or every connection held) fails a call
+/// within the checkout timeout with a message that says so, instead of holding it for 30 s.
+#[test]
+fn a_call_without_a_connection_fails_fast_and_says_why() {
+    let db = TestDb::sqlite();
+    let held: Vec<_> = (0..POOL_SIZE).map(|_| db.store.conn().unwrap()).collect();
+    let asked = std::time::Instant::now();
+    let err = db.store.list_apps().unwrap_err();
+    let waited = asked.elapsed();
+    assert!(matches!(err, StoreError::Pool(_)), "{err}");
+    assert!(err.to_string().starts_with("database unavailable"), "{err}");
+    assert!(
+        waited >= CHECKOUT_TIMEOUT && waited < CHECKOUT_TIMEOUT * 3,
+        "{waited:?}"
+    );
+    drop(held);
+    assert!(db.store.list_apps().is_ok());
 }

@@ -52,6 +52,11 @@ pub struct BusMessage {
     /// use after a broker restart, such as an RT instruction, whose caller waits for the reply
     /// on a queue that the restart deletes. Saves the broker's disk write on the way.
     pub transient: bool,
+    /// AMQP `user-id`: the broker account that published the message. `RabbitBus` stamps its
+    /// own on every message it publishes, and RabbitMQ refuses a message whose user-id is not
+    /// the publishing connection's user, so a consumer can trust it names the sender's account
+    /// (the in-process bus has no accounts and leaves it empty).
+    pub user_id: Option<String>,
 }
 
 impl BusMessage {
@@ -164,11 +169,30 @@ pub fn with_frame_max(url: &str, frame_max: u32) -> String {
 /// A stream of deliveries from one queue.
 pub struct Consumer {
     receiver: mpsc::Receiver<Delivery>,
+    losses: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Consumer {
     pub(crate) fn new(receiver: mpsc::Receiver<Delivery>) -> Self {
-        Consumer { receiver }
+        // The in-process bus never loses a consumer: a sender nobody bumps.
+        let (keep, losses) = tokio::sync::watch::channel(0);
+        std::mem::forget(keep);
+        Consumer { receiver, losses }
+    }
+
+    pub(crate) fn with_losses(
+        receiver: mpsc::Receiver<Delivery>,
+        losses: tokio::sync::watch::Receiver<u64>,
+    ) -> Self {
+        Consumer { receiver, losses }
+    }
+
+    /// Counts the times this consumer lost its broker connection or channel (it then consumes
+    /// again by itself). Deliveries not acked by then went back to the queue, and a private
+    /// queue was deleted with what it held: whoever waits for messages on it learns here that
+    /// they may never come.
+    pub fn losses(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.losses.clone()
     }
 
     /// The next delivery; `None` only when the bus itself was dropped.

@@ -34,6 +34,8 @@ pub struct RabbitBus {
 }
 
 struct Inner {
+    /// The broker account this bus connects as, stamped on every message it publishes.
+    user: Option<String>,
     url: String,
     namespace: String,
     link: Mutex<Option<Link>>,
@@ -60,6 +62,7 @@ impl RabbitBus {
     pub fn new(url: &str, namespace: &str) -> Self {
         RabbitBus {
             inner: Arc::new(Inner {
+                user: broker_user(url),
                 url: url.to_string(),
                 namespace: namespace.to_string(),
                 link: Mutex::new(None),
@@ -67,6 +70,16 @@ impl RabbitBus {
             }),
         }
     }
+}
+
+/// The user an AMQP URL logs in as (lapin's default `guest` when it names none); `None` for
+/// EXTERNAL authentication (the user is the certificate's) or a URL lapin cannot read.
+fn broker_user(url: &str) -> Option<String> {
+    let uri: lapin::uri::AMQPUri = url.parse().ok()?;
+    if uri.query.auth_mechanism == Some(lapin::auth::SASLMechanism::External) {
+        return None;
+    }
+    Some(uri.authority.userinfo.username)
 }
 
 impl Inner {
@@ -254,6 +267,9 @@ fn properties_of(message: &BusMessage) -> BasicProperties {
     if let Some(reply_to) = &message.reply_to {
         properties = properties.with_reply_to(ShortString::from(reply_to.as_str()));
     }
+    if let Some(user_id) = &message.user_id {
+        properties = properties.with_user_id(ShortString::from(user_id.as_str()));
+    }
     if let Some(expiration) = message.expiration_ms {
         properties = properties.with_expiration(ShortString::from(expiration.to_string()));
     }
@@ -292,6 +308,7 @@ fn message_of(delivery: &lapin::message::Delivery) -> BusMessage {
         sig,
         key_id,
         transient: properties.delivery_mode() == &Some(DELIVERY_TRANSIENT),
+        user_id: text(properties.user_id()),
     }
 }
 
@@ -320,6 +337,9 @@ impl Bus for RabbitBus {
     ) -> Result<(), BusError> {
         // A connection that died since the last publish is only noticed now: reconnect and try
         // once more, so that a broker restart costs one slow publish rather than an error.
+        let mut message = message;
+        // The broker checks it against the connection's user: a claim it cannot forge.
+        message.user_id = self.inner.user.clone();
         let mut last_error = None;
         for _attempt in 0..2 {
             let link = self.inner.link().await?;
@@ -348,6 +368,7 @@ impl Bus for RabbitBus {
     async fn consume(&self, spec: QueueSpec, prefetch: u16) -> Result<Consumer, BusError> {
         let first = self.inner.open_consumer(&spec, prefetch).await?;
         let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
+        let (losses, losses_seen) = tokio::sync::watch::channel(0u64);
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let mut current = Some(first);
@@ -384,6 +405,7 @@ impl Bus for RabbitBus {
                             }
                         }
                     }
+                    losses.send_modify(|n_lost| *n_lost += 1);
                 }
                 if sender.is_closed() || inner.is_closed() {
                     return;
@@ -399,7 +421,7 @@ impl Bus for RabbitBus {
                 }
             }
         });
-        Ok(Consumer::new(receiver))
+        Ok(Consumer::with_losses(receiver, losses_seen))
     }
 
     async fn close(&self) {
@@ -418,5 +440,29 @@ impl Bus for RabbitBus {
                 Err(err) => log::debug!("bus: closing the connection: {err}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_a_url_logs_in_as() {
+        assert_eq!(
+            broker_user("amqp://agent-7:secret@127.0.0.1:5672/%2f").as_deref(),
+            Some("agent-7")
+        );
+        assert_eq!(
+            broker_user("amqp://a%40b:pw@host/").as_deref(),
+            Some("a@b"),
+            "percent-decoded, as lapin logs in"
+        );
+        assert_eq!(broker_user("amqp://host").as_deref(), Some("guest"));
+        assert_eq!(
+            broker_user("amqps://host/?auth_mechanism=external").as_deref(),
+            None
+        );
+        assert_eq!(broker_user("not a url"), None);
     }
 }

@@ -118,6 +118,11 @@ pub struct InstructionBatch {
     pub instructions: Vec<Instruction>,
 }
 
+/// The largest `param` a task may carry, in bytes. The worker gets it base64-encoded as one
+/// argument, and Linux refuses a single argument of 128 KiB or more (`MAX_ARG_STRLEN`) with
+/// "Argument list too long": 96,000 bytes encode to 128,000 characters, under that.
+pub const MAX_PARAM_BYTES: usize = 96_000;
+
 /// Center → agent: run one app function. Signed by the center (Ed25519 over the exact body bytes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instruction {
