@@ -12,6 +12,7 @@ mod cron;
 mod cron_signal;
 mod durability;
 mod env_vars;
+mod fleet_sim;
 mod harness;
 mod queue;
 mod queue_batch;
