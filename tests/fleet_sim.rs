@@ -1,6 +1,7 @@
 //! A fleet of 200 simulated agents (`elves_shared::sim`, what `elves sim` runs) against a real
 //! center: every agent comes online in the center's view, `info/agents` lists them all a page
-//! at a time, and a queue spread over all of them finishes with every task run exactly once.
+//! at a time, an RT call to one of them is answered, and a queue spread over all of them
+//! finishes with every task run exactly once.
 //! On RabbitMQ + PostgreSQL and on the in-process bus + SQLite. The large fleets are the
 //! `fleet_scale` benchmark.
 
@@ -89,6 +90,16 @@ async fn fleet_of_200(setup: Setup) {
     assert_eq!(listed.len(), AGENTS);
     assert_eq!(listed.iter().cloned().collect::<BTreeSet<_>>(), expected);
 
+    // An RT call to one of them comes back from it.
+    let answer = env
+        .call(
+            "rt/exec",
+            &[("ip", "sim-123"), ("app", "noop"), ("func", "run")],
+        )
+        .await;
+    assert_eq!(ok_result(&answer)["worker_flag"], "1", "{answer}");
+    assert_eq!(ok_result(&answer)["worker_message"], sim::RESULT_MESSAGE);
+
     // One queue spread over every agent: each task finishes once, each agent answers its share.
     let queue_id = create_queue(&env).await;
     let tasks: Vec<Value> = (0..TASKS_PER_AGENT)
@@ -115,15 +126,17 @@ async fn fleet_of_200(setup: Setup) {
         assert_eq!(task["worker_flag"], "1", "task {task_id}: {task}");
         assert_eq!(task["worker_message"], sim::RESULT_MESSAGE);
     }
-    assert_eq!(counters.answered(), (AGENTS * TASKS_PER_AGENT) as u64);
-    assert_eq!(counters.published(), (AGENTS * TASKS_PER_AGENT) as u64);
+    // The queue's tasks, and the one RT call.
+    assert_eq!(counters.answered(), (AGENTS * TASKS_PER_AGENT + 1) as u64);
+    assert_eq!(counters.published(), (AGENTS * TASKS_PER_AGENT + 1) as u64);
     assert_eq!(counters.duplicates(), 0);
     assert_eq!(counters.refused(), 0);
     let by_agent = counters.published_by_agent();
     assert_eq!(by_agent.len(), AGENTS);
-    assert!(by_agent
-        .values()
-        .all(|count| *count == TASKS_PER_AGENT as u64));
+    for (agent, count) in &by_agent {
+        let expected = TASKS_PER_AGENT as u64 + u64::from(agent.as_str() == "sim-123");
+        assert_eq!(*count, expected, "results of {agent}");
+    }
 
     fleet.stop().await;
     assert_eq!(counters.connected(), 0);

@@ -20,7 +20,8 @@
 //!   [`SimConfig::run_time`]: successful (`worker_flag` 1, message [`RESULT_MESSAGE`]) or,
 //!   with probability [`SimConfig::failure_rate`], failed (`worker_flag` 0, message
 //!   [`FAILURE_MESSAGE`]). Instructions that take no time leave together, the results of one
-//!   delivery in one message to `center.result` (`result` for one, `results` for several);
+//!   delivery in one message to `center.result` (`result` for one, `results` for several), or
+//!   an RT result to the instruction's `reply_to`;
 //!   others leave one by one as they finish. The delivery is acked once all are published; an
 //!   instruction seen before is counted as a duplicate and not answered again; a result that
 //!   could not be published is forgotten and its delivery requeued, so that the redelivery is
@@ -544,6 +545,17 @@ async fn answer(id: AgentId, bus: SharedBus, fleet: Arc<Fleet>, delivery: Delive
         .correlation_id
         .clone()
         .unwrap_or_else(|| fresh[0].id.to_string());
+    // RT results go to the waiting center's reply queue, the others to `center.result`, as
+    // the real agent sends them; an RT instruction travels alone.
+    let destination = match &message.reply_to {
+        Some(reply_to)
+            if !reply_to.is_empty()
+                && fresh.iter().all(|one| one.task_type == wire::TaskType::Rt) =>
+        {
+            Destination::Queue(reply_to.clone())
+        }
+        _ => Destination::Topic(routing::CENTER_RESULT.to_string()),
+    };
     let runs: Vec<(Instruction, Duration, bool)> = {
         let mut rng = rand::thread_rng();
         fresh
@@ -560,7 +572,7 @@ async fn answer(id: AgentId, bus: SharedBus, fleet: Arc<Fleet>, delivery: Delive
             .iter()
             .map(|(instruction, _, fails)| result_of(&id, instruction, *fails))
             .collect();
-        match publish_results(&bus, &results, &correlation_id).await {
+        match publish_results(&bus, &destination, &results, &correlation_id).await {
             Ok(()) => vec![true; results.len()],
             Err(err) => {
                 log::warn!(
@@ -573,11 +585,18 @@ async fn answer(id: AgentId, bus: SharedBus, fleet: Arc<Fleet>, delivery: Delive
         }
     } else {
         let finishing = runs.iter().map(|(instruction, run_time, fails)| {
-            let (bus, id, correlation_id) = (&bus, &id, &correlation_id);
+            let (bus, id, correlation_id, destination) = (&bus, &id, &correlation_id, &destination);
             async move {
                 tokio::time::sleep(*run_time).await;
                 let result = result_of(id, instruction, *fails);
-                match publish_results(bus, std::slice::from_ref(&result), correlation_id).await {
+                match publish_results(
+                    bus,
+                    destination,
+                    std::slice::from_ref(&result),
+                    correlation_id,
+                )
+                .await
+                {
                     Ok(()) => true,
                     Err(err) => {
                         log::warn!(
@@ -642,9 +661,10 @@ fn result_of(id: &AgentId, instruction: &Instruction, fails: bool) -> JobResult 
     }
 }
 
-/// One message to `center.result`: `result` for one, `results` for several.
+/// One message to `destination`: `result` for one, `results` for several.
 async fn publish_results(
     bus: &SharedBus,
+    destination: &Destination,
     results: &[JobResult],
     correlation_id: &str,
 ) -> Result<(), BusError> {
@@ -658,8 +678,7 @@ async fn publish_results(
         ),
     };
     reply.correlation_id = Some(correlation_id.to_string());
-    let destination = Destination::Topic(routing::CENTER_RESULT.to_string());
-    bus.publish(&destination, reply).await
+    bus.publish(destination, reply).await
 }
 
 async fn heartbeats(
@@ -690,6 +709,8 @@ async fn heartbeats(
             labels: fleet.labels.clone(),
         };
         let mut message = BusMessage::msgpack(kind::HEARTBEAT, wire::encode(&heartbeat));
+        // As the real agent's: in the broker's memory only.
+        message.transient = true;
         message.expiration_ms = Some(interval_ms * HEARTBEAT_TTL_INTERVALS);
         match bus.publish(&destination, message).await {
             Ok(()) => last_failed = false,
