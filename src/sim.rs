@@ -200,3 +200,72 @@ async fn simulate(config: SimConfig, args: &SimArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    fn parse(args: &[&str]) -> anyhow::Result<SimConfig> {
+        let mut all = vec!["sim", "--center-key", "center 00"];
+        all.extend_from_slice(args);
+        config_of(&Command::try_parse_from(all)?.sim)
+    }
+
+    #[test]
+    fn flags_make_the_fleet() {
+        let config = parse(&[
+            "-n",
+            "12",
+            "--id-prefix",
+            "rack7",
+            "--label",
+            "zone=eu-1",
+            "--app",
+            "disk=2.0",
+            "--run-time",
+            "10..20",
+            "--failure-rate",
+            "0.1",
+            "--away-fraction",
+            "0.25",
+        ])
+        .unwrap();
+        assert_eq!(config.agents.len(), 12);
+        assert_eq!(config.agents[0].as_str(), "rack7-01");
+        assert_eq!(config.center_key_id, "center");
+        assert_eq!(config.labels["zone"], "eu-1");
+        assert_eq!(config.apps.len(), 1);
+        assert_eq!(config.apps["disk"], "2.0");
+        assert_eq!(
+            config.run_time,
+            RunTime::Uniform {
+                min_ms: 10,
+                max_ms: 20
+            }
+        );
+        assert_eq!(config.away.map(|away| away.fraction), Some(0.25));
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_their_name() {
+        for (args, named) in [
+            (vec!["--label", "zone=eu 1"], "--label"),
+            (vec!["--app", "disk"], "--app"),
+            (vec!["--failure-rate", "2"], "--failure-rate"),
+            (vec!["-n", "0"], "--agents"),
+            (vec!["--id-prefix", "a b"], "--id-prefix"),
+        ] {
+            let err = parse(&args).unwrap_err();
+            assert!(format!("{err:#}").contains(named), "{args:?}: {err:#}");
+        }
+        let no_key = Command::try_parse_from(["sim", "--center-key", "just-an-id"]).unwrap();
+        assert!(config_of(&no_key.sim).is_err());
+    }
+}
