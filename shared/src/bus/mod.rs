@@ -94,6 +94,14 @@ impl QueueSpec {
     /// An agent's own durable queue, bound to `agent.<id>`: the agent consumes it, and a host
     /// that starts an agent beside its center (`elves up`) declares it first, so that nothing
     /// sent before the agent consumes is lost.
+    ///
+    /// A classic queue declared without arguments, on purpose. It outlives its agent (durable,
+    /// not auto-deleted), so that work sent while the agent restarts waits for it. A quorum
+    /// queue would be a Raft group per agent, far too dear for 10,000 of them. Tuning
+    /// (`queue-version` 2, an `expires` that reaps the queues of agents gone for good) belongs
+    /// in a broker policy (ARCHITECTURE.md, "Scale"): a policy applies to queues that already
+    /// exist, whereas an argument added here would make every redeclaration of an existing
+    /// queue fail with PRECONDITION_FAILED and strand the fleet on upgrade.
     pub fn agent(bus: &dyn Bus, agent: &crate::wire::AgentId) -> QueueSpec {
         QueueSpec {
             name: bus.queue_name(&crate::wire::routing::agent(agent)),
