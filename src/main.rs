@@ -1,12 +1,13 @@
 //! The `elves` command: `elves up` runs a complete system in one process (the embedded default),
 //! `elves call` makes a signed v2 API call and prints the JSON answer, `elves queue` runs
-//! queues of tasks from a file.
+//! queues of tasks from a file, `elves sim` runs a fleet of simulated agents.
 
 mod app;
 mod call;
 mod client;
 mod cron;
 mod queue;
+mod sim;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,8 @@ enum Command {
     Cron(cron::CronArgs),
     /// Queues from a TOML or JSON file of tasks: `elves queue create|add|commit|watch|run`.
     Queue(queue::QueueArgs),
+    /// A fleet of simulated agents against a running center: `elves sim -n 2000 --center-key "<id> <hex>"`.
+    Sim(sim::SimArgs),
 }
 
 fn main() {
@@ -57,6 +60,7 @@ fn main() {
         Command::Auth(args) => app::run_auth(args),
         Command::Cron(args) => cron::run(args),
         Command::Queue(args) => queue::run(args),
+        Command::Sim(args) => sim::run(args),
         Command::Center { config } => elves_center::run_until_signal(&config),
         Command::Agent { config } => elves_agent::service::run_until_signal(&config),
     };

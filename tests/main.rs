@@ -13,6 +13,7 @@ mod cron_signal;
 mod durability;
 mod env_vars;
 mod faults;
+mod fleet_sim;
 mod harness;
 mod queue;
 mod queue_batch;

@@ -218,12 +218,17 @@ pub struct HeartbeatConfig {
     /// An agent is offline when it missed this many of its own heartbeat intervals.
     #[serde(default = "default_missed_beats")]
     pub offline_after_missed_beats: u32,
+    /// How often the agents heard from are written to the database, all in one transaction.
+    /// Presence is decided in memory; the rows are for other centers and restarts.
+    #[serde(default = "default_heartbeat_flush_ms")]
+    pub flush_ms: u64,
 }
 
 impl Default for HeartbeatConfig {
     fn default() -> Self {
         HeartbeatConfig {
             offline_after_missed_beats: default_missed_beats(),
+            flush_ms: default_heartbeat_flush_ms(),
         }
     }
 }
@@ -277,6 +282,9 @@ impl CenterConfig {
                 "heartbeat.offline_after_missed_beats",
                 "must be at least 1",
             ));
+        }
+        if !(10..=60_000).contains(&self.heartbeat.flush_ms) {
+            return Err(bad("heartbeat.flush_ms", "must be between 10 and 60000"));
         }
         if self.rt.default_timeout_s == 0 || self.rt.default_timeout_s > 86_400 {
             return Err(bad("rt.default_timeout_s", "must be between 1 and 86400"));
@@ -348,6 +356,9 @@ fn default_key_id() -> String {
 }
 fn default_missed_beats() -> u32 {
     3
+}
+fn default_heartbeat_flush_ms() -> u64 {
+    1_000
 }
 fn default_timeout() -> u32 {
     90

@@ -12,5 +12,7 @@ pub mod names;
 pub mod package;
 pub mod quartz;
 pub mod sign;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod time;
 pub mod wire;

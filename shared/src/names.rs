@@ -23,9 +23,28 @@ pub fn is_valid_version(version: &str) -> bool {
             .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'+' | b'-'))
 }
 
+/// Label keys and values (SPEC §12): 1–64 of `[A-Za-z0-9_.-]`.
+pub fn is_valid_label(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_follow_the_spec_rule() {
+        assert!(is_valid_label("rack"));
+        assert!(is_valid_label(".-_9"));
+        assert!(is_valid_label(&"a".repeat(64)));
+        assert!(!is_valid_label(""));
+        assert!(!is_valid_label(&"a".repeat(65)));
+        assert!(!is_valid_label("a=b"));
+        assert!(!is_valid_label("a b"));
+    }
 
     #[test]
     fn names_follow_the_spec_rule() {

@@ -17,7 +17,7 @@
 //!   with a count), they run in this process instead: `elves_agent::run`, one bus connection
 //!   each, and their counters (`AgentStats`) are reported.
 //! - Simulated agents: light agents in this process that speak the real protocol without
-//!   spawning (`support::sim_agent`: consume `<ns>.agent.<id>`, verify the Ed25519 signature,
+//!   spawning (`elves_shared::sim`: consume `<ns>.agent.<id>`, verify the Ed25519 signature,
 //!   decode the instruction or the pack of them, publish their results to `center.result` in
 //!   one message, ack; heartbeat every second), ten agents per bus connection. They measure the
 //!   center, not the host's fork/exec rate.
@@ -48,6 +48,7 @@ use elves_agent::{AgentConfig, AgentStats};
 use elves_center::store::testing::TestDatabase;
 use elves_center::store::{Store, TaskRow, TaskStatus};
 use elves_shared::bus::{self, BusMessage, Destination, QueueSpec};
+use elves_shared::sim::{SimConfig, SimFleet};
 use elves_shared::time::now_unix_ms;
 use elves_shared::wire::{self, kind, routing, AgentId, Instruction, JobResult, TaskId};
 use futures::StreamExt;
@@ -58,7 +59,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::agent_processes::{AgentProcesses, AgentsRss};
-use support::sim_agent::{SimConfig, SimFleet};
 use support::{Api, CenterProcess, InProcessAgent, AUTH_ID};
 
 /// `queue/addtask` calls in flight while the queue is filled.

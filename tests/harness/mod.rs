@@ -419,7 +419,7 @@ impl TestEnv {
 
     /// Waits until the center has stored `count` heartbeats of agent `id` that arrived after
     /// this call. The center hands a heartbeat on (to compare the agent's apps with what it
-    /// should have) once it is stored.
+    /// should have) before its row is written.
     pub async fn wait_heartbeats(&self, id: &str, count: usize) {
         let store = elves_center::store::Store::open(&self.database.url).unwrap();
         let since = elves_shared::time::now_unix_ms();
@@ -574,6 +574,8 @@ pub fn center_config(
             data_dir.join("cron.d").display().to_string(),
         ),
         ("ELVES_CRON__REFRESH_MS".to_string(), "300".to_string()),
+        // Agent rows written soon after each heartbeat, for the tests that read them.
+        ("ELVES_HEARTBEAT__FLUSH_MS".to_string(), "50".to_string()),
     ];
     let config: CenterConfig = elves_shared::config::load(None, env).unwrap();
     config.validate().unwrap();

@@ -54,7 +54,7 @@ where
         }
         tokio::select! {
             () = shutdown.as_mut() => return None,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(elves_shared::bus::jittered(backoff)) => {}
         }
         backoff = (backoff * 2).min(CONSUME_MAX_BACKOFF);
     }

@@ -60,8 +60,12 @@ async fn beat(agent: &Agent) -> Result<(), BusError> {
         sent_at: now_unix_ms(),
         interval_ms: agent.config.heartbeat_interval_ms,
         packages,
+        labels: Default::default(),
     };
     let mut message = BusMessage::msgpack(wire::kind::HEARTBEAT, wire::encode(&heartbeat));
+    // Of no use after a broker restart (the next beat says more): kept in the broker's memory
+    // only, which spares it a disk write per beat, 1,000 a second for 10,000 agents at 10 s.
+    message.transient = true;
     message.expiration_ms = Some(
         agent
             .config
@@ -104,6 +108,10 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(delivery.message.kind, wire::kind::HEARTBEAT);
+            assert!(
+                delivery.message.transient,
+                "a heartbeat is not worth a disk write"
+            );
             let heartbeat: Heartbeat = wire::decode(&delivery.message.body).unwrap();
             delivery.ack().await;
             assert_eq!(heartbeat.agent, harness.agent_id);

@@ -1,16 +1,33 @@
-//! Heartbeat: the registry of agents, from their heartbeats.
+//! Heartbeat: the registry of agents, from their heartbeats: presence is decided here, in
+//! memory, and nowhere else.
 //! It answers "may I send work to this agent now?" without waiting out a task's timeout.
-//! It keeps its state in memory and never touches the bus itself: root feeds it.
+//! Root feeds it batches of heartbeats from the bus; it records them in memory first and
+//! answers from memory, and writes the agents' rows to the database only in a periodic
+//! background flush (one transaction for every agent heard from since the last flush), so a
+//! slow or absent database never delays a heartbeat or a lookup, nor makes a live agent look
+//! offline. At start it reads the agents' rows back, so that a restarted center knows the
+//! fleet before the first beat arrives.
 
+use crate::store::blocking::blocking;
+use crate::store::{AgentRow, Store};
 use actix::prelude::*;
+use elves_shared::time::now_unix_ms;
 use elves_shared::wire::{AgentId, Heartbeat as HeartbeatMessage};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
 
-/// An agent's heartbeat arrived (at the center's clock `received_at`, unix ms).
+/// Rows written by one flush at most; the rest wait for the next one. Bounds the length of
+/// one transaction (10,000 agents at one beat a second fit in one).
+const FLUSH_MAX_ROWS: usize = 10_000;
+
+/// Intake lags kept for [`HeartbeatState::intake_lag_ms`]: the latest this many heartbeats.
+const LAG_SAMPLES: usize = 8_192;
+
+/// Heartbeats that arrived together (at the center's clock `received_at`, unix ms).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct HeartbeatReceived {
-    pub heartbeat: HeartbeatMessage,
+pub struct HeartbeatsReceived {
+    pub heartbeats: Vec<HeartbeatMessage>,
     pub received_at: u64,
 }
 
@@ -41,11 +58,61 @@ pub struct HeartbeatState {
     pub agents_online: usize,
     /// Online agents by id, with the apps they reported.
     pub online: BTreeMap<String, BTreeMap<String, String>>,
+    /// Agents heard from whose rows are not written yet.
+    pub rows_pending: usize,
+    /// From an agent's send to its presence recorded here, over the latest heartbeats (the
+    /// agents' clocks against the center's, so meaningful on one machine or synced clocks).
+    pub intake_lag_ms: IntakeLag,
 }
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IntakeLag {
+    pub samples: usize,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl IntakeLag {
+    fn of(samples: &VecDeque<u64>) -> IntakeLag {
+        let mut sorted: Vec<u64> = samples.iter().copied().collect();
+        sorted.sort_unstable();
+        let at = |pct: usize| {
+            sorted
+                .get((sorted.len().saturating_sub(1)) * pct / 100)
+                .copied()
+                .unwrap_or(0)
+        };
+        IntakeLag {
+            samples: sorted.len(),
+            p50: at(50),
+            p99: at(99),
+            max: sorted.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// A flush finished; the rows it could not write come back.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flushed {
+    unwritten: Vec<AgentRow>,
+}
+
+/// The rows read at start.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Seeded(Vec<AgentRow>);
 
 struct AgentEntry {
     last: HeartbeatMessage,
     last_seen: u64,
+}
+
+/// Where the registry's rows go, and how often.
+struct Persistence {
+    store: Store,
+    flush_every: Duration,
 }
 
 pub struct Heartbeat {
@@ -53,14 +120,39 @@ pub struct Heartbeat {
     /// Agents are addressed by ip as well as by id; the latest heartbeat owns an ip.
     by_ip: HashMap<String, AgentId>,
     offline_after_missed_beats: u32,
+    persistence: Option<Persistence>,
+    /// The latest row of each agent heard from since the last flush: at most one per agent.
+    pending: HashMap<AgentId, AgentRow>,
+    flushing: bool,
+    /// Whether the last flush failed, to log an outage once rather than every flush.
+    flush_failing: bool,
+    lags_ms: VecDeque<u64>,
 }
 
 impl Heartbeat {
+    /// A registry in memory only (tests).
     pub fn new(offline_after_missed_beats: u32) -> Self {
         Heartbeat {
             agents: HashMap::new(),
             by_ip: HashMap::new(),
             offline_after_missed_beats,
+            persistence: None,
+            pending: HashMap::new(),
+            flushing: false,
+            flush_failing: false,
+            lags_ms: VecDeque::with_capacity(LAG_SAMPLES),
+        }
+    }
+
+    /// A registry that reads the agents' rows at start and writes them every `flush_every`.
+    pub fn with_store(
+        offline_after_missed_beats: u32,
+        store: Store,
+        flush_every: Duration,
+    ) -> Self {
+        Heartbeat {
+            persistence: Some(Persistence { store, flush_every }),
+            ..Heartbeat::new(offline_after_missed_beats)
         }
     }
 
@@ -82,36 +174,181 @@ impl Heartbeat {
             now,
         )
     }
+
+    /// Records one heartbeat unless a later one of the same agent is already known.
+    fn record(&mut self, heartbeat: HeartbeatMessage, received_at: u64) {
+        let agent = heartbeat.agent.clone();
+        match self.agents.get(&agent) {
+            Some(known) if known.last_seen > received_at => return,
+            Some(_) => {}
+            None => log::info!("agent {agent}: first heartbeat (ip {})", heartbeat.ip),
+        }
+        if self.persistence.is_some() {
+            self.pending.insert(
+                agent.clone(),
+                AgentRow::from_heartbeat(&heartbeat, received_at),
+            );
+        }
+        self.by_ip.insert(heartbeat.ip.clone(), agent.clone());
+        self.agents.insert(
+            agent,
+            AgentEntry {
+                last: heartbeat,
+                last_seen: received_at,
+            },
+        );
+    }
+
+    /// Starts writing the pending rows unless a flush is still running: one at a time, so
+    /// that a slow database sees one transaction, not a pile of them.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let Some(persistence) = &self.persistence else {
+            return;
+        };
+        if self.flushing || self.pending.is_empty() {
+            return;
+        }
+        let rows: Vec<AgentRow> = if self.pending.len() <= FLUSH_MAX_ROWS {
+            self.pending.drain().map(|(_, row)| row).collect()
+        } else {
+            let ids: Vec<AgentId> = self.pending.keys().take(FLUSH_MAX_ROWS).cloned().collect();
+            ids.iter()
+                .filter_map(|id| self.pending.remove(id))
+                .collect()
+        };
+        self.flushing = true;
+        let store = persistence.store.clone();
+        let addr = ctx.address();
+        actix_rt::spawn(async move {
+            let count = rows.len();
+            let unwritten = match blocking({
+                let store = store.clone();
+                let rows = rows.clone();
+                move || store.upsert_agents(&rows)
+            })
+            .await
+            {
+                Ok(()) => {
+                    log::debug!("heartbeat: {count} agent row(s) written");
+                    Vec::new()
+                }
+                Err(err) => {
+                    log::debug!("heartbeat: {count} agent row(s) not written: {err}");
+                    rows
+                }
+            };
+            addr.do_send(Flushed { unwritten });
+        });
+    }
+
+    fn seed(&mut self, ctx: &mut Context<Self>) {
+        let Some(persistence) = &self.persistence else {
+            return;
+        };
+        let store = persistence.store.clone();
+        let addr = ctx.address();
+        actix_rt::spawn(async move {
+            // Rows older than this cannot be online under any interval an agent may choose
+            // (a day), so they need not be in memory: a lookup of one falls back to its row.
+            let since = now_unix_ms().saturating_sub(24 * 3_600_000);
+            match blocking(move || store.agents_seen_since(since)).await {
+                Ok(rows) => addr.do_send(Seeded(rows)),
+                Err(err) => log::warn!(
+                    "heartbeat: agents not read from the database ({err}); they reappear with their next heartbeat"
+                ),
+            }
+        });
+    }
 }
 
 impl Actor for Heartbeat {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(persistence) = &self.persistence {
+            ctx.run_interval(persistence.flush_every, |heartbeat, ctx| {
+                heartbeat.flush(ctx)
+            });
+        }
+        self.seed(ctx);
+    }
 }
 
 impl Supervised for Heartbeat {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        log::warn!("heartbeat: restarting; agents reappear with their next heartbeat");
+        log::warn!("heartbeat: restarting; agents are read back from the database");
         self.agents.clear();
         self.by_ip.clear();
+        self.pending.clear();
+        self.flushing = false;
+        self.lags_ms.clear();
     }
 }
 
-impl Handler<HeartbeatReceived> for Heartbeat {
+impl Handler<HeartbeatsReceived> for Heartbeat {
     type Result = ();
 
-    fn handle(&mut self, msg: HeartbeatReceived, _: &mut Context<Self>) {
-        let agent = msg.heartbeat.agent.clone();
-        if !self.agents.contains_key(&agent) {
-            log::info!("agent {agent}: first heartbeat (ip {})", msg.heartbeat.ip);
+    fn handle(&mut self, msg: HeartbeatsReceived, _: &mut Context<Self>) {
+        // The one clock read outside the messages: how late presence is, for the figures.
+        let recorded_at = now_unix_ms();
+        for heartbeat in msg.heartbeats {
+            if self.lags_ms.len() == LAG_SAMPLES {
+                self.lags_ms.pop_front();
+            }
+            self.lags_ms
+                .push_back(recorded_at.saturating_sub(heartbeat.sent_at));
+            self.record(heartbeat, msg.received_at);
         }
-        self.by_ip.insert(msg.heartbeat.ip.clone(), agent.clone());
-        self.agents.insert(
-            agent,
-            AgentEntry {
-                last: msg.heartbeat,
-                last_seen: msg.received_at,
-            },
-        );
+    }
+}
+
+impl Handler<Flushed> for Heartbeat {
+    type Result = ();
+
+    fn handle(&mut self, msg: Flushed, _: &mut Context<Self>) {
+        self.flushing = false;
+        if msg.unwritten.is_empty() {
+            if self.flush_failing {
+                log::info!("heartbeat: agent rows are written again");
+            }
+            self.flush_failing = false;
+            return;
+        }
+        if !self.flush_failing {
+            log::warn!(
+                "heartbeat: {} agent row(s) not written to the database; presence is kept in memory and the rows are retried",
+                msg.unwritten.len()
+            );
+        }
+        self.flush_failing = true;
+        // A newer heartbeat that arrived meanwhile supersedes the row that failed.
+        for row in msg.unwritten {
+            self.pending.entry(row.id.clone()).or_insert(row);
+        }
+    }
+}
+
+impl Handler<Seeded> for Heartbeat {
+    type Result = ();
+
+    fn handle(&mut self, msg: Seeded, _: &mut Context<Self>) {
+        let count = msg.0.len();
+        for row in msg.0 {
+            // A heartbeat that arrived before the rows were read is newer than its row.
+            if self.agents.contains_key(&row.id) {
+                continue;
+            }
+            let heartbeat = heartbeat_of_row(&row);
+            self.by_ip.entry(row.ip.clone()).or_insert(row.id.clone());
+            self.agents.insert(
+                row.id,
+                AgentEntry {
+                    last: heartbeat,
+                    last_seen: row.last_heartbeat_at,
+                },
+            );
+        }
+        log::info!("heartbeat: {count} agent(s) read from the database");
     }
 }
 
@@ -146,7 +383,24 @@ impl Handler<GetState> for Heartbeat {
             agents_known: self.agents.len(),
             agents_online: online.len(),
             online,
+            rows_pending: self.pending.len(),
+            intake_lag_ms: IntakeLag::of(&self.lags_ms),
         }
+    }
+}
+
+/// What a stored row says of an agent's last heartbeat (what the row does not keep is empty).
+fn heartbeat_of_row(row: &AgentRow) -> HeartbeatMessage {
+    HeartbeatMessage {
+        agent: row.id.clone(),
+        ip: row.ip.clone(),
+        asset: row.asset.clone(),
+        version: row.version.clone(),
+        apps: row.apps.clone(),
+        sent_at: row.last_heartbeat_at,
+        interval_ms: row.interval_ms,
+        packages: BTreeMap::new(),
+        labels: BTreeMap::new(),
     }
 }
 
@@ -182,6 +436,7 @@ mod tests {
             sent_at: 0,
             interval_ms: 100,
             packages: BTreeMap::new(),
+            labels: BTreeMap::new(),
         };
         let unknown = addr
             .send(LookupAgent {
@@ -191,8 +446,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(unknown, AgentLookup::Unknown);
-        addr.send(HeartbeatReceived {
-            heartbeat,
+        addr.send(HeartbeatsReceived {
+            heartbeats: vec![heartbeat],
             received_at: 1_000,
         })
         .await
@@ -219,5 +474,105 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn beat(agent: &str, interval_ms: u64, sent_at: u64) -> HeartbeatMessage {
+        HeartbeatMessage {
+            agent: AgentId::parse(agent).unwrap(),
+            ip: format!("ip-{agent}"),
+            asset: String::new(),
+            version: "1".into(),
+            apps: BTreeMap::new(),
+            sent_at,
+            interval_ms,
+            packages: BTreeMap::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn presence_comes_first_rows_follow_and_a_new_registry_reads_them_back() {
+        let database = crate::store::testing::TestDatabase::sqlite().unwrap();
+        let store = Store::open(&database.url).unwrap();
+        let now = now_unix_ms();
+        let addr =
+            Heartbeat::with_store(3, store.clone(), Duration::from_millis(3_600_000)).start();
+        let beats: Vec<HeartbeatMessage> = (0..50)
+            .map(|n| beat(&format!("a{n}"), 60_000, now))
+            .collect();
+        addr.send(HeartbeatsReceived {
+            heartbeats: beats,
+            received_at: now,
+        })
+        .await
+        .unwrap();
+        // Online at once, though the hour-long flush interval has written nothing yet.
+        let lookup = addr
+            .send(LookupAgent {
+                address: "ip-a7".into(),
+                now,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(lookup, AgentLookup::Online { .. }), "{lookup:?}");
+        let state = addr.send(GetState { now }).await.unwrap();
+        assert_eq!(state.agents_online, 50);
+        assert_eq!(state.rows_pending, 50);
+        assert_eq!(state.intake_lag_ms.samples, 50);
+        assert!(store.agents_seen_since(0).unwrap().is_empty());
+
+        // A registry that flushes often writes every row in its flush.
+        let flushing = Heartbeat::with_store(3, store.clone(), Duration::from_millis(20)).start();
+        flushing
+            .send(HeartbeatsReceived {
+                heartbeats: (0..50)
+                    .map(|n| beat(&format!("a{n}"), 60_000, now))
+                    .collect(),
+                received_at: now,
+            })
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.agents_seen_since(0).unwrap().len() < 50 {
+            assert!(std::time::Instant::now() < deadline, "rows never written");
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            flushing.send(GetState { now }).await.unwrap().rows_pending,
+            0
+        );
+
+        // A registry started later (a restarted center) knows them before any heartbeat.
+        let restarted = Heartbeat::with_store(3, store, Duration::from_millis(3_600_000)).start();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = restarted.send(GetState { now }).await.unwrap();
+            if state.agents_online == 50 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "rows never read back");
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn an_older_heartbeat_does_not_roll_presence_back() {
+        let addr = Heartbeat::new(3).start();
+        for received_at in [2_000, 1_000] {
+            addr.send(HeartbeatsReceived {
+                heartbeats: vec![beat("a1", 100, received_at)],
+                received_at,
+            })
+            .await
+            .unwrap();
+        }
+        let lookup = addr
+            .send(LookupAgent {
+                address: "a1".into(),
+                now: 2_250,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(lookup, AgentLookup::Online { .. }), "{lookup:?}");
     }
 }

@@ -9,13 +9,12 @@
 
 use super::app_store::{AgentReported, AppRegistry, AppStore};
 use super::cron::Cron;
-use super::heartbeat::{Heartbeat, HeartbeatReceived};
+use super::heartbeat::{Heartbeat, HeartbeatsReceived};
 use super::scheduler::{ReplyQueueLost, ReplyReceived, Scheduler};
 use super::task_queue::{ResultsReceived, TaskQueue};
 use crate::config::CenterConfig;
 use crate::metrics::Metrics;
-use crate::store::blocking::blocking;
-use crate::store::{AgentRow, Store, StoreError};
+use crate::store::{Store, StoreError};
 use actix::prelude::*;
 use elves_shared::bus::{BusMessage, Consumer, Delivery, QueueSpec, SharedBus};
 use elves_shared::crypto::InstructionSigner;
@@ -31,6 +30,10 @@ const PREFETCH: u16 = 256;
 /// Unsettled deliveries of `center.result`: results pile up here while a batch is stored,
 /// so the next batch is a full one.
 const RESULT_PREFETCH: u16 = 1024;
+
+/// Unsettled deliveries of `center.heartbeat`, and heartbeats handed to Heartbeat at once at
+/// most: 10,000 agents beating every 10 s send 1,000 a second.
+const HEARTBEAT_PREFETCH: u16 = 1024;
 
 /// Results stored in one transaction at most.
 const RESULT_BATCH: usize = 256;
@@ -104,7 +107,7 @@ impl Root {
                     bindings: vec![routing::CENTER_HEARTBEAT.to_string()],
                     durable: true,
                 },
-                PREFETCH,
+                HEARTBEAT_PREFETCH,
             )
             .await?;
 
@@ -121,7 +124,11 @@ impl Root {
             .await?;
 
         let missed_beats = config.heartbeat.offline_after_missed_beats;
-        let heartbeat = Supervisor::start(move |_| Heartbeat::new(missed_beats));
+        let flush_every = std::time::Duration::from_millis(config.heartbeat.flush_ms);
+        let heartbeat_store = store.clone();
+        let heartbeat = Supervisor::start(move |_| {
+            Heartbeat::with_store(missed_beats, heartbeat_store, flush_every)
+        });
         let rt = config.rt.clone();
         let scheduler_bus = bus.clone();
         let scheduler_signer = signer.clone();
@@ -190,7 +197,6 @@ impl Root {
             heartbeats,
             heartbeat.clone(),
             app_store.clone(),
-            store,
         ));
         let agent_accounts = config.bus.agent_accounts;
         actix_rt::spawn(feed_replies(replies, scheduler.clone(), agent_accounts));
@@ -208,49 +214,71 @@ impl Root {
     }
 }
 
+/// Hands heartbeats to Heartbeat in batches of whatever has arrived (up to
+/// [`HEARTBEAT_PREFETCH`]) and acks them once handed over: presence is recorded in memory
+/// before anything else, and nothing on this path waits for the database (Heartbeat writes
+/// the rows in its own periodic flush). A heartbeat is soft state: one lost in a crash is
+/// replaced by the agent's next one.
 async fn feed_heartbeats(
     mut consumer: Consumer,
     heartbeat: Addr<Heartbeat>,
     app_store: Addr<AppStore>,
-    store: Store,
 ) {
-    while let Some(delivery) = consumer.next().await {
-        let message = &delivery.message;
-        if message.kind != kind::HEARTBEAT {
-            log::warn!(
-                "heartbeat queue: dropped message of kind {:?}",
-                message.kind
-            );
-            delivery.reject().await;
+    while let Some(first) = consumer.next().await {
+        let mut decoded = Vec::new();
+        let mut deliveries = Vec::new();
+        let mut next = Some(first);
+        while let Some(delivery) = next {
+            match decode_heartbeat(&delivery.message) {
+                Some(beat) => {
+                    decoded.push(beat);
+                    deliveries.push(delivery);
+                }
+                None => delivery.reject().await,
+            }
+            next = if deliveries.len() < usize::from(HEARTBEAT_PREFETCH) {
+                consumer.try_next()
+            } else {
+                None
+            };
+        }
+        if decoded.is_empty() {
             continue;
         }
-        match wire::decode::<HeartbeatMessage>(&message.body) {
-            Ok(decoded) => {
-                let received_at = now_unix_ms();
-                // Other centers sharing the database learn of this agent from its row.
-                let row = AgentRow::from_heartbeat(&decoded, received_at);
-                let store = store.clone();
-                if let Err(err) = blocking(move || store.upsert_agent(&row)).await {
-                    log::warn!("agent {}: heartbeat not stored: {err}", decoded.agent);
-                }
-                // AppStore compares what the agent has with what it should have.
-                app_store.do_send(AgentReported {
-                    agent: decoded.agent.clone(),
-                    packages: decoded.packages.clone(),
-                    versions: decoded.apps.clone(),
-                    interval_ms: decoded.interval_ms,
-                    received_at,
-                });
-                heartbeat.do_send(HeartbeatReceived {
-                    heartbeat: decoded,
-                    received_at,
-                });
-                delivery.ack().await;
-            }
-            Err(err) => {
-                log::warn!("heartbeat queue: dropped undecodable message: {err}");
-                delivery.reject().await;
-            }
+        let received_at = now_unix_ms();
+        for beat in &decoded {
+            // AppStore compares what the agent has with what it should have.
+            app_store.do_send(AgentReported {
+                agent: beat.agent.clone(),
+                packages: beat.packages.clone(),
+                versions: beat.apps.clone(),
+                interval_ms: beat.interval_ms,
+                received_at,
+            });
+        }
+        heartbeat.do_send(HeartbeatsReceived {
+            heartbeats: decoded,
+            received_at,
+        });
+        // Acks need no answer: the next batch need not wait for them.
+        actix_rt::spawn(ack_all(deliveries));
+    }
+}
+
+/// The heartbeat a `center.heartbeat` message carries; `None` (logged) for anything else.
+fn decode_heartbeat(message: &BusMessage) -> Option<HeartbeatMessage> {
+    if message.kind != kind::HEARTBEAT {
+        log::warn!(
+            "heartbeat queue: dropped message of kind {:?}",
+            message.kind
+        );
+        return None;
+    }
+    match wire::decode::<HeartbeatMessage>(&message.body) {
+        Ok(decoded) => Some(decoded),
+        Err(err) => {
+            log::warn!("heartbeat queue: dropped undecodable message: {err}");
+            None
         }
     }
 }

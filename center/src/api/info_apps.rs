@@ -1,8 +1,10 @@
 //! `/api/v2/info/apps` (alias `info/app`) and `/api/v2/info/agents` (SPEC §8, §11 "Info"):
-//! what the caller may use. Answered from the AppStore's registry and the agents table;
+//! what the caller may use. Answered from the AppStore's registry and the agents table
+//! (`info/agents` a page at a time when asked);
 //! `info/agents/detail` lives in `info.rs`.
 
 use super::{respond, ApiState, V2Call};
+use crate::error::ApiError;
 use crate::store::blocking::blocking;
 use actix_web::{web, HttpRequest, HttpResponse};
 use elves_shared::quartz::format_time;
@@ -70,8 +72,16 @@ pub async fn apps(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
     respond(&state, "info/apps", outcome)
 }
 
+/// Ips a page of `info/agents` holds at most.
+const MAX_PAGE_SIZE: u64 = 1_000;
+
 /// The ips of the agents this auth id may send work to: every known agent in simple mode (and
-/// for admins), the agents bound to its apps in supervisor mode.
+/// for admins), the agents bound to its apps in supervisor mode; sorted, each once.
+///
+/// With `page` (from 1) and optionally `page_size` (1–1000, default 1000) it answers that page
+/// only, read from the database with `LIMIT`/`OFFSET` over the ip index, so a client lists a
+/// fleet of any size in bounded calls (a page shorter than `page_size` is the last). Without
+/// `page` it answers the whole list, as SPEC §8 has it.
 pub async fn agents(
     req: HttpRequest,
     body: web::Bytes,
@@ -79,6 +89,7 @@ pub async fn agents(
 ) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
+        let page = page_of(call.params.get("page"), call.params.get("page_size"))?;
         let allowed = {
             let snapshot = state.children.apps.read();
             match snapshot.role_of(&call.caller.auth_id) {
@@ -87,22 +98,81 @@ pub async fn agents(
             }
         };
         let store = state.store.clone();
-        let known = blocking(move || store.list_agents()).await?;
-        let ips: BTreeSet<String> = match allowed {
-            None => known.into_iter().map(|agent| agent.ip).collect(),
-            Some(allowed) => allowed
-                .iter()
-                .map(|id| {
-                    known
-                        .iter()
-                        .find(|agent| agent.id.as_str() == id)
-                        .map(|agent| agent.ip.clone())
-                        .unwrap_or_else(|| id.clone())
-                })
-                .collect(),
+        let ips: Vec<String> = match allowed {
+            None => {
+                let (offset, limit) = page.unwrap_or((0, u64::MAX));
+                blocking(move || store.agent_ips_page(offset, limit)).await?
+            }
+            Some(allowed) => {
+                // The bound ids come from memory; only their rows are read.
+                let ids: Vec<String> = allowed.iter().cloned().collect();
+                let rows = blocking(move || store.agents_by_ids(&ids)).await?;
+                let ips: BTreeSet<String> = allowed
+                    .iter()
+                    .map(|id| {
+                        rows.iter()
+                            .find(|agent| agent.id.as_str() == id)
+                            .map(|agent| agent.ip.clone())
+                            .unwrap_or_else(|| id.clone())
+                    })
+                    .collect();
+                let (offset, limit) = page.unwrap_or((0, u64::MAX));
+                ips.into_iter()
+                    .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+                    .take(usize::try_from(limit).unwrap_or(usize::MAX))
+                    .collect()
+            }
         };
         Ok(json!(ips))
     }
     .await;
     respond(&state, "info/agents", outcome)
+}
+
+/// `(offset, limit)` of the page asked for; `None` for the whole list (no `page`).
+fn page_of(page: Option<&str>, page_size: Option<&str>) -> Result<Option<(u64, u64)>, ApiError> {
+    let number = |name: &str, text: &str, max: u64| {
+        text.parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadParam(format!("{name} must be between 1 and {max}, got {text:?}"))
+            })
+    };
+    let size = page_size
+        .filter(|text| !text.is_empty())
+        .map(|text| number("page_size", text, MAX_PAGE_SIZE))
+        .transpose()?;
+    match page.filter(|text| !text.is_empty()) {
+        None if size.is_some() => Err(ApiError::BadParam("page_size needs page".to_string())),
+        None => Ok(None),
+        Some(text) => {
+            let page = number("page", text, u64::from(u32::MAX))?;
+            let size = size.unwrap_or(MAX_PAGE_SIZE);
+            Ok(Some(((page - 1) * size, size)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_checked_and_turned_into_offsets() {
+        assert_eq!(page_of(None, None).unwrap(), None);
+        assert_eq!(page_of(Some(""), None).unwrap(), None);
+        assert_eq!(page_of(Some("1"), None).unwrap(), Some((0, 1_000)));
+        assert_eq!(page_of(Some("3"), Some("50")).unwrap(), Some((100, 50)));
+        for (page, size) in [
+            (Some("0"), None),
+            (Some("x"), None),
+            (Some("1"), Some("0")),
+            (Some("1"), Some("1001")),
+            (None, Some("10")),
+        ] {
+            let err = page_of(page, size).unwrap_err();
+            assert_eq!(err.code(), "403.2", "{page:?} {size:?}");
+        }
+    }
 }

@@ -34,7 +34,8 @@ pub(super) enum Durability {
     /// flushed, and a crash of the database server (not of the center) may lose the last
     /// fraction of a second of such commits. Never lost half-way, never out of order, and
     /// scoped to the one transaction. SQLite: the same as `Full`. Only for RT history (see
-    /// [`Store::insert_task`](super::Store::insert_task)).
+    /// [`Store::insert_task`](super::Store::insert_task)) and agent rows
+    /// ([`Store::upsert_agents`](super::Store::upsert_agents)).
     Relaxed,
 }
 

@@ -39,7 +39,9 @@
 //! caller of an rt call already has its answer and the history is a record of it. A crash of
 //! the PostgreSQL server can lose the last such commits (a fraction of a second of them):
 //! an rt call's history row, or its result (the row then expires at its deadline). Never a
-//! queue task, a cron firing, or any of their results. SQLite is unchanged (its WAL is synced
+//! queue task, a cron firing, or any of their results. The agents' rows
+//! ([`Store::upsert_agents`]) commit the same way: they are soft state that the next
+//! heartbeat rewrites. SQLite is unchanged (its WAL is synced
 //! at checkpoints; a crash of the machine, not of the center, can lose the last commits of
 //! any kind there, as before).
 //!

@@ -52,6 +52,7 @@ on_both_backends!(
     rt_results_are_recorded_together,
     audit_log_round_trip,
     agents_round_trip,
+    agents_written_in_batches_and_listed_by_page,
     apps_versions_and_bindings,
     concurrent_uploads_of_one_app,
     submit_replies_are_owed_once_their_task_is_settled,
@@ -1092,6 +1093,7 @@ fn agents_round_trip(store: &Store) {
         sent_at: 999,
         interval_ms: 5_000,
         packages: BTreeMap::new(),
+        labels: BTreeMap::new(),
     };
     let first = AgentRow::from_heartbeat(&heartbeat, 1_000);
     assert_eq!(first.last_heartbeat_at, 1_000);
@@ -1303,4 +1305,53 @@ fn a_call_without_a_connection_fails_fast_and_says_why() {
     );
     drop(held);
     assert!(db.store.list_apps().is_ok());
+}
+
+fn agents_written_in_batches_and_listed_by_page(store: &Store) {
+    let row = |n: usize, at: u64| AgentRow {
+        id: AgentId::parse(&format!("batch-{n:04}")).unwrap(),
+        ip: format!("10.9.{}.{}", n / 256, n % 256),
+        asset: String::new(),
+        version: "1".to_string(),
+        apps: BTreeMap::from([("noop".to_string(), "1".to_string())]),
+        last_heartbeat_at: at,
+        interval_ms: 1_000,
+    };
+    // More rows than one statement takes, so that the chunks are exercised.
+    let first: Vec<AgentRow> = (0..2_500).map(|n| row(n, 10_000)).collect();
+    store.upsert_agents(&first).unwrap();
+    assert_eq!(store.agents_seen_since(0).unwrap().len(), 2_500);
+
+    // A later batch updates; a row older than the stored one changes nothing.
+    let mut second: Vec<AgentRow> = (0..10).map(|n| row(n, 20_000)).collect();
+    second.push(row(10, 5_000));
+    store.upsert_agents(&second).unwrap();
+    let recent = store.agents_seen_since(15_000).unwrap();
+    assert_eq!(recent.len(), 10);
+    assert_eq!(recent[0], row(0, 20_000));
+    assert_eq!(
+        store.get_agent_by_ip_or_id("batch-0010").unwrap(),
+        Some(row(10, 10_000))
+    );
+
+    // Pages of distinct ips, in order, that together are the whole list once.
+    let mut listed = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = store.agent_ips_page(offset, 1_000).unwrap();
+        let short = page.len() < 1_000;
+        listed.extend(page);
+        offset += 1_000;
+        if short {
+            break;
+        }
+    }
+    let mut expected: Vec<String> = first.iter().map(|row| row.ip.clone()).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    let ids = vec!["batch-0003".to_string(), "nobody".to_string()];
+    let found = store.agents_by_ids(&ids).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id.as_str(), "batch-0003");
 }

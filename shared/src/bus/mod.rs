@@ -99,6 +99,14 @@ impl QueueSpec {
     /// An agent's own durable queue, bound to `agent.<id>`: the agent consumes it, and a host
     /// that starts an agent beside its center (`elves up`) declares it first, so that nothing
     /// sent before the agent consumes is lost.
+    ///
+    /// A classic queue declared without arguments, on purpose. It outlives its agent (durable,
+    /// not auto-deleted), so that work sent while the agent restarts waits for it. A quorum
+    /// queue would be a Raft group per agent, far too dear for 10,000 of them. Tuning
+    /// (`queue-version` 2, an `expires` that reaps the queues of agents gone for good) belongs
+    /// in a broker policy (ARCHITECTURE.md, "Scale"): a policy applies to queues that already
+    /// exist, whereas an argument added here would make every redeclaration of an existing
+    /// queue fail with PRECONDITION_FAILED and strand the fleet on upgrade.
     pub fn agent(bus: &dyn Bus, agent: &crate::wire::AgentId) -> QueueSpec {
         QueueSpec {
             name: bus.queue_name(&crate::wire::routing::agent(agent)),
@@ -164,6 +172,19 @@ pub fn with_frame_max(url: &str, frame_max: u32) -> String {
     }
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}frame_max={frame_max}")
+}
+
+/// The pause before a reconnect attempt whose backoff is `backoff`: a random point in its
+/// upper half ("equal jitter"). When a broker restarts under thousands of clients, they all
+/// lose it in the same instant; without the jitter their retries would arrive in waves at the
+/// same instants, each wave a storm of connection opens, queue declarations and consumer
+/// registrations. With it they spread over the window, and every client still retries within
+/// `backoff`.
+pub fn jittered(backoff: std::time::Duration) -> std::time::Duration {
+    use rand::Rng;
+    let half = backoff / 2;
+    let spread = u64::try_from(half.as_micros()).unwrap_or(u64::MAX);
+    half + std::time::Duration::from_micros(rand::thread_rng().gen_range(0..=spread))
 }
 
 /// A stream of deliveries from one queue.
@@ -268,7 +289,20 @@ impl Delivery {
 
 #[cfg(test)]
 mod tests {
-    use super::with_frame_max;
+    use super::{jittered, with_frame_max};
+    use std::time::Duration;
+
+    #[test]
+    fn jitter_stays_in_the_upper_half_and_spreads() {
+        let backoff = Duration::from_secs(4);
+        let pauses: Vec<Duration> = (0..200).map(|_| jittered(backoff)).collect();
+        assert!(pauses
+            .iter()
+            .all(|pause| (Duration::from_secs(2)..=backoff).contains(pause)));
+        let distinct: std::collections::HashSet<_> = pauses.iter().collect();
+        assert!(distinct.len() > 100, "pauses are spread, not one value");
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
+    }
 
     #[test]
     fn frame_max_is_added_once_and_only_to_amqp_urls() {

@@ -2,7 +2,8 @@
 //!
 //! One connection per bus, shared by a confirm-mode publishing channel and one channel per
 //! consumer. When the broker goes away, the next publish reconnects (and retries once), and each
-//! consumer reconnects in the background with exponential backoff, re-declaring its queue.
+//! consumer reconnects in the background with exponential backoff (jittered, so that a fleet
+//! that lost the broker together does not come back together), re-declaring its queue.
 //! It does not spool: callers that must not lose a message (the agent's results) do that.
 
 use super::{Bus, BusError, BusMessage, Consumer, Delivery, Destination, QueueSpec, Settle};
@@ -410,7 +411,7 @@ impl Bus for RabbitBus {
                 if sender.is_closed() || inner.is_closed() {
                     return;
                 }
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(super::jittered(backoff)).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 match inner.open_consumer(&spec, prefetch).await {
                     Ok(opened) => {

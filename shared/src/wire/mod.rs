@@ -191,6 +191,9 @@ pub struct Heartbeat {
     /// it with what the agent should have and sends an [`AppSet`] when they differ.
     #[serde(default)]
     pub packages: BTreeMap<String, String>,
+    /// The agent's labels (SPEC §12): keys and values of 1–64 of `[A-Za-z0-9_.-]`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Center → agent: the complete set of centrally managed apps this agent should have. Signed
@@ -339,6 +342,7 @@ mod tests {
             sent_at: 5,
             interval_ms: 1000,
             packages: [("apptest".to_string(), "ab".repeat(32))].into(),
+            labels: [("rack".to_string(), "r-7".to_string())].into(),
         };
         assert_eq!(decode::<Heartbeat>(&encode(&heartbeat)).unwrap(), heartbeat);
         let cancel = Cancel {
@@ -372,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn a_heartbeat_from_an_older_agent_has_no_packages() {
+    fn a_heartbeat_from_an_older_agent_has_no_packages_nor_labels() {
         #[derive(Serialize)]
         struct OldHeartbeat {
             agent: String,
@@ -394,6 +398,7 @@ mod tests {
         };
         let decoded: Heartbeat = decode(&encode(&old)).unwrap();
         assert!(decoded.packages.is_empty());
+        assert!(decoded.labels.is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What the benches share: settings from the environment, summary statistics, starting a
 //! center (in this process or as the release binary) and in-process agents, the signed v2
 //! API, figures read from `/proc` and the broker's clean-up; agents as processes
-//! ([`agent_processes`]) and simulated agents ([`sim_agent`]). Each bench includes it with
+//! ([`agent_processes`]); simulated agents are `elves_shared::sim`. Each bench includes it with
 //! `mod support;`.
 //!
 //! A bench fails loudly on anything unexpected (`expect`, `assert!`): it measures a setup it
@@ -11,7 +11,6 @@
 #![allow(dead_code)]
 
 pub mod agent_processes;
-pub mod sim_agent;
 
 use elves_agent::{AgentConfig, AgentStats};
 use elves_center::config::CenterConfig;
