@@ -12,5 +12,6 @@ pub mod names;
 pub mod package;
 pub mod quartz;
 pub mod sign;
+pub mod target;
 pub mod time;
 pub mod wire;

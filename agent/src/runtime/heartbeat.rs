@@ -60,6 +60,7 @@ async fn beat(agent: &Agent) -> Result<(), BusError> {
         sent_at: now_unix_ms(),
         interval_ms: agent.config.heartbeat_interval_ms,
         packages,
+        labels: agent.config.labels.clone(),
     };
     let mut message = BusMessage::msgpack(wire::kind::HEARTBEAT, wire::encode(&heartbeat));
     message.expiration_ms = Some(

@@ -182,6 +182,7 @@ mod tests {
             sent_at: 0,
             interval_ms: 100,
             packages: BTreeMap::new(),
+            labels: BTreeMap::new(),
         };
         let unknown = addr
             .send(LookupAgent {

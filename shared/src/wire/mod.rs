@@ -186,6 +186,9 @@ pub struct Heartbeat {
     /// it with what the agent should have and sends an [`AppSet`] when they differ.
     #[serde(default)]
     pub packages: BTreeMap<String, String>,
+    /// The agent's own labels (`labels` in its config); targets select on them.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Center → agent: the complete set of centrally managed apps this agent should have. Signed
@@ -334,6 +337,7 @@ mod tests {
             sent_at: 5,
             interval_ms: 1000,
             packages: [("apptest".to_string(), "ab".repeat(32))].into(),
+            labels: [("role".to_string(), "web".to_string())].into(),
         };
         assert_eq!(decode::<Heartbeat>(&encode(&heartbeat)).unwrap(), heartbeat);
         let cancel = Cancel {
@@ -389,6 +393,7 @@ mod tests {
         };
         let decoded: Heartbeat = decode(&encode(&old)).unwrap();
         assert!(decoded.packages.is_empty());
+        assert!(decoded.labels.is_empty(), "labels default to none");
     }
 
     #[test]

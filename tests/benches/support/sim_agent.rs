@@ -359,6 +359,7 @@ async fn heartbeats(
             sent_at: now_unix_ms(),
             interval_ms,
             packages: Default::default(),
+            labels: Default::default(),
         };
         let mut message = BusMessage::msgpack(kind::HEARTBEAT, wire::encode(&heartbeat));
         message.expiration_ms = Some(interval_ms * 3);
