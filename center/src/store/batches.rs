@@ -455,6 +455,11 @@ impl Store {
             let failures = count_of(AgentState::Failed) + count_of(AgentState::Timeout);
             let waiting = waiting_members(conn, id, online)?;
             let started_steps = started_steps(conn, id, &batch)?;
+            let lowest_running: Option<i64> = batch_agents::table
+                .filter(batch_agents::batch_id.eq(id.as_str()))
+                .filter(batch_agents::state.eq(AgentState::Running.as_str()))
+                .select(diesel::dsl::min(batch_agents::seq))
+                .first(conn)?;
             let started = |step: usize| started_steps.contains(&step);
             let decided = plan(
                 &batch.rollout,
@@ -463,6 +468,7 @@ impl Store {
                     running,
                     failures,
                     waiting: &waiting,
+                    lowest_running: lowest_running.map(|seq| u64::try_from(seq).unwrap_or(0)),
                     started_steps: &started,
                     now,
                     created_at: batch.created_at,
@@ -502,6 +508,12 @@ impl Store {
             )?;
             step.offline = decided.offline.len();
             step.released = release(conn, &batch, &decided.release, now)?;
+            if step.released > 0 && batch.step_settled_at.is_some() {
+                // A new step started: the next pause counts from when it settles.
+                diesel::update(batches::table.find(id.as_str()))
+                    .set(batches::step_settled_at.eq(None::<i64>))
+                    .execute(conn)?;
+            }
             let waiting_left = waiting.len() - decided.release.len() - decided.offline.len();
             let running_now = running + u64::try_from(step.released).unwrap_or(0);
             if waiting_left == 0 && running_now == 0 {

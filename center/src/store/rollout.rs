@@ -273,6 +273,9 @@ pub struct Progress<'a> {
     pub failures: u64,
     /// Agents waiting for their turn, in rollout order.
     pub waiting: &'a [Waiting],
+    /// Sliding: the lowest position still running, if any. The window is the size of the step
+    /// of the first agent not yet settled, so that a ramp widens only as earlier steps finish.
+    pub lowest_running: Option<u64>,
     /// Lockstep: whether any agent of this step has left `pending` (the step has started).
     pub started_steps: &'a dyn Fn(usize) -> bool,
     pub now: u64,
@@ -315,7 +318,7 @@ pub fn plan(rollout: &Rollout, progress: &Progress<'_>) -> Plan {
                     .saturating_add(seconds.saturating_mul(1000))
         }
     };
-    let (step, size) = rollout.step_of(first.seq, progress.count);
+    let (step, _) = rollout.step_of(first.seq, progress.count);
     let candidates: Vec<Waiting> = match rollout.window {
         Window::Sliding => progress.waiting.to_vec(),
         Window::Lockstep => {
@@ -350,6 +353,10 @@ pub fn plan(rollout: &Rollout, progress: &Progress<'_>) -> Plan {
                 .collect()
         }
     };
+    let first_unsettled = progress
+        .lowest_running
+        .map_or(first.seq, |running| running.min(first.seq));
+    let window = rollout.step_of(first_unsettled, progress.count).1;
     let mut running = progress.running;
     for waiting in candidates {
         if !waiting.online {
@@ -358,11 +365,7 @@ pub fn plan(rollout: &Rollout, progress: &Progress<'_>) -> Plan {
             }
             continue;
         }
-        let limit = match rollout.window {
-            Window::Sliding => rollout.step_of(waiting.seq, progress.count).1,
-            Window::Lockstep => size,
-        };
-        if rollout.window == Window::Sliding && running >= limit {
+        if rollout.window == Window::Sliding && running >= window {
             // Later agents wait for a slot; offline ones already seen are reported above.
             break;
         }
@@ -456,6 +459,7 @@ mod tests {
             running,
             failures: 0,
             waiting,
+            lowest_running: None,
             started_steps: started,
             now: 1_000,
             created_at: 0,
@@ -479,6 +483,31 @@ mod tests {
         assert!(plan(&sliding, &progress(&all[3..], 3, &not_started))
             .release
             .is_empty());
+    }
+
+    #[test]
+    fn a_sliding_ramp_widens_as_earlier_steps_settle() {
+        let ramp = rollout("1,2,3", "", "", "");
+        let not_started = |_| false;
+        let all = waiting(0..10);
+        assert_eq!(plan(&ramp, &progress(&all, 0, &not_started)).release, [0]);
+        let mut first_running = progress(&all[1..], 1, &not_started);
+        first_running.lowest_running = Some(0);
+        assert!(
+            plan(&ramp, &first_running).release.is_empty(),
+            "step 0 is 1 wide"
+        );
+        assert_eq!(
+            plan(&ramp, &progress(&all[1..], 0, &not_started)).release,
+            [1, 2]
+        );
+        let mut third_step = progress(&all[3..], 1, &not_started);
+        third_step.lowest_running = Some(2);
+        assert_eq!(
+            plan(&ramp, &third_step).release,
+            [3],
+            "still 2 wide while seq 2 runs"
+        );
     }
 
     #[test]
