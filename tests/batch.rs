@@ -5,6 +5,7 @@
 use crate::harness::{error_code, wait_until, BusKind, DbKind, Setup, TestEnv};
 use crate::on_both_buses;
 use crate::queue::{log_param, ok_result, read_lines};
+use crate::queue_batch::elves;
 use elves_center::config::AuthMode;
 use elves_center::store::{Store, TaskRow};
 use serde_json::{json, Value};
@@ -16,6 +17,7 @@ on_both_buses!(
     lockstep_window_starts_a_step_after_the_previous_settled,
     offline_agents_are_reported_and_never_hold_a_batch,
     authorization_refuses_the_whole_batch,
+    elves_run_shows_a_summary_and_json,
 );
 
 // These two also on PostgreSQL, where steps lock the batch's row.
@@ -537,4 +539,62 @@ async fn a_batch_resumes_after_a_center_restart_and_runs_no_agent_twice() {
     let mut agents: Vec<String> = tasks.iter().map(|task| task.agent.to_string()).collect();
     agents.sort();
     assert_eq!(agents, ids);
+}
+
+async fn elves_run_shows_a_summary_and_json(kind: BusKind) {
+    let mut env = start(kind).await;
+    start_agent_without_app(&mut env, "c0").await;
+    start_agents(&mut env, &["c1", "c2", "c3"], &[("role", "web")]).await;
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let (ok, stdout, stderr) = elves(
+        &env,
+        &args(&[
+            "run",
+            "role=web",
+            "elvestest",
+            "echo",
+            r#"{"x":1}"#,
+            "--batch",
+            "50%",
+            "--json",
+        ]),
+    )
+    .await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let answer: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(answer["status"]["state"], "finished", "{answer}");
+    assert_eq!(answer["status"]["counts"]["ok"], 3, "{answer}");
+    let items = answer["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert!(
+        items
+            .iter()
+            .all(|item| item["worker_message"] == r#"{"x":1}"#),
+        "{answer}"
+    );
+
+    let (ok, stdout, stderr) = elves(
+        &env,
+        &args(&[
+            "run",
+            "c*",
+            "elvestest",
+            "ok",
+            "--batch",
+            "1",
+            "--max-fail",
+            "0",
+        ]),
+    )
+    .await;
+    assert!(!ok, "a failed agent fails the command: {stdout}");
+    assert!(
+        stdout.contains("stopped") && stdout.contains("max_fail 0 exceeded"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("failed           1"), "{stdout}");
+    assert!(stdout.contains("skipped          3"), "{stdout}");
+    assert!(stdout.contains("first failures:\n  c0"), "{stdout}");
+    assert!(stderr.contains("0 of 4 agents succeeded"), "{stderr}");
 }
