@@ -18,6 +18,7 @@ on_both_buses!(
     offline_agents_are_reported_and_never_hold_a_batch,
     authorization_refuses_the_whole_batch,
     elves_run_shows_a_summary_and_json,
+    the_cmd_and_filecheck_apps_run_across_a_batch,
 );
 
 // These two also on PostgreSQL, where steps lock the batch's row.
@@ -597,4 +598,117 @@ async fn elves_run_shows_a_summary_and_json(kind: BusKind) {
     assert!(stdout.contains("skipped          3"), "{stdout}");
     assert!(stdout.contains("first failures:\n  c0"), "{stdout}");
     assert!(stderr.contains("0 of 4 agents succeeded"), "{stderr}");
+}
+
+/// Starts agents with the shipped practice apps `cmd` and `filecheck` installed.
+async fn start_agents_with_practice_apps(env: &mut TestEnv, ids: &[&str]) {
+    let root = crate::harness::repo_root();
+    for id in ids {
+        let config = env.agent_config(id);
+        for app in ["cmd", "filecheck"] {
+            crate::harness::copy_dir(&root.join("apps").join(app), &config.apps_dir.join(app));
+        }
+        env.start_agent_with(config).await;
+    }
+}
+
+async fn run_practice(env: &TestEnv, app: &str, func: &str, param: &Value) -> Vec<Value> {
+    let param = param.to_string();
+    let answer = env
+        .call(
+            "batch/create",
+            &[
+                ("app", app),
+                ("func", func),
+                ("param", &param),
+                ("target", "p*"),
+            ],
+        )
+        .await;
+    let id = ok_result(&answer)["id"].as_str().unwrap().to_string();
+    wait_ended(env, &id).await;
+    items(env, &id).await
+}
+
+async fn the_cmd_and_filecheck_apps_run_across_a_batch(kind: BusKind) {
+    let mut env = start(kind).await;
+    start_agents_with_practice_apps(&mut env, &["p1", "p2"]).await;
+
+    let echoed = run_practice(
+        &env,
+        "cmd",
+        "run",
+        &json!({"command": "echo hello; echo oops >&2"}),
+    )
+    .await;
+    for item in &echoed {
+        assert_eq!(item["state"], "ok", "{item}");
+        assert_eq!(item["worker_message"], "hello\n", "{item}");
+    }
+    let failed = run_practice(&env, "cmd", "run", &json!({"command": "echo out; exit 3"})).await;
+    assert_eq!(failed[0]["state"], "failed");
+    assert_eq!(failed[0]["worker_message"], "exit status 3\nout\n");
+    let marker = env.dir.path().join("must-not-exist");
+    let denied = run_practice(
+        &env,
+        "cmd",
+        "run",
+        &json!({"command": format!("touch {}; reboot", marker.display())}),
+    )
+    .await;
+    assert_eq!(denied[0]["state"], "failed");
+    assert!(
+        denied[0]["worker_message"]
+            .as_str()
+            .unwrap()
+            .contains("deny-list"),
+        "{}",
+        denied[0]
+    );
+    assert!(!marker.exists(), "a refused command runs nothing");
+    let slow = run_practice(
+        &env,
+        "cmd",
+        "run",
+        &json!({"command": "sleep 30", "timeout": 0.5}),
+    )
+    .await;
+    assert_eq!(slow[0]["state"], "failed");
+    assert_eq!(slow[0]["worker_message"], "command timed out after 0.5 s");
+
+    let file = env.dir.path().join("app.conf");
+    std::fs::write(&file, "x").unwrap();
+    let sha256 = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881";
+    let path = file.display().to_string();
+    let matching = run_practice(
+        &env,
+        "filecheck",
+        "check",
+        &json!({"expected": {&path: {"sha256": sha256, "size": 1}}}),
+    )
+    .await;
+    for item in &matching {
+        assert_eq!(item["state"], "ok", "{item}");
+        let report: Value = serde_json::from_str(item["worker_message"].as_str().unwrap()).unwrap();
+        assert_eq!(report[&path]["mismatches"], json!([]));
+    }
+    let differing = run_practice(
+        &env,
+        "filecheck",
+        "check",
+        &json!({"expected": {&path: {"sha256": "00", "size": 1}}}),
+    )
+    .await;
+    assert_eq!(differing[0]["state"], "failed");
+    let report: Value =
+        serde_json::from_str(differing[0]["worker_message"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        report[&path]["mismatches"],
+        json!([format!("sha256: expected 00, found {sha256}")])
+    );
+    let hashed = run_practice(&env, "filecheck", "hash", &json!({"paths": [&path]})).await;
+    let report: Value =
+        serde_json::from_str(hashed[0]["worker_message"].as_str().unwrap()).unwrap();
+    assert_eq!(report[&path]["sha256"], sha256);
+    assert_eq!(report[&path]["size"], 1);
 }
