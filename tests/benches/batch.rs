@@ -8,9 +8,12 @@
 //! Reported: the time from `batch/create` to the batch's `finished` (polled every 100 ms from
 //! `batch/status`), the sum of the tasks' run times as the center saw them (claim to stored
 //! result, from the batch's queue in the database), their ratio (the parallelism the batch
-//! achieved; the window allows at most the step size), and this process's peak RSS (VmHWM:
-//! the center and the simulated agents together, the agents being a small part) next to its
-//! baseline before the center started. Every agent must have run exactly once.
+//! achieved; the window allows at most the step size), and the center's peak RSS (VmHWM). The
+//! center is the release `elves-center` as a child process when it was built (`scripts/bench`
+//! builds it, or `cargo build --release -p elves-center`), so that the peak is its own;
+//! otherwise it runs in this process and the peak printed is the whole process's, simulated
+//! agents included (their 100 bus connections dominate it). Every agent must have run exactly
+//! once.
 //!
 //! Run: `cargo bench --bench batch`.
 
@@ -41,15 +44,32 @@ async fn run(n_agents: usize, size: &str, amqp: &str) {
     let namespace = support::namespace("bench-batch");
     let dir = tempfile::tempdir().expect("temp dir");
     let database = TestDatabase::sqlite().expect("database");
-    let baseline_kib = support::status_kib(std::process::id(), "VmHWM:").unwrap_or(0);
     let mut env = support::center_env(dir.path(), &namespace);
     env.push(("ELVES_BUS__URL".to_string(), amqp.to_string()));
     env.push(("ELVES_DATABASE__URL".to_string(), database.url.clone()));
     env.push(("ELVES_QUEUE__TICK_MS".to_string(), "100".to_string()));
-    let config = support::center_config(env);
-    let bus = elves_shared::bus::open(amqp, &namespace).expect("bus");
-    let center = support::start_center(config, bus);
-    let api = support::Api::new(format!("http://{}", center.http_addr));
+    let center = match support::release_binary("elves-center") {
+        Some(bin) => {
+            println!(
+                "batch: center = {} (built {} ago)",
+                bin.display(),
+                support::built_ago(&bin)
+            );
+            Center::Process(support::CenterProcess::start(
+                &bin,
+                &support::repo_root(),
+                env,
+            ))
+        }
+        None => {
+            println!("batch: center in this process (no release elves-center next to the bench)");
+            let config = support::center_config(env);
+            let bus = elves_shared::bus::open(amqp, &namespace).expect("bus");
+            Center::InProcess(support::start_center(config, bus))
+        }
+    };
+    let (base_url, key_id, public_key_hex) = center.identity();
+    let api = support::Api::new(base_url);
 
     let ids: Vec<AgentId> = (0..n_agents)
         .map(|n| AgentId::parse(&format!("sim-{n:05}")).expect("agent id"))
@@ -57,8 +77,8 @@ async fn run(n_agents: usize, size: &str, amqp: &str) {
     let fleet = SimFleet::start(SimConfig::new(
         amqp,
         &namespace,
-        &center.key_id,
-        &center.public_key_hex,
+        &key_id,
+        &public_key_hex,
         ids.clone(),
     ))
     .expect("simulated agents start");
@@ -111,7 +131,7 @@ async fn run(n_agents: usize, size: &str, amqp: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let took = created_at.elapsed();
-    let peak_kib = support::status_kib(std::process::id(), "VmHWM:").unwrap_or(0);
+    let peak_kib = support::status_kib(center.pid(), "VmHWM:").unwrap_or(0);
     assert_eq!(status["state"], "finished", "{status}");
     assert_eq!(status["counts"]["ok"], n_agents, "{status}");
     let counters = fleet.counters();
@@ -138,13 +158,48 @@ async fn run(n_agents: usize, size: &str, amqp: &str) {
         run_ms as f64 / n_agents as f64,
         run_ms as f64 / took_ms
     );
-    println!(
-        "batch: peak RSS (VmHWM, center and simulated agents) {} MiB; baseline before the center {} MiB",
-        peak_kib / 1024,
-        baseline_kib / 1024
-    );
+    match &center {
+        Center::Process(_) => println!("batch: center peak RSS (VmHWM) {} MiB", peak_kib / 1024),
+        Center::InProcess(_) => println!(
+            "batch: peak RSS of this process (VmHWM: center and simulated agents) {} MiB",
+            peak_kib / 1024
+        ),
+    }
 
     fleet.stop().await;
-    center.stop();
+    match center {
+        Center::Process(process) => process.stop(),
+        Center::InProcess(handle) => handle.stop(),
+    }
     support::delete_broker_objects(amqp, &namespace, &ids).await;
+}
+
+enum Center {
+    Process(support::CenterProcess),
+    InProcess(elves_center::CenterHandle),
+}
+
+impl Center {
+    /// (base URL, instruction key id, public key hex).
+    fn identity(&self) -> (String, String, String) {
+        match self {
+            Center::Process(process) => (
+                process.base_url.clone(),
+                process.key_id.clone(),
+                process.public_key_hex.clone(),
+            ),
+            Center::InProcess(handle) => (
+                format!("http://{}", handle.http_addr),
+                handle.key_id.clone(),
+                handle.public_key_hex.clone(),
+            ),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Center::Process(process) => process.pid(),
+            Center::InProcess(_) => std::process::id(),
+        }
+    }
 }

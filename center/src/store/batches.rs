@@ -452,6 +452,21 @@ impl Store {
                 step.active = running > 0;
                 return Ok(step);
             }
+            if lock_queue(conn, id.as_str())? == Some(QueueStatus::Stopped) {
+                // Stopped through the queue API: nothing more can run in it.
+                let reason = "its queue was stopped through queue/stop";
+                end_batch(
+                    conn,
+                    id,
+                    BatchState::Stopped,
+                    reason,
+                    AgentState::Stopped,
+                    now,
+                )?;
+                step.ended = Some(BatchState::Stopped);
+                step.active = running > 0;
+                return Ok(step);
+            }
             let failures = count_of(AgentState::Failed) + count_of(AgentState::Timeout);
             let waiting = waiting_members(conn, id, online)?;
             let started_steps = started_steps(conn, id, &batch)?;
@@ -832,4 +847,176 @@ fn release(
         insert_task_records(conn, chunk)?;
     }
     Ok(released)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Run on SQLite always, and on PostgreSQL when `ELVES_TEST_PG_URL` is set.
+    use super::*;
+    use crate::store::testing::{pg_url, TestDatabase};
+    use crate::store::AgentRow;
+    use elves_shared::wire::JobResult;
+    use std::time::Duration;
+
+    fn on_both_backends(case: fn(&Store)) {
+        let sqlite = TestDatabase::sqlite().unwrap();
+        case(&Store::open(&sqlite.url).unwrap());
+        if let Some(url) = pg_url() {
+            let postgres = TestDatabase::postgres(&url).unwrap();
+            let store = Store::open(&postgres.url).unwrap();
+            case(&store);
+            drop(store);
+        }
+    }
+
+    const NOW: u64 = 1_000_000;
+
+    fn always_online(_: u64, _: u64) -> bool {
+        true
+    }
+
+    fn batch_over(store: &Store, n: usize, size: &str, max_fail: &str) -> TaskId {
+        let members: Vec<BatchMember> = (0..n)
+            .map(|i| {
+                let agent = AgentId::parse(&format!("a{i}")).unwrap();
+                store
+                    .upsert_agent(&AgentRow {
+                        id: agent.clone(),
+                        ip: format!("10.0.0.{i}"),
+                        asset: String::new(),
+                        version: String::new(),
+                        apps: BTreeMap::new(),
+                        last_heartbeat_at: NOW,
+                        interval_ms: 1_000,
+                        labels: BTreeMap::new(),
+                    })
+                    .unwrap();
+                BatchMember {
+                    agent,
+                    ip: format!("10.0.0.{i}"),
+                }
+            })
+            .collect();
+        let batch = NewBatch {
+            id: TaskId::random(),
+            auth_id: "ops".into(),
+            app: "demo".into(),
+            func: "run".into(),
+            param: String::new(),
+            timeout_s: 30,
+            proxy: String::new(),
+            mode: Mode::NP,
+            target: "*".into(),
+            rollout: Rollout::parse(size, "", max_fail, "", "").unwrap(),
+            retry_of: None,
+            created_at: NOW,
+        };
+        store.create_batch(&batch, &members).unwrap();
+        batch.id
+    }
+
+    /// Claims what is ready and answers each task with `worker_flag`.
+    fn run_ready(store: &Store, worker_flag: i8) -> usize {
+        let claimed = store
+            .claim_ready_tasks("center-1", NOW, 1_000, Duration::from_secs(5))
+            .unwrap();
+        let results: Vec<JobResult> = claimed
+            .iter()
+            .map(|task| JobResult {
+                id: task.id.clone(),
+                agent: task.agent.clone(),
+                task_type: TaskType::Queue,
+                mode: Mode::NP,
+                app: task.app.clone(),
+                func: task.func.clone(),
+                worker_flag,
+                worker_message: "done".into(),
+                worker_costtime: 5,
+                started_at: NOW,
+                finished_at: NOW,
+                error: String::new(),
+            })
+            .collect();
+        store.record_results(&results, NOW).unwrap();
+        claimed.len()
+    }
+
+    #[test]
+    fn a_batch_rolls_out_step_by_step_and_releases_each_agent_once() {
+        on_both_backends(|store| {
+            let id = batch_over(store, 5, "2", "");
+            let first = store.advance_batch(&id, NOW, &always_online).unwrap();
+            assert_eq!(first.released, 2);
+            // Nothing settled yet: a second step releases nobody, however often it runs.
+            assert_eq!(
+                store
+                    .advance_batch(&id, NOW, &always_online)
+                    .unwrap()
+                    .released,
+                0
+            );
+            assert_eq!(run_ready(store, 1), 2);
+            let second = store.advance_batch(&id, NOW, &always_online).unwrap();
+            assert_eq!(second.settled, [AgentState::Ok, AgentState::Ok]);
+            assert_eq!(
+                second.released, 2,
+                "the queue reopened after it had finished"
+            );
+            assert_eq!(run_ready(store, 1), 2);
+            assert_eq!(
+                store
+                    .advance_batch(&id, NOW, &always_online)
+                    .unwrap()
+                    .released,
+                1
+            );
+            assert_eq!(run_ready(store, 1), 1);
+            let last = store.advance_batch(&id, NOW, &always_online).unwrap();
+            assert_eq!(last.ended, Some(BatchState::Finished));
+            assert!(!last.active);
+            assert_eq!(store.batch_counts(&id).unwrap()[&AgentState::Ok], 5);
+            assert_eq!(
+                store.queue_tasks(&id).unwrap().len(),
+                5,
+                "one task per agent"
+            );
+            assert!(store.active_batch_ids().unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn failures_over_max_fail_stop_the_batch_and_skip_the_rest() {
+        on_both_backends(|store| {
+            let id = batch_over(store, 4, "2", "1");
+            store.advance_batch(&id, NOW, &always_online).unwrap();
+            run_ready(store, 0);
+            let step = store.advance_batch(&id, NOW, &always_online).unwrap();
+            assert_eq!(step.ended, Some(BatchState::Stopped));
+            let batch = store.get_batch(&id).unwrap().unwrap();
+            assert!(
+                batch.stop_reason.contains("max_fail 1 exceeded"),
+                "{}",
+                batch.stop_reason
+            );
+            let counts = store.batch_counts(&id).unwrap();
+            assert_eq!(counts[&AgentState::Failed], 2);
+            assert_eq!(counts[&AgentState::Skipped], 2);
+            assert!(matches!(
+                store.stop_batch(&id, "again", NOW),
+                Err(StoreError::BatchStateDoesNotAllow { .. })
+            ));
+        });
+    }
+
+    #[test]
+    fn offline_agents_are_reported_without_a_task() {
+        on_both_backends(|store| {
+            let id = batch_over(store, 3, "100%", "");
+            let nobody_online = |_: u64, _: u64| false;
+            let step = store.advance_batch(&id, NOW, &nobody_online).unwrap();
+            assert_eq!((step.released, step.offline), (0, 3));
+            assert_eq!(step.ended, Some(BatchState::Finished));
+            assert!(store.queue_tasks(&id).unwrap().is_empty());
+        });
+    }
 }

@@ -223,7 +223,17 @@ impl AgentRow {
             apps: heartbeat.apps.clone(),
             last_heartbeat_at: received_at,
             interval_ms: heartbeat.interval_ms,
-            labels: heartbeat.labels.clone(),
+            // Labels that break the rule (an agent older or newer than this center) are left
+            // out rather than stored: targets could never name them.
+            labels: heartbeat
+                .labels
+                .iter()
+                .filter(|(key, value)| {
+                    elves_shared::target::is_valid_label_text(key)
+                        && elves_shared::target::is_valid_label_text(value)
+                })
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
         }
     }
 }
