@@ -42,7 +42,7 @@ enum Command {
     /// Queues from a TOML or JSON file of tasks: `elves queue create|add|commit|watch|run`.
     Queue(queue::QueueArgs),
     /// One call over a fleet in batches: `elves run 'role=web' app func --batch 10% --max-fail 5%`.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
 }
 
 fn main() {
@@ -55,7 +55,7 @@ fn main() {
         Command::Auth(args) => app::run_auth(args),
         Command::Cron(args) => cron::run(args),
         Command::Queue(args) => queue::run(args),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Center { config } => elves_center::run_until_signal(&config),
     };
     if let Err(err) = outcome {

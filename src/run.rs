@@ -182,11 +182,7 @@ pub fn progress_line(status: &Value) -> String {
     const WIDTH: u64 = 30;
     let total = status["count"].as_u64().unwrap_or(0);
     let done = status["progress"].as_u64().unwrap_or(0);
-    let filled = if total == 0 {
-        WIDTH
-    } else {
-        done * WIDTH / total
-    };
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
     let bar: String = (0..WIDTH)
         .map(|n| if n < filled { '#' } else { '-' })
         .collect();
