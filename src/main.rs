@@ -8,6 +8,7 @@ mod client;
 mod cron;
 mod queue;
 mod sim;
+mod run;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,8 @@ enum Command {
     Queue(queue::QueueArgs),
     /// A fleet of simulated agents against a running center: `elves sim -n 2000 --center-key "<id> <hex>"`.
     Sim(sim::SimArgs),
+    /// One call over a fleet in batches: `elves run 'role=web' app func --batch 10% --max-fail 5%`.
+    Run(Box<run::RunArgs>),
 }
 
 fn main() {
@@ -61,6 +64,7 @@ fn main() {
         Command::Cron(args) => cron::run(args),
         Command::Queue(args) => queue::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Center { config } => elves_center::run_until_signal(&config),
         Command::Agent { config } => elves_agent::service::run_until_signal(&config),
     };

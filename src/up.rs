@@ -173,6 +173,7 @@ fn make_local_agent_reachable(
             apps: Default::default(),
             last_heartbeat_at: 0,
             interval_ms: 0,
+            labels: Default::default(),
         };
         store
             .upsert_agent(&row)

@@ -6,6 +6,7 @@
 
 mod app_rerelease;
 mod apps_lifecycle;
+mod batch;
 mod broker_wait;
 mod bus;
 mod cron;

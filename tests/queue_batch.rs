@@ -189,7 +189,7 @@ async fn a_batch_over_the_limit_is_refused(setup: Setup) {
 }
 
 /// Runs `elves <args>` against the test center; returns (success, stdout, stderr).
-async fn elves(env: &TestEnv, args: &[String]) -> (bool, String, String) {
+pub(crate) async fn elves(env: &TestEnv, args: &[String]) -> (bool, String, String) {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_elves"));
     command
         .args(args)

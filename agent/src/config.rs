@@ -74,6 +74,10 @@ pub struct AgentConfig {
     /// The zone the local cron rules are read in (IANA name).
     #[serde(default = "default_cron_time_zone")]
     pub cron_time_zone: String,
+    /// `labels = { role = "web", dc = "bj" }`: reported in heartbeats, selected on by targets
+    /// (SPEC §12). Keys and values: 1-64 of `[A-Za-z0-9_.-]`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 fn default_cron_file() -> PathBuf {
@@ -228,6 +232,7 @@ impl AgentConfig {
             package_limits: elves_shared::package::Limits::default(),
             cron_file: default_cron_file(),
             cron_time_zone: default_cron_time_zone(),
+            labels: BTreeMap::new(),
         }
     }
 
@@ -287,6 +292,9 @@ impl AgentConfig {
                     format!("entry {name:?} needs a name and a path"),
                 ));
             }
+        }
+        if let Err(why) = elves_shared::target::validate_labels(&self.labels) {
+            return Err(invalid("labels", why));
         }
         if let Err(why) = elves_shared::quartz::parse_time_zone(&self.cron_time_zone) {
             return Err(invalid("cron_time_zone", why));
@@ -404,6 +412,36 @@ mod tests {
             config.interpreters.get("python3").map(String::as_str),
             Some("/usr/bin/python3")
         );
+    }
+
+    #[test]
+    fn labels_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let write = |labels: &str| {
+            let text = format!(
+                "id = \"web-1\"\nlabels = {labels}\n[center]\npublic_key = \"{}\"\n",
+                public_key()
+            );
+            std::fs::write(&path, text).unwrap();
+        };
+        write(r#"{ role = "web", dc = "bj" }"#);
+        let config = AgentConfig::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(config.labels.get("role").map(String::as_str), Some("web"));
+        assert_eq!(config.labels.get("dc").map(String::as_str), Some("bj"));
+        write(r#"{ role = "web server" }"#);
+        let err = AgentConfig::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("labels") && err.contains("web server"),
+            "{err}"
+        );
+        write(r#"{ "" = "x" }"#);
+        let err = AgentConfig::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("labels"), "{err}");
     }
 
     #[test]

@@ -28,6 +28,34 @@ pub struct CenterConfig {
     pub apps: AppsConfig,
     #[serde(default)]
     pub cron: CronConfig,
+    #[serde(default)]
+    pub inventory: InventoryConfig,
+}
+
+/// Labels from outside the agents (SPEC §12): a CMDB export or endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryConfig {
+    /// A JSON or TOML file (by extension: `.toml` is TOML, anything else JSON), or an
+    /// `http://`/`https://` URL answering JSON; empty means no inventory.
+    #[serde(default)]
+    pub source: String,
+    /// How often the source is read again (it is also read on `inventory/reload`).
+    #[serde(default = "default_inventory_refresh_ms")]
+    pub refresh_ms: u64,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        InventoryConfig {
+            source: String::new(),
+            refresh_ms: default_inventory_refresh_ms(),
+        }
+    }
+}
+
+fn default_inventory_refresh_ms() -> u64 {
+    60_000
 }
 
 /// App packages and their distribution (SPEC §5, §11 "Packages").

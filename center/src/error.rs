@@ -38,6 +38,12 @@ pub enum ApiError {
     StopFailed(String),
     DependencyNotFound(String),
     AgentNotFound(String),
+    /// A target expression that does not parse (the message names the position).
+    BadTarget(String),
+    /// A bad rollout parameter: size, window, max_fail, wait_s or offline.
+    BadRollout(String),
+    BatchNotFound(String),
+    BatchState(String),
     Internal(String),
     /// Another error about one part of a request (an element of a batch): same code, the
     /// message prefixed with where, e.g. `tasks[17]: `.
@@ -80,6 +86,10 @@ impl ApiError {
             ApiError::StopFailed(_) => "412.3",
             ApiError::DependencyNotFound(_) => "412.4",
             ApiError::AgentNotFound(_) => "414.1",
+            ApiError::BadTarget(_) => "403.10",
+            ApiError::BadRollout(_) => "403.11",
+            ApiError::BatchNotFound(_) => "416.1",
+            ApiError::BatchState(_) => "416.2",
             ApiError::Internal(_) => "500",
             ApiError::Within { error, .. } => error.code(),
         }
@@ -125,6 +135,10 @@ impl ApiError {
             | ApiError::DependencyNotFound(why) => why.clone(),
             ApiError::QueueNotFound(queue_id) => format!("queue {queue_id} not found"),
             ApiError::AgentNotFound(agent) => format!("unknown agent {agent}"),
+            ApiError::BadTarget(why) | ApiError::BadRollout(why) | ApiError::BatchState(why) => {
+                why.clone()
+            }
+            ApiError::BatchNotFound(batch_id) => format!("batch {batch_id} not found"),
             ApiError::Internal(why) => format!("internal error: {why}"),
             ApiError::Within { place, error } => format!("{place}: {}", error.message()),
         }
@@ -158,6 +172,8 @@ impl From<crate::store::StoreError> for ApiError {
             StoreError::VersionConflict { .. } => ApiError::VersionConflict(err.to_string()),
             StoreError::AuthIdNotFound(auth_id) => ApiError::AuthIdNotFound(auth_id),
             StoreError::AuthIdExists(_) => ApiError::BadParam(err.to_string()),
+            StoreError::BatchNotFound(batch_id) => ApiError::BatchNotFound(batch_id.to_string()),
+            StoreError::BatchStateDoesNotAllow { .. } => ApiError::BatchState(err.to_string()),
             other if other.is_unavailable() => {
                 ApiError::Internal(format!("database unavailable: {other}"))
             }

@@ -10,6 +10,10 @@ pub struct Metrics {
     calls: Mutex<BTreeMap<(String, String), u64>>,
     /// outcome → tasks.
     tasks: Mutex<BTreeMap<&'static str, u64>>,
+    /// Batch agents settled, by their final state (ok, failed, timeout, offline, …).
+    batch_agents: Mutex<BTreeMap<&'static str, u64>>,
+    /// Batches ended, by how (finished, stopped).
+    batches: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// How a task ended, as counted in `elves_tasks_total{outcome=…}`.
@@ -65,6 +69,18 @@ impl Metrics {
         *lock(&self.tasks).entry(outcome.label()).or_default() += 1;
     }
 
+    /// `n` agents of a batch reached `state` (`ok`, `failed`, `offline`, …).
+    pub fn record_batch_agents(&self, state: &'static str, n: u64) {
+        if n > 0 {
+            *lock(&self.batch_agents).entry(state).or_default() += n;
+        }
+    }
+
+    /// A batch ended `finished` or `stopped`.
+    pub fn record_batch_end(&self, state: &'static str) {
+        *lock(&self.batches).entry(state).or_default() += 1;
+    }
+
     pub fn render(&self, agents_online: usize, agents_known: usize) -> String {
         let mut text = String::new();
         let _ = writeln!(
@@ -82,6 +98,22 @@ impl Metrics {
         let _ = writeln!(text, "# TYPE elves_tasks_total counter");
         for (outcome, count) in lock(&self.tasks).iter() {
             let _ = writeln!(text, "elves_tasks_total{{outcome=\"{outcome}\"}} {count}");
+        }
+        let _ = writeln!(
+            text,
+            "# HELP elves_batch_agents_total Agents of batches settled, by state."
+        );
+        let _ = writeln!(text, "# TYPE elves_batch_agents_total counter");
+        for (state, count) in lock(&self.batch_agents).iter() {
+            let _ = writeln!(
+                text,
+                "elves_batch_agents_total{{state=\"{state}\"}} {count}"
+            );
+        }
+        let _ = writeln!(text, "# HELP elves_batches_total Batches ended, by state.");
+        let _ = writeln!(text, "# TYPE elves_batches_total counter");
+        for (state, count) in lock(&self.batches).iter() {
+            let _ = writeln!(text, "elves_batches_total{{state=\"{state}\"}} {count}");
         }
         let _ = writeln!(
             text,
@@ -115,5 +147,10 @@ mod tests {
         assert!(text.contains("elves_api_calls_total{endpoint=\"rt/exec\",code=\"414.1\"} 1"));
         assert!(text.contains("elves_tasks_total{outcome=\"succeeded\"} 1"));
         assert!(text.contains("elves_agents_online 3"));
+        metrics.record_batch_agents("ok", 2);
+        metrics.record_batch_end("finished");
+        let text = metrics.render(3, 4);
+        assert!(text.contains("elves_batch_agents_total{state=\"ok\"} 2"));
+        assert!(text.contains("elves_batches_total{state=\"finished\"} 1"));
     }
 }

@@ -34,7 +34,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
 
 /// Actors that must not use one another's helpers: what they share lives in `dispatch` or
 /// `store`. Root supervises them all and may name every one.
-const SIBLING_ACTORS: &[&str] = &["scheduler", "task_queue", "cron", "heartbeat", "app_store"];
+const SIBLING_ACTORS: &[&str] = &[
+    "scheduler",
+    "task_queue",
+    "cron",
+    "heartbeat",
+    "app_store",
+    "batch",
+    "inventory",
+];
 
 fn source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

@@ -14,5 +14,6 @@ pub mod quartz;
 pub mod sign;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod target;
 pub mod time;
 pub mod wire;

@@ -60,7 +60,7 @@ async fn beat(agent: &Agent) -> Result<(), BusError> {
         sent_at: now_unix_ms(),
         interval_ms: agent.config.heartbeat_interval_ms,
         packages,
-        labels: Default::default(),
+        labels: agent.config.labels.clone(),
     };
     let mut message = BusMessage::msgpack(wire::kind::HEARTBEAT, wire::encode(&heartbeat));
     // Of no use after a broker restart (the next beat says more): kept in the broker's memory

@@ -8,10 +8,12 @@
 //! then the actors with the actix system.
 
 use super::app_store::{AgentReported, AppRegistry, AppStore};
+use super::batch::BatchRunner;
 use super::cron::Cron;
-use super::heartbeat::{Heartbeat, HeartbeatsReceived};
+use super::heartbeat::{is_online, Heartbeat, HeartbeatsReceived};
+use super::inventory::{Inventory, InventoryLabels};
 use super::scheduler::{ReplyQueueLost, ReplyReceived, Scheduler};
-use super::task_queue::{ResultsReceived, TaskQueue};
+use super::task_queue::{DispatchReady, ResultsReceived, TaskQueue};
 use crate::config::CenterConfig;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -48,6 +50,10 @@ pub struct Children {
     pub task_queue: Addr<TaskQueue>,
     pub cron: Addr<Cron>,
     pub app_store: Addr<AppStore>,
+    pub batch: Addr<BatchRunner>,
+    pub inventory: Addr<Inventory>,
+    /// Labels from the inventory source, merged into the agents' own when read.
+    pub inventory_labels: InventoryLabels,
     /// Apps, auth ids and bindings, read by the API for every authentication.
     pub apps: AppRegistry,
 }
@@ -181,6 +187,8 @@ impl Root {
         let queue_config = config.queue.clone();
         let rt = config.rt.clone();
         let queue_store = store.clone();
+        let batch_store = store.clone();
+        let batch_metrics = metrics.clone();
         let task_queue = Supervisor::start(move |_| {
             TaskQueue::new(
                 queue_store,
@@ -190,6 +198,26 @@ impl Root {
                 queue_config,
                 rt,
                 metrics,
+            )
+        });
+
+        let inventory_labels = InventoryLabels::default();
+        let (inventory_config, labels_in_force) =
+            (config.inventory.clone(), inventory_labels.clone());
+        let inventory =
+            Supervisor::start(move |_| Inventory::new(inventory_config, labels_in_force));
+        // Batches release agents into their queues; TaskQueue sends them.
+        let wake_queue = task_queue.clone();
+        let batch_tick = std::time::Duration::from_millis(config.queue.tick_ms.max(10));
+        let batch = Supervisor::start(move |_| {
+            BatchRunner::new(
+                batch_store,
+                batch_metrics,
+                Arc::new(move || wake_queue.do_send(DispatchReady)),
+                batch_tick,
+                Arc::new(move |last_seen, interval_ms, now| {
+                    is_online(last_seen, interval_ms, missed_beats, now)
+                }),
             )
         });
 
@@ -208,6 +236,9 @@ impl Root {
             task_queue,
             cron,
             app_store,
+            batch,
+            inventory,
+            inventory_labels,
             apps,
         };
         Ok(Root { children }.start())

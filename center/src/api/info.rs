@@ -47,6 +47,8 @@ pub async fn agent_detail(
             "last_hb_time": format_time(row.last_heartbeat_at, zone),
             "online": online,
             "apps": row.apps,
+            // The agent's own labels with the inventory's merged in (SPEC §12).
+            "labels": state.children.inventory_labels.merged(row.id.as_str(), &row.ip, &row.labels),
         });
         if show_cron {
             let crons = crons_of_agent(&state, &address).await?;

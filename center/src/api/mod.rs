@@ -5,6 +5,7 @@
 pub mod access;
 pub mod apps;
 pub mod auth_ids;
+pub mod batch;
 pub mod cron;
 mod info;
 mod info_apps;
@@ -58,6 +59,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     info::routes(cfg);
     apps::routes(cfg);
     auth_ids::routes(cfg);
+    batch::routes(cfg);
     info_apps::routes(cfg);
     cfg.route("/api/v2/rt/exec", web::route().to(rt::exec))
         .route("/api/v2/queue/create", web::route().to(queue::create))

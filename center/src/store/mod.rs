@@ -50,12 +50,14 @@
 
 mod agents;
 mod apps;
+mod batches;
 pub mod blocking;
 mod connection;
 mod crons;
 mod dispatch;
 mod models;
 mod queues;
+pub mod rollout;
 mod schema;
 mod submit_replies;
 #[cfg(any(test, feature = "testing"))]
@@ -65,6 +67,7 @@ pub mod testing;
 mod tests;
 
 pub use apps::{AppRow, AppVersionRow, AuthIdRow, NewAppVersion, Registry, Role, VersionAdded};
+pub use batches::{BatchAgentRow, BatchMember, BatchRow, BatchState, BatchStep, NewBatch};
 pub use connection::Backend;
 pub use crons::{
     ClaimOutcome, CronDefinition, CronRow, CronSource, FileCron, FiringClaim, SyncOutcome,
@@ -130,6 +133,14 @@ pub enum StoreError {
     InvalidTask {
         task_id: TaskId,
         reason: &'static str,
+    },
+    #[error("batch {0} not found")]
+    BatchNotFound(TaskId),
+    #[error("batch {batch_id} is {state}: cannot {action}")]
+    BatchStateDoesNotAllow {
+        batch_id: TaskId,
+        state: BatchState,
+        action: &'static str,
     },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -206,6 +206,8 @@ pub struct AgentRow {
     /// When the center received the last heartbeat (its own clock, unix ms).
     pub last_heartbeat_at: u64,
     pub interval_ms: u64,
+    /// The labels the agent reported (its own, before any inventory is merged in).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl AgentRow {
@@ -221,6 +223,17 @@ impl AgentRow {
             apps: heartbeat.apps.clone(),
             last_heartbeat_at: received_at,
             interval_ms: heartbeat.interval_ms,
+            // Labels that break the rule (an agent older or newer than this center) are left
+            // out rather than stored: targets could never name them.
+            labels: heartbeat
+                .labels
+                .iter()
+                .filter(|(key, value)| {
+                    elves_shared::target::is_valid_label_text(key)
+                        && elves_shared::target::is_valid_label_text(value)
+                })
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
         }
     }
 }
@@ -499,6 +512,8 @@ pub(super) struct AgentRecord {
     pub apps: String,
     pub last_heartbeat_at: i64,
     pub interval_ms: i64,
+    /// A JSON object: label → value.
+    pub labels: String,
 }
 
 impl TryFrom<&AgentRow> for AgentRecord {
@@ -507,6 +522,8 @@ impl TryFrom<&AgentRow> for AgentRecord {
     fn try_from(row: &AgentRow) -> Result<AgentRecord, StoreError> {
         let apps = serde_json::to_string(&row.apps)
             .map_err(|err| StoreError::Corrupt(format!("agent {}: apps: {err}", row.id)))?;
+        let labels = serde_json::to_string(&row.labels)
+            .map_err(|err| StoreError::Corrupt(format!("agent {}: labels: {err}", row.id)))?;
         Ok(AgentRecord {
             id: row.id.as_str().to_string(),
             ip: row.ip.clone(),
@@ -515,6 +532,7 @@ impl TryFrom<&AgentRow> for AgentRecord {
             apps,
             last_heartbeat_at: db_time(row.last_heartbeat_at),
             interval_ms: db_time(row.interval_ms),
+            labels,
         })
     }
 }
@@ -528,6 +546,9 @@ impl TryFrom<AgentRecord> for AgentRow {
         let apps = serde_json::from_str(&record.apps).map_err(|err| {
             StoreError::Corrupt(format!("agent {id}: apps are not a JSON object: {err}"))
         })?;
+        let labels = serde_json::from_str(&record.labels).map_err(|err| {
+            StoreError::Corrupt(format!("agent {id}: labels are not a JSON object: {err}"))
+        })?;
         Ok(AgentRow {
             id,
             ip: record.ip,
@@ -536,6 +557,7 @@ impl TryFrom<AgentRecord> for AgentRow {
             apps,
             last_heartbeat_at: unix_ms(record.last_heartbeat_at),
             interval_ms: unix_ms(record.interval_ms),
+            labels,
         })
     }
 }

@@ -295,7 +295,7 @@ impl Store {
 }
 
 /// One multi-row `INSERT` of tasks.
-fn insert_task_records(
+pub(super) fn insert_task_records(
     conn: &mut DbConnection,
     records: &[NewTaskRecord<'_>],
 ) -> Result<(), StoreError> {

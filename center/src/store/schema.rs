@@ -63,6 +63,7 @@ diesel::table! {
         apps -> Text,
         last_heartbeat_at -> BigInt,
         interval_ms -> BigInt,
+        labels -> Text,
     }
 }
 
@@ -166,3 +167,43 @@ diesel::table! {
 
 diesel::joinable!(submit_replies -> tasks (task_id));
 diesel::allow_tables_to_appear_in_same_query!(submit_replies, tasks);
+
+diesel::table! {
+    batches (id) {
+        id -> Text,
+        auth_id -> Text,
+        app -> Text,
+        func -> Text,
+        param -> Text,
+        timeout_s -> BigInt,
+        proxy -> Text,
+        mode -> Text,
+        target -> Text,
+        size -> Text,
+        window_model -> Text,
+        max_fail -> Text,
+        wait_s -> BigInt,
+        offline -> Text,
+        state -> Text,
+        stop_reason -> Text,
+        agent_count -> BigInt,
+        retry_of -> Nullable<Text>,
+        created_at -> BigInt,
+        step_settled_at -> Nullable<BigInt>,
+        finished_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    batch_agents (batch_id, seq) {
+        batch_id -> Text,
+        seq -> BigInt,
+        agent -> Text,
+        ip -> Text,
+        state -> Text,
+        task_id -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(batch_agents -> batches (batch_id));
+diesel::allow_tables_to_appear_in_same_query!(batches, batch_agents, tasks);

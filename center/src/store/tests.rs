@@ -1093,7 +1093,7 @@ fn agents_round_trip(store: &Store) {
         sent_at: 999,
         interval_ms: 5_000,
         packages: BTreeMap::new(),
-        labels: BTreeMap::new(),
+        labels: BTreeMap::from([("role".to_string(), "web".to_string())]),
     };
     let first = AgentRow::from_heartbeat(&heartbeat, 1_000);
     assert_eq!(first.last_heartbeat_at, 1_000);
