@@ -7,8 +7,8 @@ mod call;
 mod client;
 mod cron;
 mod queue;
-mod sim;
 mod run;
+mod sim;
 mod up;
 
 use clap::{Parser, Subcommand};

@@ -21,9 +21,9 @@ mod support;
 
 use elves_center::store::testing::TestDatabase;
 use elves_center::store::Store;
+use elves_shared::sim::{SimConfig, SimFleet};
 use elves_shared::wire::{AgentId, TaskId};
 use std::time::{Duration, Instant};
-use elves_shared::sim::{SimConfig, SimFleet};
 
 /// Bounds every wait of the bench: a run that takes longer is broken, not slow.
 const WAIT_LIMIT: Duration = Duration::from_secs(600);

@@ -164,6 +164,7 @@ fn upsert_chunk(conn: &mut DbConnection, records: &[AgentRecord]) -> Result<(), 
                     agents::apps.eq(excluded(agents::apps)),
                     agents::last_heartbeat_at.eq(excluded(agents::last_heartbeat_at)),
                     agents::interval_ms.eq(excluded(agents::interval_ms)),
+                    agents::labels.eq(excluded(agents::labels)),
                 ));
             diesel::query_dsl::methods::FilterDsl::filter(
                 upsert,

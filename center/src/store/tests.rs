@@ -1316,6 +1316,7 @@ fn agents_written_in_batches_and_listed_by_page(store: &Store) {
         apps: BTreeMap::from([("noop".to_string(), "1".to_string())]),
         last_heartbeat_at: at,
         interval_ms: 1_000,
+        labels: BTreeMap::from([("rack".to_string(), format!("r{}", n % 4))]),
     };
     // More rows than one statement takes, so that the chunks are exercised.
     let first: Vec<AgentRow> = (0..2_500).map(|n| row(n, 10_000)).collect();
