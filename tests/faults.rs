@@ -658,7 +658,7 @@ async fn an_rt_call_does_not_wait_behind_queued_work() {
     let finished_by_then = read_lines(&file).len();
     assert!(
         finished_by_then < submitted.len(),
-        "the RT call was answered before the queue ran its {} tasks ({finished_by_then} started)",
+        "the RT call waited behind the queue: {finished_by_then} of its {} tasks had started",
         submitted.len()
     );
     let rows = settled_results(&env, &queue, Duration::from_secs(60)).await;
