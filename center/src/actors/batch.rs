@@ -37,9 +37,9 @@ pub struct BatchRunnerState {
 /// next queue tick (Root wires it to TaskQueue).
 pub type WakeDispatch = Arc<dyn Fn() + Send + Sync>;
 
-/// Whether an agent whose last heartbeat came at `last_seen` (beating every `interval_ms`) is
-/// online at `now`: the Heartbeat registry's rule, handed over by Root.
-pub type OnlineRule = Arc<dyn Fn(u64, u64, u64) -> bool + Send + Sync>;
+/// Whether `agent` is online at `now`, given its stored `(last_heartbeat_at, interval_ms)`
+/// when it has a row: the Heartbeat registry's rule and memory, handed over by Root.
+pub type OnlineRule = Arc<dyn Fn(&str, Option<(u64, u64)>, u64) -> bool + Send + Sync>;
 
 pub struct BatchRunner {
     store: Store,
@@ -150,7 +150,7 @@ fn advance_all(
     online: &OnlineRule,
 ) -> Result<Vec<BatchStep>, crate::store::StoreError> {
     let now = now_unix_ms();
-    let online = |last_seen: u64, interval_ms: u64| online(last_seen, interval_ms, now);
+    let online = |agent: &str, stored: Option<(u64, u64)>| online(agent, stored, now);
     let mut steps = Vec::new();
     for id in store.active_batch_ids()? {
         match store.advance_batch(&id, now, &online) {

@@ -14,6 +14,7 @@ use actix::prelude::*;
 use elves_shared::time::now_unix_ms;
 use elves_shared::wire::{AgentId, Heartbeat as HeartbeatMessage};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 /// Rows written by one flush at most; the rest wait for the next one. Bounds the length of
@@ -109,6 +110,42 @@ struct AgentEntry {
     last_seen: u64,
 }
 
+/// What the registry knows of every agent (its latest row as memory has it), shared read-only
+/// with the code that needs presence off this actor: target resolution, which must see an
+/// agent from its first heartbeat rather than from the next flush, and the batch runner's
+/// steps, which run on blocking threads and cannot ask an actor.
+#[derive(Clone, Default)]
+pub struct PresenceView(Arc<RwLock<HashMap<AgentId, AgentRow>>>);
+
+impl PresenceView {
+    /// The agent's last heartbeat and interval, when memory knows it.
+    pub fn last_seen(&self, agent: &str) -> Option<(u64, u64)> {
+        let id = AgentId::parse(agent).ok()?;
+        let agents = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        agents
+            .get(&id)
+            .map(|row| (row.last_heartbeat_at, row.interval_ms))
+    }
+
+    /// Every agent memory knows, as rows.
+    pub fn rows(&self) -> Vec<AgentRow> {
+        let agents = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        agents.values().cloned().collect()
+    }
+
+    fn put(&self, row: AgentRow) {
+        let mut agents = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        agents.insert(row.id.clone(), row);
+    }
+
+    fn clear(&self) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
 /// Where the registry's rows go, and how often.
 struct Persistence {
     store: Store,
@@ -127,6 +164,7 @@ pub struct Heartbeat {
     /// Whether the last flush failed, to log an outage once rather than every flush.
     flush_failing: bool,
     lags_ms: VecDeque<u64>,
+    presence: PresenceView,
 }
 
 impl Heartbeat {
@@ -141,7 +179,14 @@ impl Heartbeat {
             flushing: false,
             flush_failing: false,
             lags_ms: VecDeque::with_capacity(LAG_SAMPLES),
+            presence: PresenceView::default(),
         }
+    }
+
+    /// Keeps `presence` up to date with this registry.
+    pub fn sharing(mut self, presence: PresenceView) -> Self {
+        self.presence = presence;
+        self
     }
 
     /// A registry that reads the agents' rows at start and writes them every `flush_every`.
@@ -183,12 +228,11 @@ impl Heartbeat {
             Some(_) => {}
             None => log::info!("agent {agent}: first heartbeat (ip {})", heartbeat.ip),
         }
+        let row = AgentRow::from_heartbeat(&heartbeat, received_at);
         if self.persistence.is_some() {
-            self.pending.insert(
-                agent.clone(),
-                AgentRow::from_heartbeat(&heartbeat, received_at),
-            );
+            self.pending.insert(agent.clone(), row.clone());
         }
+        self.presence.put(row);
         self.by_ip.insert(heartbeat.ip.clone(), agent.clone());
         self.agents.insert(
             agent,
@@ -278,6 +322,7 @@ impl Supervised for Heartbeat {
     fn restarting(&mut self, _: &mut Context<Self>) {
         log::warn!("heartbeat: restarting; agents are read back from the database");
         self.agents.clear();
+        self.presence.clear();
         self.by_ip.clear();
         self.pending.clear();
         self.flushing = false;
@@ -340,6 +385,7 @@ impl Handler<Seeded> for Heartbeat {
             }
             let heartbeat = heartbeat_of_row(&row);
             self.by_ip.entry(row.ip.clone()).or_insert(row.id.clone());
+            self.presence.put(row.clone());
             self.agents.insert(
                 row.id,
                 AgentEntry {
@@ -400,7 +446,7 @@ fn heartbeat_of_row(row: &AgentRow) -> HeartbeatMessage {
         sent_at: row.last_heartbeat_at,
         interval_ms: row.interval_ms,
         packages: BTreeMap::new(),
-        labels: BTreeMap::new(),
+        labels: row.labels.clone(),
     }
 }
 

@@ -10,7 +10,7 @@
 use super::app_store::{AgentReported, AppRegistry, AppStore};
 use super::batch::BatchRunner;
 use super::cron::Cron;
-use super::heartbeat::{is_online, Heartbeat, HeartbeatsReceived};
+use super::heartbeat::{is_online, Heartbeat, HeartbeatsReceived, PresenceView};
 use super::inventory::{Inventory, InventoryLabels};
 use super::scheduler::{ReplyQueueLost, ReplyReceived, Scheduler};
 use super::task_queue::{DispatchReady, ResultsReceived, TaskQueue};
@@ -54,6 +54,8 @@ pub struct Children {
     pub inventory: Addr<Inventory>,
     /// Labels from the inventory source, merged into the agents' own when read.
     pub inventory_labels: InventoryLabels,
+    /// Every agent the Heartbeat registry knows, as memory has it.
+    pub presence: PresenceView,
     /// Apps, auth ids and bindings, read by the API for every authentication.
     pub apps: AppRegistry,
 }
@@ -132,8 +134,11 @@ impl Root {
         let missed_beats = config.heartbeat.offline_after_missed_beats;
         let flush_every = std::time::Duration::from_millis(config.heartbeat.flush_ms);
         let heartbeat_store = store.clone();
+        let presence = PresenceView::default();
+        let heartbeat_presence = presence.clone();
         let heartbeat = Supervisor::start(move |_| {
             Heartbeat::with_store(missed_beats, heartbeat_store, flush_every)
+                .sharing(heartbeat_presence.clone())
         });
         let rt = config.rt.clone();
         let scheduler_bus = bus.clone();
@@ -209,15 +214,24 @@ impl Root {
         // Batches release agents into their queues; TaskQueue sends them.
         let wake_queue = task_queue.clone();
         let batch_tick = std::time::Duration::from_millis(config.queue.tick_ms.max(10));
+        let batch_presence = presence.clone();
         let batch = Supervisor::start(move |_| {
             BatchRunner::new(
                 batch_store,
                 batch_metrics,
                 Arc::new(move || wake_queue.do_send(DispatchReady)),
                 batch_tick,
-                Arc::new(move |last_seen, interval_ms, now| {
-                    is_online(last_seen, interval_ms, missed_beats, now)
-                }),
+                {
+                    // Memory first: a row is only as fresh as the last flush.
+                    let presence = batch_presence.clone();
+                    Arc::new(move |agent: &str, stored: Option<(u64, u64)>, now| {
+                        presence.last_seen(agent).or(stored).is_some_and(
+                            |(last_seen, interval_ms)| {
+                                is_online(last_seen, interval_ms, missed_beats, now)
+                            },
+                        )
+                    })
+                },
             )
         });
 
@@ -239,6 +253,7 @@ impl Root {
             batch,
             inventory,
             inventory_labels,
+            presence,
             apps,
         };
         Ok(Root { children }.start())

@@ -52,15 +52,24 @@ fn parse_target(params: &Params) -> Result<(String, Target), ApiError> {
     Ok((text, target))
 }
 
-/// The agents the database knows that `target` matches, by id, with the inventory merged in.
+/// The agents that `target` matches, by id, with the inventory merged in: the database's rows
+/// with what the Heartbeat registry holds in memory laid over them, so that an agent counts
+/// from its first heartbeat, not from the next flush of its row.
 async fn matched_agents(state: &ApiState, target: Target) -> Result<Vec<Matched>, ApiError> {
     let store = state.store.clone();
-    let rows = blocking(move || store.list_agents()).await?;
+    let stored = blocking(move || store.list_agents()).await?;
+    let mut rows: std::collections::BTreeMap<String, AgentRow> = stored
+        .into_iter()
+        .map(|row| (row.id.to_string(), row))
+        .collect();
+    for row in state.children.presence.rows() {
+        rows.insert(row.id.to_string(), row);
+    }
     let inventory = state.children.inventory_labels.clone();
     let missed_beats = state.config.heartbeat.offline_after_missed_beats;
     let now = now_unix_ms();
     Ok(rows
-        .into_iter()
+        .into_values()
         .filter_map(|row| {
             let labels = inventory.merged(row.id.as_str(), &row.ip, &row.labels);
             let facts = AgentFacts {

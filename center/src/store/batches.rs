@@ -25,6 +25,9 @@ use elves_shared::wire::{AgentId, Mode, TaskId, TaskType};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+/// An agent's stored `(last_heartbeat_at, interval_ms)`, when it has a row.
+pub type StoredBeat = Option<(u64, u64)>;
+
 /// The message an agent's worker returns when it killed a task at its timeout.
 const AGENT_TIMEOUT_MESSAGE: &str = "app exec timeout";
 
@@ -430,13 +433,13 @@ impl Store {
     /// One step of a batch's life: settles the agents whose tasks ended, then, while the
     /// batch runs, stops it when failures exceed `max_fail`, starts the agents the rollout
     /// allows now, reports as offline those it gives up on, and finishes it when no agent is
-    /// left waiting or running. `online(last_heartbeat_at, interval_ms)` judges an agent's
-    /// heartbeat at `now`.
+    /// left waiting or running. `online(agent, its stored (last_heartbeat_at, interval_ms))`
+    /// judges an agent at `now`.
     pub fn advance_batch(
         &self,
         id: &TaskId,
         now: u64,
-        online: &dyn Fn(u64, u64) -> bool,
+        online: &dyn Fn(&str, StoredBeat) -> bool,
     ) -> Result<BatchStep, StoreError> {
         self.conn()?.write_transaction(|conn| {
             let batch =
@@ -681,7 +684,7 @@ fn member_counts(
 fn waiting_members(
     conn: &mut DbConnection,
     id: &TaskId,
-    online: &dyn Fn(u64, u64) -> bool,
+    online: &dyn Fn(&str, StoredBeat) -> bool,
 ) -> Result<Vec<Waiting>, StoreError> {
     let pending: Vec<(i64, String)> = batch_agents::table
         .filter(batch_agents::batch_id.eq(id.as_str()))
@@ -704,9 +707,7 @@ fn waiting_members(
         .into_iter()
         .map(|(seq, agent)| Waiting {
             seq: u64::try_from(seq).unwrap_or(0),
-            online: beats
-                .get(&agent)
-                .is_some_and(|&(last, interval)| online(last, interval)),
+            online: online(&agent, beats.get(&agent).copied()),
         })
         .collect())
 }
@@ -871,7 +872,7 @@ mod tests {
 
     const NOW: u64 = 1_000_000;
 
-    fn always_online(_: u64, _: u64) -> bool {
+    fn always_online(_: &str, _: StoredBeat) -> bool {
         true
     }
 
@@ -1012,7 +1013,7 @@ mod tests {
     fn offline_agents_are_reported_without_a_task() {
         on_both_backends(|store| {
             let id = batch_over(store, 3, "100%", "");
-            let nobody_online = |_: u64, _: u64| false;
+            let nobody_online = |_: &str, _: StoredBeat| false;
             let step = store.advance_batch(&id, NOW, &nobody_online).unwrap();
             assert_eq!((step.released, step.offline), (0, 3));
             assert_eq!(step.ended, Some(BatchState::Finished));
