@@ -904,7 +904,7 @@ async fn forged_results_from_another_broker_user_are_refused() {
     let node = RabbitNode::start_on(free_port()).await;
     let port = node.port;
     let node = tokio::task::spawn_blocking(move || {
-        for user in ["a1", "mallory"] {
+        for user in ["a1", "a3", "mallory"] {
             rabbitmqctl(&node, &["add_user", user, "pw"]);
             rabbitmqctl(
                 &node,
@@ -1064,6 +1064,81 @@ async fn forged_results_from_another_broker_user_are_refused() {
     tally.scenario.push_str(" (2 forgeries)");
     tally.report();
     assert_eq!(rows[&task]["worker_message"], "opened", "{}", rows[&task]);
+
+    // Heartbeats: one naming a1 from mallory's account (it would take a1's presence and move
+    // its ip), then mallory's own; from a3's account one with an oversized asset, then a3's
+    // own. Each account's own beat follows on the same channel: once both are seen, the ones
+    // before them have been judged.
+    let to_heartbeats = Destination::Topic(routing::CENTER_HEARTBEAT.to_string());
+    let beat = |agent: &str, ip: &str, asset: String| wire::Heartbeat {
+        agent: AgentId::parse(agent).unwrap(),
+        ip: ip.to_string(),
+        asset,
+        version: "forged".into(),
+        apps: [("elvestest".to_string(), "1".to_string())].into(),
+        sent_at: elves_shared::time::now_unix_ms(),
+        interval_ms: 60_000,
+        packages: Default::default(),
+        labels: Default::default(),
+    };
+    let a3 = bus::open(&url_of("a3"), &namespace).unwrap();
+    for (sender, heartbeat) in [
+        (&forger, beat("a1", "ip-stolen", String::new())),
+        (&forger, beat("mallory", "ip-mallory", String::new())),
+        (&a3, beat("a3", "ip-huge", "x".repeat(300))),
+        (&a3, beat("a3", "ip-a3", String::new())),
+    ] {
+        sender
+            .publish(
+                &to_heartbeats,
+                elves_shared::bus::BusMessage::msgpack(
+                    wire::kind::HEARTBEAT,
+                    wire::encode(&heartbeat),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    wait_until(
+        "mallory's and a3's own heartbeats taken",
+        Duration::from_secs(20),
+        || async {
+            let health: Value = http
+                .get(format!("{base_url}/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let online = &health["heartbeat"]["online"];
+            online.get("mallory").is_some() && online.get("a3").is_some()
+        },
+    )
+    .await;
+    for ip in ["ip-stolen", "ip-huge"] {
+        let answer = call(
+            "rt/exec",
+            &[("ip", ip), ("app", "elvestest"), ("func", "env")],
+        )
+        .await;
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|error| error.starts_with("[414.1]")),
+            "a refused heartbeat registered {ip}: {answer}"
+        );
+    }
+    let real = call(
+        "rt/exec",
+        &[("ip", "ip-a1"), ("app", "elvestest"), ("func", "env")],
+    )
+    .await;
+    assert_eq!(
+        real["flag"], "true",
+        "a1 is still reached at its own ip: {real}"
+    );
+    a3.close().await;
 
     let _ = stop_agent.send(());
     tokio::time::timeout(Duration::from_secs(20), agent)

@@ -235,12 +235,13 @@ impl Root {
             )
         });
 
+        let agent_accounts = config.bus.agent_accounts;
         actix_rt::spawn(feed_heartbeats(
             heartbeats,
             heartbeat.clone(),
             app_store.clone(),
+            agent_accounts,
         ));
-        let agent_accounts = config.bus.agent_accounts;
         actix_rt::spawn(feed_replies(replies, scheduler.clone(), agent_accounts));
         actix_rt::spawn(feed_results(results, task_queue.clone(), agent_accounts));
 
@@ -269,13 +270,14 @@ async fn feed_heartbeats(
     mut consumer: Consumer,
     heartbeat: Addr<Heartbeat>,
     app_store: Addr<AppStore>,
+    agent_accounts: bool,
 ) {
     while let Some(first) = consumer.next().await {
         let mut decoded = Vec::new();
         let mut deliveries = Vec::new();
         let mut next = Some(first);
         while let Some(delivery) = next {
-            match decode_heartbeat(&delivery.message) {
+            match decode_heartbeat(&delivery.message, agent_accounts) {
                 Some(beat) => {
                     decoded.push(beat);
                     deliveries.push(delivery);
@@ -311,8 +313,9 @@ async fn feed_heartbeats(
     }
 }
 
-/// The heartbeat a `center.heartbeat` message carries; `None` (logged) for anything else.
-fn decode_heartbeat(message: &BusMessage) -> Option<HeartbeatMessage> {
+/// The heartbeat a `center.heartbeat` message carries, when it may be taken; `None` (logged)
+/// for anything else.
+fn decode_heartbeat(message: &BusMessage, agent_accounts: bool) -> Option<HeartbeatMessage> {
     if message.kind != kind::HEARTBEAT {
         log::warn!(
             "heartbeat queue: dropped message of kind {:?}",
@@ -320,8 +323,20 @@ fn decode_heartbeat(message: &BusMessage) -> Option<HeartbeatMessage> {
         );
         return None;
     }
+    if let Some(why) = crate::dispatch::sender::heartbeat_body_refusal(message.body.len()) {
+        log::warn!("heartbeat queue: dropped {why}");
+        return None;
+    }
     match wire::decode::<HeartbeatMessage>(&message.body) {
-        Ok(decoded) => Some(decoded),
+        Ok(decoded) => {
+            match crate::dispatch::sender::heartbeat_refusal(message, &decoded, agent_accounts) {
+                Some(why) => {
+                    log::warn!("heartbeat queue: dropped a heartbeat: {why}");
+                    None
+                }
+                None => Some(decoded),
+            }
+        }
         Err(err) => {
             log::warn!("heartbeat queue: dropped undecodable message: {err}");
             None
