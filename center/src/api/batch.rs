@@ -269,9 +269,11 @@ async fn status_of(state: &ApiState, batch: &BatchRow) -> Result<Value, ApiError
         .into_iter()
         .map(|(agent_state, n)| (agent_state.as_str().to_string(), json!(n)))
         .collect();
-    let settled = batch.count
-        - counts["pending"].as_u64().unwrap_or(0)
-        - counts["running"].as_u64().unwrap_or(0);
+    let count_of = |state: &str| counts.get(state).and_then(Value::as_u64).unwrap_or(0);
+    let settled = batch
+        .count
+        .saturating_sub(count_of("pending"))
+        .saturating_sub(count_of("running"));
     Ok(json!({
         "id": batch.id,
         "state": batch.state.as_str(),
