@@ -9,7 +9,7 @@
 
 use super::app_store::{AgentReported, AppRegistry, AppStore};
 use super::cron::Cron;
-use super::heartbeat::{Heartbeat, HeartbeatsReceived};
+use super::heartbeat::{Heartbeat, HeartbeatsReceived, IntakeBack, IntakeLost};
 use super::scheduler::{ReplyReceived, Scheduler};
 use super::task_queue::{ResultsReceived, TaskQueue};
 use crate::config::CenterConfig;
@@ -193,6 +193,7 @@ impl Root {
             )
         });
 
+        actix_rt::spawn(follow_intake(heartbeats.connected(), heartbeat.clone()));
         actix_rt::spawn(feed_heartbeats(
             heartbeats,
             heartbeat.clone(),
@@ -261,6 +262,22 @@ async fn feed_heartbeats(
         });
         // Acks need no answer: the next batch need not wait for them.
         actix_rt::spawn(ack_all(deliveries));
+    }
+}
+
+/// Tells Heartbeat when its intake loses the broker and when it is back, so that a broker
+/// restart, which silences every agent at once, marks none of them offline.
+async fn follow_intake(
+    mut connected: tokio::sync::watch::Receiver<bool>,
+    heartbeat: Addr<Heartbeat>,
+) {
+    while connected.changed().await.is_ok() {
+        let at = now_unix_ms();
+        if *connected.borrow_and_update() {
+            heartbeat.do_send(IntakeBack { at });
+        } else {
+            heartbeat.do_send(IntakeLost { at });
+        }
     }
 }
 

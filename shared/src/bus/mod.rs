@@ -185,11 +185,35 @@ pub fn jittered(backoff: std::time::Duration) -> std::time::Duration {
 /// A stream of deliveries from one queue.
 pub struct Consumer {
     receiver: mpsc::Receiver<Delivery>,
+    connected: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Consumer {
+    /// A consumer that is always connected (the in-process bus).
     pub(crate) fn new(receiver: mpsc::Receiver<Delivery>) -> Self {
-        Consumer { receiver }
+        let (_, connected) = tokio::sync::watch::channel(true);
+        Consumer {
+            receiver,
+            connected,
+        }
+    }
+
+    /// A consumer whose connection to the broker `connected` follows.
+    pub(crate) fn with_link(
+        receiver: mpsc::Receiver<Delivery>,
+        connected: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Consumer {
+            receiver,
+            connected,
+        }
+    }
+
+    /// Whether the consumer is attached to its queue now: false from the moment its broker
+    /// connection is lost until it consumes again. A center uses it to tell "the agents went
+    /// quiet" from "I cannot hear them".
+    pub fn connected(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.connected.clone()
     }
 
     /// The next delivery; `None` only when the bus itself was dropped.

@@ -349,6 +349,7 @@ impl Bus for RabbitBus {
     async fn consume(&self, spec: QueueSpec, prefetch: u16) -> Result<Consumer, BusError> {
         let first = self.inner.open_consumer(&spec, prefetch).await?;
         let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
+        let (link_up, connected) = tokio::sync::watch::channel(true);
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let mut current = Some(first);
@@ -377,10 +378,12 @@ impl Bus for RabbitBus {
                             _ if inner.is_closed() => return,
                             Some(Err(err)) => {
                                 log::warn!("bus: consumer of {} lost: {err}", spec.name);
+                                let _ = link_up.send(false);
                                 break;
                             }
                             None => {
                                 log::warn!("bus: consumer of {} ended", spec.name);
+                                let _ = link_up.send(false);
                                 break;
                             }
                         }
@@ -394,13 +397,14 @@ impl Bus for RabbitBus {
                 match inner.open_consumer(&spec, prefetch).await {
                     Ok(opened) => {
                         log::info!("bus: consuming {} again", spec.name);
+                        let _ = link_up.send(true);
                         current = Some(opened);
                     }
                     Err(err) => log::warn!("bus: cannot consume {} yet: {err}", spec.name),
                 }
             }
         });
-        Ok(Consumer::new(receiver))
+        Ok(Consumer::with_link(receiver, connected))
     }
 
     async fn close(&self) {
