@@ -24,6 +24,8 @@ use tokio::sync::{mpsc, Mutex};
 /// How long [`RabbitBus::close`] keeps the runtime up for lapin's I/O thread after Close-Ok.
 const IO_THREAD_WIND_DOWN: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long opening a connection (TCP, AMQP handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// AMQP `delivery_mode` values.
 const DELIVERY_TRANSIENT: u8 = 1;
@@ -86,9 +88,19 @@ impl Inner {
         let properties = ConnectionProperties::default()
             .with_executor(tokio_executor_trait::Tokio::current())
             .with_reactor(tokio_reactor_trait::Tokio);
-        let connection = Connection::connect(&self.url, properties)
-            .await
-            .map_err(unavailable)?;
+        // A broker taking thousands of connections at once resets some during the handshake,
+        // and lapin's connect can then wait for ever, holding this lock: every consumer and
+        // publisher of the bus would wait with it.
+        let connection =
+            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.url, properties))
+                .await
+                .map_err(|_| {
+                    BusError::Unavailable(format!(
+                        "no connection to the broker within {} s",
+                        CONNECT_TIMEOUT.as_secs()
+                    ))
+                })?
+                .map_err(unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
