@@ -56,6 +56,9 @@ pub const FAILURE_MESSAGE: &str = "simulated failure";
 /// The `asset` and `version` a simulated agent reports in its heartbeats.
 const ASSET: &str = "simulated";
 const VERSION: &str = "simulated";
+/// The first and the longest pause between attempts to consume, as the real agent's.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(5);
 /// Heartbeats older than this many intervals are of no use to a center (as the real agent's).
 const HEARTBEAT_TTL_INTERVALS: u64 = 3;
 
@@ -307,7 +310,7 @@ struct Fleet {
 impl SimFleet {
     /// Opens the bus connections and starts every agent on the current Tokio runtime. Fails
     /// when the center's key is not a valid Ed25519 public key or a bus URL is bad; an agent
-    /// that cannot consume its queue logs why and never comes online.
+    /// that cannot consume its queue yet retries with backoff until the fleet stops.
     pub fn start(config: SimConfig) -> Result<SimFleet, SimError> {
         let (url, namespace) = (config.bus_url.clone(), config.namespace.clone());
         SimFleet::start_with(config, || bus::open(&url, &namespace))
@@ -436,8 +439,8 @@ async fn pause(delay: Duration, stopping: &mut watch::Receiver<bool>) -> bool {
 }
 
 /// Consumes the agent's queue and heartbeats until `until` (never, when `None`) or until the
-/// fleet stops. False when the agent cannot go on (its queue could not be consumed or was
-/// closed).
+/// fleet stops. False when the agent cannot go on (the fleet stopped before its queue could be
+/// consumed, or the queue was closed).
 async fn session(
     id: &AgentId,
     bus: &SharedBus,
@@ -445,15 +448,8 @@ async fn session(
     until: Option<Instant>,
     mut stopping: watch::Receiver<bool>,
 ) -> bool {
-    let mut consumer = match bus
-        .consume(QueueSpec::agent(bus.as_ref(), id), fleet.prefetch)
-        .await
-    {
-        Ok(consumer) => consumer,
-        Err(err) => {
-            log::error!("simulated agent {id}: cannot consume its queue: {err}");
-            return false;
-        }
+    let Some(mut consumer) = consume(id, bus, fleet, &mut stopping).await else {
+        return false;
     };
     fleet.counters.connected.fetch_add(1, Ordering::Relaxed);
     // Heartbeats only once the queue exists, as the real agent does; they end with the session.
@@ -492,6 +488,31 @@ async fn session(
     fleet.counters.connected.fetch_sub(1, Ordering::Relaxed);
     let _ = beats.await;
     go_on
+}
+
+/// Starts consuming the agent's queue, retrying with jittered backoff as the real agent does
+/// (a broker taking a fleet's connections at once resets some of them); `None` once the fleet
+/// stops.
+async fn consume(
+    id: &AgentId,
+    bus: &SharedBus,
+    fleet: &Fleet,
+    stopping: &mut watch::Receiver<bool>,
+) -> Option<bus::Consumer> {
+    let mut backoff = FIRST_RETRY;
+    loop {
+        match bus
+            .consume(QueueSpec::agent(bus.as_ref(), id), fleet.prefetch)
+            .await
+        {
+            Ok(consumer) => return Some(consumer),
+            Err(err) => log::warn!("simulated agent {id}: cannot consume its queue yet: {err}"),
+        }
+        if pause(bus::jittered(backoff), stopping).await {
+            return None;
+        }
+        backoff = (backoff * 2).min(MAX_RETRY);
+    }
 }
 
 /// Answers one delivery the way the real agent does: a lone `instruction` or a signed

@@ -46,8 +46,14 @@ pub struct RabbitNode {
 impl RabbitNode {
     /// Starts a node whose AMQP listener is `port` and waits until it accepts connections.
     pub async fn start_on(port: u16) -> RabbitNode {
+        RabbitNode::start_configured(port, "").await
+    }
+
+    /// As [`RabbitNode::start_on`], with `conf` as its `rabbitmq.conf` (e.g. the memory
+    /// watermark of a benchmark's broker).
+    pub async fn start_configured(port: u16, conf: &str) -> RabbitNode {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("rabbitmq.conf"), "").unwrap();
+        std::fs::write(dir.path().join("rabbitmq.conf"), conf).unwrap();
         std::fs::write(dir.path().join("rabbitmq-env.conf"), "").unwrap();
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
         let node_name = format!(
@@ -155,6 +161,11 @@ impl RabbitNode {
         }
         kill_group(pid);
         let _ = server.wait();
+    }
+
+    /// The pid of the server script, whose process group holds the Erlang VM.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::id)
     }
 
     pub fn dir(&self) -> &Path {

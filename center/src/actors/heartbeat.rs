@@ -32,6 +32,22 @@ pub struct HeartbeatsReceived {
     pub received_at: u64,
 }
 
+/// The center's heartbeat intake lost the broker (at `at`, unix ms): from then on silence
+/// says nothing about the agents, so nobody goes offline for it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct IntakeLost {
+    pub at: u64,
+}
+
+/// The intake consumes again (at `at`): the time it could not hear is credited to every agent
+/// it knew, so that each has its full window again to be heard.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct IntakeBack {
+    pub at: u64,
+}
+
 /// Where can work for `address` (an agent ip or id) go, at the center's clock `now`?
 #[derive(Message)]
 #[rtype(result = "AgentLookup")]
@@ -138,6 +154,14 @@ impl PresenceView {
         agents.insert(row.id.clone(), row);
     }
 
+    /// What [`IntakeBack`] credits to every agent, for the readers of this view too.
+    fn credit(&self, deaf_since: u64, deaf_for: u64) {
+        let mut agents = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        for row in agents.values_mut() {
+            row.last_heartbeat_at = credit_deaf_time(row.last_heartbeat_at, deaf_since, deaf_for);
+        }
+    }
+
     fn clear(&self) {
         self.0
             .write()
@@ -165,6 +189,8 @@ pub struct Heartbeat {
     flush_failing: bool,
     lags_ms: VecDeque<u64>,
     presence: PresenceView,
+    /// Since when the intake cannot hear (its consumer lost the broker), if it cannot.
+    deaf_since: Option<u64>,
 }
 
 impl Heartbeat {
@@ -180,6 +206,7 @@ impl Heartbeat {
             flush_failing: false,
             lags_ms: VecDeque::with_capacity(LAG_SAMPLES),
             presence: PresenceView::default(),
+            deaf_since: None,
         }
     }
 
@@ -216,7 +243,7 @@ impl Heartbeat {
             entry.last_seen,
             entry.last.interval_ms,
             self.offline_after_missed_beats,
-            now,
+            judged_at(self.deaf_since, now),
         )
     }
 
@@ -347,6 +374,35 @@ impl Handler<HeartbeatsReceived> for Heartbeat {
     }
 }
 
+impl Handler<IntakeLost> for Heartbeat {
+    type Result = ();
+
+    fn handle(&mut self, msg: IntakeLost, _: &mut Context<Self>) {
+        if self.deaf_since.is_none() {
+            log::warn!("heartbeat: intake lost the broker; agents are not judged until it is back");
+            self.deaf_since = Some(msg.at);
+        }
+    }
+}
+
+impl Handler<IntakeBack> for Heartbeat {
+    type Result = ();
+
+    fn handle(&mut self, msg: IntakeBack, _: &mut Context<Self>) {
+        let Some(since) = self.deaf_since.take() else {
+            return;
+        };
+        let deaf_for = msg.at.saturating_sub(since);
+        log::info!(
+            "heartbeat: intake back after {deaf_for} ms; that time is credited to every agent"
+        );
+        for entry in self.agents.values_mut() {
+            entry.last_seen = credit_deaf_time(entry.last_seen, since, deaf_for);
+        }
+        self.presence.credit(since, deaf_for);
+    }
+}
+
 impl Handler<Flushed> for Heartbeat {
     type Result = ();
 
@@ -447,6 +503,20 @@ fn heartbeat_of_row(row: &AgentRow) -> HeartbeatMessage {
         interval_ms: row.interval_ms,
         packages: BTreeMap::new(),
         labels: row.labels.clone(),
+    }
+}
+
+/// The instant an agent is judged at: `now`, or the instant the intake went deaf while it is.
+fn judged_at(deaf_since: Option<u64>, now: u64) -> u64 {
+    deaf_since.map_or(now, |since| now.min(since))
+}
+
+/// `last_seen` moved on by the time the intake could not hear, when it was seen before then.
+fn credit_deaf_time(last_seen: u64, deaf_since: u64, deaf_for: u64) -> u64 {
+    if last_seen <= deaf_since {
+        last_seen.saturating_add(deaf_for)
+    } else {
+        last_seen
     }
 }
 
@@ -620,5 +690,44 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(lookup, AgentLookup::Online { .. }), "{lookup:?}");
+    }
+
+    #[test]
+    fn deaf_time_neither_judges_nor_counts() {
+        assert_eq!(judged_at(None, 5_000), 5_000);
+        assert_eq!(judged_at(Some(3_000), 5_000), 3_000);
+        assert_eq!(judged_at(Some(6_000), 5_000), 5_000);
+        assert_eq!(credit_deaf_time(1_000, 3_000, 60_000), 61_000);
+        assert_eq!(credit_deaf_time(4_000, 3_000, 60_000), 4_000);
+    }
+
+    #[actix_rt::test]
+    async fn a_broker_outage_marks_nobody_offline() {
+        let addr = Heartbeat::new(3).start();
+        addr.send(HeartbeatsReceived {
+            heartbeats: vec![beat("a1", 100, 1_000)],
+            received_at: 1_000,
+        })
+        .await
+        .unwrap();
+        addr.send(IntakeLost { at: 1_200 }).await.unwrap();
+        let online_at = |now: u64| {
+            let addr = addr.clone();
+            async move {
+                matches!(
+                    addr.send(LookupAgent {
+                        address: "a1".into(),
+                        now,
+                    })
+                    .await
+                    .unwrap(),
+                    AgentLookup::Online { .. }
+                )
+            }
+        };
+        assert!(online_at(60_000).await, "deaf: silence says nothing");
+        addr.send(IntakeBack { at: 61_200 }).await.unwrap();
+        assert!(online_at(61_250).await, "back: the window starts again");
+        assert!(!online_at(61_400).await, "and runs out as usual");
     }
 }

@@ -10,7 +10,9 @@
 use super::app_store::{AgentReported, AppRegistry, AppStore};
 use super::batch::BatchRunner;
 use super::cron::Cron;
-use super::heartbeat::{is_online, Heartbeat, HeartbeatsReceived, PresenceView};
+use super::heartbeat::{
+    is_online, Heartbeat, HeartbeatsReceived, IntakeBack, IntakeLost, PresenceView,
+};
 use super::inventory::{Inventory, InventoryLabels};
 use super::scheduler::{ReplyQueueLost, ReplyReceived, Scheduler};
 use super::task_queue::{DispatchReady, ResultsReceived, TaskQueue};
@@ -236,6 +238,7 @@ impl Root {
         });
 
         let agent_accounts = config.bus.agent_accounts;
+        actix_rt::spawn(follow_intake(heartbeats.connected(), heartbeat.clone()));
         actix_rt::spawn(feed_heartbeats(
             heartbeats,
             heartbeat.clone(),
@@ -310,6 +313,22 @@ async fn feed_heartbeats(
         });
         // Acks need no answer: the next batch need not wait for them.
         actix_rt::spawn(ack_all(deliveries));
+    }
+}
+
+/// Tells Heartbeat when its intake loses the broker and when it is back, so that a broker
+/// restart, which silences every agent at once, marks none of them offline.
+async fn follow_intake(
+    mut connected: tokio::sync::watch::Receiver<bool>,
+    heartbeat: Addr<Heartbeat>,
+) {
+    while connected.changed().await.is_ok() {
+        let at = now_unix_ms();
+        if *connected.borrow_and_update() {
+            heartbeat.do_send(IntakeBack { at });
+        } else {
+            heartbeat.do_send(IntakeLost { at });
+        }
     }
 }
 

@@ -191,21 +191,36 @@ pub fn jittered(backoff: std::time::Duration) -> std::time::Duration {
 pub struct Consumer {
     receiver: mpsc::Receiver<Delivery>,
     losses: tokio::sync::watch::Receiver<u64>,
+    connected: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Consumer {
+    /// A consumer that is always connected (the in-process bus).
     pub(crate) fn new(receiver: mpsc::Receiver<Delivery>) -> Self {
-        // The in-process bus never loses a consumer: a sender nobody bumps.
-        let (keep, losses) = tokio::sync::watch::channel(0);
-        std::mem::forget(keep);
-        Consumer { receiver, losses }
+        // The in-process bus never loses a consumer: senders nobody changes.
+        let (keep_losses, losses) = tokio::sync::watch::channel(0);
+        let (keep_link, connected) = tokio::sync::watch::channel(true);
+        std::mem::forget(keep_losses);
+        std::mem::forget(keep_link);
+        Consumer {
+            receiver,
+            losses,
+            connected,
+        }
     }
 
-    pub(crate) fn with_losses(
+    /// A consumer whose lost links `losses` counts and whose connection to the broker
+    /// `connected` follows.
+    pub(crate) fn with_link(
         receiver: mpsc::Receiver<Delivery>,
         losses: tokio::sync::watch::Receiver<u64>,
+        connected: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
-        Consumer { receiver, losses }
+        Consumer {
+            receiver,
+            losses,
+            connected,
+        }
     }
 
     /// Counts the times this consumer lost its broker connection or channel (it then consumes
@@ -214,6 +229,13 @@ impl Consumer {
     /// they may never come.
     pub fn losses(&self) -> tokio::sync::watch::Receiver<u64> {
         self.losses.clone()
+    }
+
+    /// Whether the consumer is attached to its queue now: false from the moment its broker
+    /// connection is lost until it consumes again. A center uses it to tell "the agents went
+    /// quiet" from "I cannot hear them".
+    pub fn connected(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.connected.clone()
     }
 
     /// The next delivery; `None` only when the bus itself was dropped.

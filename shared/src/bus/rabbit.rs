@@ -24,6 +24,8 @@ use tokio::sync::{mpsc, Mutex};
 /// How long [`RabbitBus::close`] keeps the runtime up for lapin's I/O thread after Close-Ok.
 const IO_THREAD_WIND_DOWN: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long opening a connection (TCP, AMQP handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// AMQP `delivery_mode` values.
 const DELIVERY_TRANSIENT: u8 = 1;
@@ -99,9 +101,19 @@ impl Inner {
         let properties = ConnectionProperties::default()
             .with_executor(tokio_executor_trait::Tokio::current())
             .with_reactor(tokio_reactor_trait::Tokio);
-        let connection = Connection::connect(&self.url, properties)
-            .await
-            .map_err(unavailable)?;
+        // A broker taking thousands of connections at once resets some during the handshake,
+        // and lapin's connect can then wait for ever, holding this lock: every consumer and
+        // publisher of the bus would wait with it.
+        let connection =
+            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.url, properties))
+                .await
+                .map_err(|_| {
+                    BusError::Unavailable(format!(
+                        "no connection to the broker within {} s",
+                        CONNECT_TIMEOUT.as_secs()
+                    ))
+                })?
+                .map_err(unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -370,6 +382,7 @@ impl Bus for RabbitBus {
         let first = self.inner.open_consumer(&spec, prefetch).await?;
         let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
         let (losses, losses_seen) = tokio::sync::watch::channel(0u64);
+        let (link_up, connected) = tokio::sync::watch::channel(true);
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let mut current = Some(first);
@@ -398,10 +411,12 @@ impl Bus for RabbitBus {
                             _ if inner.is_closed() => return,
                             Some(Err(err)) => {
                                 log::warn!("bus: consumer of {} lost: {err}", spec.name);
+                                let _ = link_up.send(false);
                                 break;
                             }
                             None => {
                                 log::warn!("bus: consumer of {} ended", spec.name);
+                                let _ = link_up.send(false);
                                 break;
                             }
                         }
@@ -416,13 +431,14 @@ impl Bus for RabbitBus {
                 match inner.open_consumer(&spec, prefetch).await {
                     Ok(opened) => {
                         log::info!("bus: consuming {} again", spec.name);
+                        let _ = link_up.send(true);
                         current = Some(opened);
                     }
                     Err(err) => log::warn!("bus: cannot consume {} yet: {err}", spec.name),
                 }
             }
         });
-        Ok(Consumer::with_losses(receiver, losses_seen))
+        Ok(Consumer::with_link(receiver, losses_seen, connected))
     }
 
     async fn close(&self) {
