@@ -16,12 +16,19 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `/healthz`'s status and body. A kept-alive connection the server closed just as it was
+/// reused fails the request before it is sent (hyper's `IncompleteMessage`): asked again on a
+/// fresh one, a bounded number of times.
 async fn get_healthz(http: &reqwest::Client, base_url: &str) -> (u16, Value) {
-    let response = http
-        .get(format!("{base_url}/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let mut attempts = 0;
+    let response = loop {
+        attempts += 1;
+        match http.get(format!("{base_url}/healthz")).send().await {
+            Ok(response) => break response,
+            Err(err) if attempts < 3 && err.is_request() => continue,
+            Err(err) => panic!("healthz: {err}"),
+        }
+    };
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }

@@ -135,6 +135,9 @@ pub struct TestEnv {
     pub public_key_hex: String,
     /// A center running as a child process (the durability tests), instead of `center`.
     pub child_center: Option<std::process::Child>,
+    /// The database the center was configured with (`database` unless a test moved it, e.g.
+    /// to a private PostgreSQL cluster).
+    pub center_database_url: String,
     /// Dropped after the center (field order): the database outlives its users.
     pub database: elves_center::store::testing::TestDatabase,
 }
@@ -169,6 +172,7 @@ impl TestEnv {
         };
         let mut config = center_config(dir.path(), &kind, &namespace, &database.url);
         configure(&mut config);
+        let center_database_url = config.database.url.clone();
         let center = start_center(config, bus.clone()).await;
         let base_url = format!("http://{}", center.http_addr);
         let (key_id, public_key_hex) = (center.key_id.clone(), center.public_key_hex.clone());
@@ -185,6 +189,7 @@ impl TestEnv {
             key_id,
             public_key_hex,
             child_center: None,
+            center_database_url,
             database,
         }
     }
@@ -227,6 +232,7 @@ impl TestEnv {
             key_id: signer.key_id().to_string(),
             public_key_hex: signer.public_key_hex(),
             child_center: None,
+            center_database_url: database.url.clone(),
             database,
         };
         env.start_child_center().await;
@@ -409,7 +415,7 @@ impl TestEnv {
             || async { self.is_online(id).await },
         )
         .await;
-        let store = elves_center::store::Store::open(&self.database.url).unwrap();
+        let store = elves_center::store::Store::open(&self.center_database_url).unwrap();
         wait_until(
             &format!("agent {id}'s row written"),
             Duration::from_secs(20),

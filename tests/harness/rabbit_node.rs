@@ -52,8 +52,17 @@ impl RabbitNode {
     /// As [`RabbitNode::start_on`], with `conf` as its `rabbitmq.conf` (e.g. the memory
     /// watermark of a benchmark's broker).
     pub async fn start_configured(port: u16, conf: &str) -> RabbitNode {
+        RabbitNode::start_with_advanced(port, conf, "").await
+    }
+
+    /// As [`RabbitNode::start_configured`], with `advanced` as its `advanced.config` (Erlang
+    /// terms, for settings `rabbitmq.conf` has no key for).
+    pub async fn start_with_advanced(port: u16, conf: &str, advanced: &str) -> RabbitNode {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("rabbitmq.conf"), conf).unwrap();
+        if !advanced.is_empty() {
+            std::fs::write(dir.path().join("advanced.config"), advanced).unwrap();
+        }
         std::fs::write(dir.path().join("rabbitmq-env.conf"), "").unwrap();
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
         let node_name = format!(
