@@ -4,7 +4,7 @@
 //! screenshot under `target/ui-screenshots/`.
 
 use crate::harness::browser::Browser;
-use crate::harness::{wait_until, BusKind, TestEnv, AUTH_ID, AUTH_KEY};
+use crate::harness::{wait_until, BusKind, DbKind, Setup, TestEnv, AUTH_ID, AUTH_KEY};
 use elves_center::config::AuthMode;
 use serde_json::json;
 use std::time::Duration;
@@ -32,7 +32,12 @@ async fn row_texts(browser: &Browser, css: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_walkthrough_in_a_real_browser() {
-    let mut env = TestEnv::start(BusKind::Rabbit).await;
+    // The distributed setup: RabbitMQ and PostgreSQL.
+    let mut env = TestEnv::start_with(Setup {
+        bus: BusKind::Rabbit,
+        db: DbKind::Postgres,
+    })
+    .await;
     env.start_agent("a1").await;
     env.start_agent("b2").await;
     env.wait_online("a1").await;
@@ -238,10 +243,11 @@ async fn dashboard_walkthrough_in_a_real_browser() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_admin_sees_no_admin_pages_and_a_forged_admin_post_is_refused() {
+    // The embedded setup of `elves up`: the in-process bus and SQLite.
     let env = TestEnv::start_configured(
-        crate::harness::Setup {
+        Setup {
             bus: BusKind::InProc,
-            db: crate::harness::DbKind::Sqlite,
+            db: DbKind::Sqlite,
         },
         |config| config.auth.mode = AuthMode::Supervisor,
     )

@@ -1,0 +1,3 @@
+DROP INDEX tasks_finished_idx;
+DROP INDEX tasks_agent_created_idx;
+DROP INDEX tasks_created_idx;
