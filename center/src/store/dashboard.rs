@@ -265,6 +265,47 @@ impl Store {
     }
 }
 
+#[cfg(feature = "testing")]
+impl Store {
+    /// Fills the tasks table with `count` settled RT tasks for the dashboard's benchmark, in one
+    /// statement: one created every second back from `now`, spread over `agents` agents
+    /// (`bench-agent-<n>`) and five apps, one in ten failed. Never in a production build.
+    pub fn fill_bench_tasks(&self, count: u64, agents: u64, now: u64) -> Result<(), StoreError> {
+        use super::connection::DbConnection;
+        let (count, agents, now) = (count as i64, agents.max(1) as i64, db_time(now));
+        let columns = "id, queue_id, task_type, agent, app, func, param, timeout_s, proxy, mode, \
+             depend_task_id, status, flag, error, worker_flag, worker_message, worker_costtime, \
+             dispatched_by, dispatched_at, deadline, created_at, finished_at";
+        let values = format!(
+            "NULL, 'rt', 'bench-agent-' || (g % {agents}), 'app' || (g % 5), 'f', '{{}}', 30, '', \
+             'NP', NULL, 'finish', 'true', '', CASE WHEN g % 10 = 0 THEN 0 ELSE 1 END, 'done', 5, \
+             'bench', {now} - g * 1000, {now} - g * 1000 + 30000, {now} - g * 1000, \
+             {now} - g * 1000 + 5"
+        );
+        match &mut *self.conn()? {
+            DbConnection::Pg(pg) => {
+                diesel::sql_query(format!(
+                    "INSERT INTO tasks ({columns}) SELECT lpad(to_hex(g), 16, '0'), {values} \
+                     FROM generate_series(1, {count}) AS g"
+                ))
+                .execute(pg)?;
+                // What autovacuum does soon after a bulk load in production: planner statistics.
+                diesel::sql_query("ANALYZE tasks").execute(pg)?;
+                diesel::sql_query("ANALYZE agents").execute(pg)?;
+            }
+            DbConnection::Sqlite(sqlite) => {
+                diesel::sql_query(format!(
+                    "WITH RECURSIVE seq(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM seq \
+                     WHERE g < {count}) INSERT INTO tasks ({columns}) \
+                     SELECT printf('%016x', g), {values} FROM seq"
+                ))
+                .execute(sqlite)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::contains_pattern;
