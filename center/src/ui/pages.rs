@@ -404,7 +404,7 @@ pub async fn agents(req: HttpRequest, state: State, ui: Ui) -> HttpResponse {
         );
     } else {
         body.push_str(
-            "<div class=\"table-wrap\"><table id=\"agents\"><thead><tr><th>Agent</th><th>Ip</th>\
+            "<div class=\"table-wrap\"><table id=\"agents\"><thead><tr><th>Agent</th><th class=\"hide-narrow\">Ip</th>\
              <th>State</th><th>Last heartbeat</th><th>Last successful task</th>\
              <th class=\"hide-narrow\">Apps</th><th class=\"hide-narrow\">Labels</th></tr></thead><tbody>",
         );
@@ -429,7 +429,7 @@ pub async fn agents(req: HttpRequest, state: State, ui: Ui) -> HttpResponse {
             };
             let _ = write!(
                 body,
-                "<tr><td class=\"mono\"><a href=\"/ui/agents/{id}\">{id}</a></td><td class=\"mono\">{}</td>\
+                "<tr><td class=\"mono\"><a href=\"/ui/agents/{id}\">{id}</a></td><td class=\"mono hide-narrow\">{}</td>\
                  <td>{}</td><td>{}<br><span class=\"muted\">{}</span></td><td>{last_ok}</td>\
                  <td class=\"hide-narrow\">{}</td><td class=\"hide-narrow\">{}</td></tr>",
                 esc(&agent.ip),
