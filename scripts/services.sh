@@ -37,3 +37,14 @@ if command -v pg_ctlcluster >/dev/null 2>&1 && [[ -d /etc/postgresql ]]; then
   fi
   wait_for postgresql 60 port_open 5432
 fi
+
+# The dashboard's browser tests drive Debian's headless chromium through chromedriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "services: installing chromium and chromium-driver"
+    apt-get install -y chromium chromium-driver >/dev/null \
+      || { apt-get update >/dev/null && apt-get install -y chromium chromium-driver >/dev/null; }
+  else
+    echo "services: chromium and chromedriver are missing and apt-get is not here" >&2
+  fi
+fi

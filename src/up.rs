@@ -102,6 +102,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
 
     println!("elves is up");
     println!("  api:      {url}/api/v2/…   (health: {url}/healthz, metrics: {url}/metrics)");
+    println!("  web:      {url}/ui/   (sign in with the auth_id and auth_key below)");
     println!("  auth_id:  admin");
     println!("  auth_key: {auth_key}");
     println!(

@@ -19,5 +19,6 @@ mod harness;
 mod queue;
 mod queue_batch;
 mod rt;
+mod ui;
 mod up;
 mod validation_order;

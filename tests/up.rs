@@ -103,6 +103,42 @@ async fn elves_up_serves_the_call_it_prints() {
     assert_eq!(answer["flag"], "true", "{answer}");
     assert_eq!(answer["result"]["worker_flag"], "1", "{answer}");
 
+    // The printed dashboard URL serves the sign-in page, and the printed key signs in.
+    let web = printed
+        .iter()
+        .find_map(|line| line.strip_prefix("  web:      "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no web line in {printed:#?}"))
+        .to_string();
+    let auth_key = printed
+        .iter()
+        .find_map(|line| line.strip_prefix("  auth_key: "))
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sign_in_page = http.get(format!("{web}login")).send().await.unwrap();
+    assert_eq!(sign_in_page.status(), 200);
+    assert!(sign_in_page
+        .text()
+        .await
+        .unwrap()
+        .contains("Sign in to elves"));
+    let signed_in = http
+        .post(format!("{web}login"))
+        .form(&[("auth_id", "admin"), ("auth_key", auth_key.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    assert_eq!(signed_in.headers()["location"], "/ui/");
+    assert!(signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("HttpOnly"));
+
     // ctrl-c stops it cleanly.
     let pid = libc::pid_t::try_from(up.0.id()).unwrap();
     // SAFETY: kill(2) with a pid we own and a valid signal number.

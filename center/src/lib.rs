@@ -14,6 +14,7 @@ pub mod error;
 pub mod metrics;
 pub mod store;
 pub mod submit;
+pub mod ui;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
@@ -402,11 +403,14 @@ impl Center {
             bus: self.bus.clone(),
         });
         actix_rt::spawn(submit::consume_submissions(submissions, state.clone()));
+        let dashboard = web::Data::new(ui::Dashboard::new(&self.signer));
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(api::envelope_errors())
                 .app_data(state.clone())
+                .app_data(dashboard.clone())
                 .configure(api::configure)
+                .configure(ui::configure)
         })
         .workers(workers)
         .worker_max_blocking_threads(MAX_BLOCKING_THREADS)
@@ -499,6 +503,7 @@ pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
     let center = start_with(config, listener, bus, BusOwnership::Owned)?;
     eprintln!("elves-center: listening on http://{}", center.http_addr);
+    eprintln!("elves-center: dashboard at http://{}/ui/", center.http_addr);
     eprintln!(
         "elves-center: instruction key {} {}",
         center.key_id, center.public_key_hex

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // not every test module uses every helper
 
+pub mod browser;
 pub mod rabbit_node;
 
 use elves_agent::{AgentConfig, AgentStats};

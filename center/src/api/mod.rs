@@ -12,7 +12,7 @@ mod info_apps;
 pub mod ops;
 pub mod queue;
 pub mod request;
-mod rt;
+pub(crate) mod rt;
 
 use crate::actors::root::Children;
 use crate::config::CenterConfig;

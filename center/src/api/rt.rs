@@ -36,7 +36,10 @@ async fn run(
     outcome
 }
 
-async fn run_authenticated(call: &V2Call, state: &ApiState) -> Result<serde_json::Value, ApiError> {
+pub(crate) async fn run_authenticated(
+    call: &V2Call,
+    state: &ApiState,
+) -> Result<serde_json::Value, ApiError> {
     let params = &call.params;
     // Validation order follows the error-code table: 403.1 ip, 403.2 param, 403.3 app, 403.4 mode,
     // 403.7 func, 403.8 timeout.

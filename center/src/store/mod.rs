@@ -54,6 +54,7 @@ mod batches;
 pub mod blocking;
 mod connection;
 mod crons;
+mod dashboard;
 mod dispatch;
 mod models;
 mod queues;
@@ -72,6 +73,7 @@ pub use connection::Backend;
 pub use crons::{
     ClaimOutcome, CronDefinition, CronRow, CronSource, FileCron, FiringClaim, SyncOutcome,
 };
+pub use dashboard::{AgentFilter, OutcomeCounts, Page, TaskFilter};
 pub use dispatch::DEADLINE_MESSAGE;
 pub use models::{
     AgentRow, AuditEntry, AuditRow, Dispatch, NewTask, QueueRow, QueueStatus, TaskRow, TaskStatus,

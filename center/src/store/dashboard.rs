@@ -1,0 +1,318 @@
+//! The dashboard's reads: filtered, paged lists of agents, tasks and the audit log, and the
+//! overview's counts. Every list is filtered and paged here, in the database, so that a page
+//! costs the same with ten rows or a million.
+
+use super::models::{db_time, unix_ms, AgentRecord, AuditRecord, TaskRecord};
+use super::schema::{agents, audit_log, tasks};
+use super::{AgentRow, AuditRow, Store, StoreError, TaskRow};
+use diesel::prelude::*;
+
+/// What the agents page filters on; empty strings filter nothing.
+#[derive(Debug, Clone, Default)]
+pub struct AgentFilter {
+    /// Part of the agent id or of its ip.
+    pub text: String,
+    /// Part of a label, as `key` or `key":"value` text of the stored JSON.
+    pub label: String,
+    /// An installed app's name.
+    pub app: String,
+    pub online: Option<bool>,
+    /// Only these agent ids (what a non-admin auth id may use); `None`: every agent.
+    pub only_ids: Option<Vec<String>>,
+}
+
+/// What the tasks page filters on; empty strings filter nothing.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub app: String,
+    pub func: String,
+    pub agent: String,
+    /// A stored status (`pendding`, `execing`, `finish`, `stoped`, `skipped`).
+    pub status: String,
+    /// `rt`, `queue` or `cron`.
+    pub task_type: String,
+    /// `ok` (worker_flag 1) or `failed` (settled with another flag).
+    pub outcome: String,
+    /// Created at or after (unix ms).
+    pub since: Option<u64>,
+    /// Created before (unix ms).
+    pub until: Option<u64>,
+    /// Only tasks of these apps (those a non-admin auth id holds); `None`: every app.
+    pub only_apps: Option<Vec<String>>,
+}
+
+/// One page of a list and whether another follows.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub rows: Vec<T>,
+    pub has_more: bool,
+}
+
+/// Settled tasks of the overview's window, by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutcomeCounts {
+    pub ok: u64,
+    pub failed: u64,
+}
+
+/// `%text%` for LIKE, with LIKE's own wildcards taken literally.
+fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+fn page_bounds(offset: u64, limit: u64) -> (i64, i64) {
+    (
+        i64::try_from(offset).unwrap_or(i64::MAX),
+        // One more than asked tells whether another page follows.
+        i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX),
+    )
+}
+
+fn into_page<T>(mut rows: Vec<T>, limit: u64) -> Page<T> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let has_more = rows.len() > limit;
+    rows.truncate(limit);
+    Page { rows, has_more }
+}
+
+impl Store {
+    /// A page of agents by id. Online means a heartbeat within `missed_beats` intervals of
+    /// `now`, the rule the heartbeat registry applies.
+    pub fn dashboard_agents(
+        &self,
+        filter: &AgentFilter,
+        now: u64,
+        missed_beats: u64,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Page<AgentRow>, StoreError> {
+        let mut query = agents::table.into_boxed();
+        if !filter.text.is_empty() {
+            let pattern = contains_pattern(&filter.text);
+            query = query.filter(
+                agents::id
+                    .like(pattern.clone())
+                    .escape('\\')
+                    .or(agents::ip.like(pattern).escape('\\')),
+            );
+        }
+        if !filter.label.is_empty() {
+            query = query.filter(
+                agents::labels
+                    .like(contains_pattern(&filter.label))
+                    .escape('\\'),
+            );
+        }
+        if !filter.app.is_empty() {
+            // The stored JSON object has the app's name as a quoted key.
+            let key = format!("\"{}\":", filter.app);
+            query = query.filter(agents::apps.like(contains_pattern(&key)).escape('\\'));
+        }
+        if let Some(ids) = &filter.only_ids {
+            query = query.filter(agents::id.eq_any(ids.clone()));
+        }
+        let missed = i64::try_from(missed_beats).unwrap_or(i64::MAX);
+        let fresh = (agents::last_heartbeat_at + agents::interval_ms * missed).ge(db_time(now));
+        match filter.online {
+            Some(true) => query = query.filter(fresh),
+            Some(false) => query = query.filter(diesel::dsl::not(fresh)),
+            None => {}
+        }
+        let (offset, limit_plus_one) = page_bounds(offset, limit);
+        let records = query
+            .order(agents::id)
+            .offset(offset)
+            .limit(limit_plus_one)
+            .select(AgentRecord::as_select())
+            .load(&mut *self.conn()?)?;
+        let rows = records
+            .into_iter()
+            .map(AgentRow::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(into_page(rows, limit))
+    }
+
+    /// How many agents are known, and how many of them are online at `now`.
+    pub fn dashboard_agent_counts(
+        &self,
+        now: u64,
+        missed_beats: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        let mut conn = self.conn()?;
+        let total: i64 = agents::table.count().get_result(&mut *conn)?;
+        let missed = i64::try_from(missed_beats).unwrap_or(i64::MAX);
+        let online: i64 = agents::table
+            .filter((agents::last_heartbeat_at + agents::interval_ms * missed).ge(db_time(now)))
+            .count()
+            .get_result(&mut *conn)?;
+        Ok((unix_ms(total), unix_ms(online)))
+    }
+
+    /// A page of tasks, newest first.
+    pub fn dashboard_tasks(
+        &self,
+        filter: &TaskFilter,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Page<TaskRow>, StoreError> {
+        let mut query = tasks::table.into_boxed();
+        if !filter.app.is_empty() {
+            query = query.filter(tasks::app.eq(filter.app.clone()));
+        }
+        if let Some(apps) = &filter.only_apps {
+            query = query.filter(tasks::app.eq_any(apps.clone()));
+        }
+        if !filter.func.is_empty() {
+            query = query.filter(tasks::func.eq(filter.func.clone()));
+        }
+        if !filter.agent.is_empty() {
+            query = query.filter(tasks::agent.eq(filter.agent.clone()));
+        }
+        if !filter.status.is_empty() {
+            query = query.filter(tasks::status.eq(filter.status.clone()));
+        }
+        if !filter.task_type.is_empty() {
+            query = query.filter(tasks::task_type.eq(filter.task_type.clone()));
+        }
+        match filter.outcome.as_str() {
+            "ok" => query = query.filter(tasks::worker_flag.eq(1)),
+            "failed" => query = query.filter(tasks::worker_flag.ne(1)),
+            _ => {}
+        }
+        if let Some(since) = filter.since {
+            query = query.filter(tasks::created_at.ge(db_time(since)));
+        }
+        if let Some(until) = filter.until {
+            query = query.filter(tasks::created_at.lt(db_time(until)));
+        }
+        let (offset, limit_plus_one) = page_bounds(offset, limit);
+        let records = query
+            .order((tasks::created_at.desc(), tasks::id.desc()))
+            .offset(offset)
+            .limit(limit_plus_one)
+            .select(TaskRecord::as_select())
+            .load(&mut *self.conn()?)?;
+        let rows = records
+            .into_iter()
+            .map(TaskRow::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(into_page(rows, limit))
+    }
+
+    /// The newest task of `agent` that ended with `worker_flag` 1: a host can look online
+    /// while every task on it fails.
+    pub fn dashboard_last_success(&self, agent: &str) -> Result<Option<TaskRow>, StoreError> {
+        let record = tasks::table
+            .filter(tasks::agent.eq(agent))
+            .filter(tasks::worker_flag.eq(1))
+            .order(tasks::created_at.desc())
+            .select(TaskRecord::as_select())
+            .first(&mut *self.conn()?)
+            .optional()?;
+        record.map(TaskRow::try_from).transpose()
+    }
+
+    /// Tasks settled at or after `since`, by outcome.
+    pub fn dashboard_outcomes_since(&self, since: u64) -> Result<OutcomeCounts, StoreError> {
+        let mut conn = self.conn()?;
+        let settled = tasks::table.filter(tasks::finished_at.ge(db_time(since)));
+        let ok: i64 = settled
+            .filter(tasks::worker_flag.eq(1))
+            .count()
+            .get_result(&mut *conn)?;
+        let failed: i64 = tasks::table
+            .filter(tasks::finished_at.ge(db_time(since)))
+            .filter(tasks::worker_flag.ne(1))
+            .count()
+            .get_result(&mut *conn)?;
+        Ok(OutcomeCounts {
+            ok: unix_ms(ok),
+            failed: unix_ms(failed),
+        })
+    }
+
+    /// A page of the audit log, newest first; `auth_id` filters when not empty.
+    pub fn dashboard_audit(
+        &self,
+        auth_id: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Page<AuditRow>, StoreError> {
+        let mut query = audit_log::table.into_boxed();
+        if !auth_id.is_empty() {
+            query = query.filter(audit_log::auth_id.eq(auth_id.to_string()));
+        }
+        let (offset, limit_plus_one) = page_bounds(offset, limit);
+        let records = query
+            .order(audit_log::id.desc())
+            .offset(offset)
+            .limit(limit_plus_one)
+            .select(AuditRecord::as_select())
+            .load(&mut *self.conn()?)?;
+        Ok(into_page(
+            records.into_iter().map(AuditRow::from).collect(),
+            limit,
+        ))
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Store {
+    /// Fills the tasks table with `count` settled RT tasks for the dashboard's benchmark, in one
+    /// statement: one created every second back from `now`, spread over `agents` agents
+    /// (`bench-agent-<n>`) and five apps, one in ten failed. Never in a production build.
+    pub fn fill_bench_tasks(&self, count: u64, agents: u64, now: u64) -> Result<(), StoreError> {
+        use super::connection::DbConnection;
+        let (count, agents, now) = (count as i64, agents.max(1) as i64, db_time(now));
+        let columns = "id, queue_id, task_type, agent, app, func, param, timeout_s, proxy, mode, \
+             depend_task_id, status, flag, error, worker_flag, worker_message, worker_costtime, \
+             dispatched_by, dispatched_at, deadline, created_at, finished_at";
+        let values = format!(
+            "NULL, 'rt', 'bench-agent-' || (g % {agents}), 'app' || (g % 5), 'f', '{{}}', 30, '', \
+             'NP', NULL, 'finish', 'true', '', CASE WHEN g % 10 = 0 THEN 0 ELSE 1 END, 'done', 5, \
+             'bench', {now} - g * 1000, {now} - g * 1000 + 30000, {now} - g * 1000, \
+             {now} - g * 1000 + 5"
+        );
+        match &mut *self.conn()? {
+            DbConnection::Pg(pg) => {
+                diesel::sql_query(format!(
+                    "INSERT INTO tasks ({columns}) SELECT lpad(to_hex(g), 16, '0'), {values} \
+                     FROM generate_series(1, {count}) AS g"
+                ))
+                .execute(pg)?;
+                // What autovacuum does soon after a bulk load in production: planner statistics.
+                diesel::sql_query("ANALYZE tasks").execute(pg)?;
+                diesel::sql_query("ANALYZE agents").execute(pg)?;
+            }
+            DbConnection::Sqlite(sqlite) => {
+                diesel::sql_query(format!(
+                    "WITH RECURSIVE seq(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM seq \
+                     WHERE g < {count}) INSERT INTO tasks ({columns}) \
+                     SELECT printf('%016x', g), {values} FROM seq"
+                ))
+                .execute(sqlite)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_pattern;
+
+    #[test]
+    fn like_wildcards_in_a_filter_are_taken_literally() {
+        assert_eq!(contains_pattern("a_b%c"), "%a\\_b\\%c%");
+        assert_eq!(contains_pattern(""), "%%");
+    }
+}
