@@ -14,6 +14,7 @@ mod durability;
 mod env_vars;
 mod faults;
 mod harness;
+mod output;
 mod queue;
 mod queue_batch;
 mod rt;

@@ -38,6 +38,7 @@ pub enum ApiError {
     StopFailed(String),
     DependencyNotFound(String),
     AgentNotFound(String),
+    TaskNotFound(String),
     Internal(String),
     /// Another error about one part of a request (an element of a batch): same code, the
     /// message prefixed with where, e.g. `tasks[17]: `.
@@ -80,6 +81,7 @@ impl ApiError {
             ApiError::StopFailed(_) => "412.3",
             ApiError::DependencyNotFound(_) => "412.4",
             ApiError::AgentNotFound(_) => "414.1",
+            ApiError::TaskNotFound(_) => "417.1",
             ApiError::Internal(_) => "500",
             ApiError::Within { error, .. } => error.code(),
         }
@@ -125,6 +127,7 @@ impl ApiError {
             | ApiError::DependencyNotFound(why) => why.clone(),
             ApiError::QueueNotFound(queue_id) => format!("queue {queue_id} not found"),
             ApiError::AgentNotFound(agent) => format!("unknown agent {agent}"),
+            ApiError::TaskNotFound(task) => format!("task {task} not found"),
             ApiError::Internal(why) => format!("internal error: {why}"),
             ApiError::Within { place, error } => format!("{place}: {}", error.message()),
         }

@@ -3,6 +3,7 @@
 pub mod app_store;
 pub mod cron;
 pub mod heartbeat;
+pub mod output;
 pub mod root;
 pub mod scheduler;
 pub mod task_queue;

@@ -45,6 +45,8 @@ pub struct Children {
     pub task_queue: Addr<TaskQueue>,
     pub cron: Addr<Cron>,
     pub app_store: Addr<AppStore>,
+    /// Wakes this center's output followers when output was stored.
+    pub output_stored: super::output::OutputSignal,
     /// Apps, auth ids and bindings, read by the API for every authentication.
     pub apps: AppRegistry,
 }
@@ -119,6 +121,24 @@ impl Root {
                 RESULT_PREFETCH,
             )
             .await?;
+
+        // Shared by all centers, like results: whichever center takes output stores it.
+        let outputs = bus
+            .consume(
+                QueueSpec {
+                    name: bus.queue_name("center.output"),
+                    bindings: vec![routing::CENTER_OUTPUT.to_string()],
+                    durable: true,
+                },
+                PREFETCH,
+            )
+            .await?;
+        let output_stored = super::output::OutputSignal::default();
+        let (output_store, output_config, output_signal) =
+            (store.clone(), config.output.clone(), output_stored.clone());
+        let output_keeper = Supervisor::start(move |_| {
+            super::output::OutputKeeper::new(output_store, output_config, output_signal)
+        });
 
         let missed_beats = config.heartbeat.offline_after_missed_beats;
         let heartbeat = Supervisor::start(move |_| Heartbeat::new(missed_beats));
@@ -195,6 +215,7 @@ impl Root {
         let agent_accounts = config.bus.agent_accounts;
         actix_rt::spawn(feed_replies(replies, scheduler.clone(), agent_accounts));
         actix_rt::spawn(feed_results(results, task_queue.clone(), agent_accounts));
+        actix_rt::spawn(super::output::feed(outputs, output_keeper, agent_accounts));
 
         let children = Children {
             heartbeat,
@@ -202,6 +223,7 @@ impl Root {
             task_queue,
             cron,
             app_store,
+            output_stored,
             apps,
         };
         Ok(Root { children }.start())

@@ -12,6 +12,7 @@ pub mod ops;
 pub mod queue;
 pub mod request;
 mod rt;
+mod task;
 
 use crate::actors::root::Children;
 use crate::config::CenterConfig;
@@ -59,6 +60,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     apps::routes(cfg);
     auth_ids::routes(cfg);
     info_apps::routes(cfg);
+    task::routes(cfg);
     cfg.route("/api/v2/rt/exec", web::route().to(rt::exec))
         .route("/api/v2/queue/create", web::route().to(queue::create))
         .route("/api/v2/queue/addtask", web::route().to(queue::add_task))

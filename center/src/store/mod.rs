@@ -53,6 +53,7 @@ mod connection;
 mod crons;
 mod dispatch;
 mod models;
+mod output;
 mod queues;
 mod schema;
 mod submit_replies;
@@ -71,6 +72,7 @@ pub use dispatch::DEADLINE_MESSAGE;
 pub use models::{
     AgentRow, AuditEntry, AuditRow, Dispatch, NewTask, QueueRow, QueueStatus, TaskRow, TaskStatus,
 };
+pub use output::{OutputBounds, OutputRead};
 pub use submit_replies::ReplyAddress;
 
 use connection::{Manager, SqlitePragmas, Target};

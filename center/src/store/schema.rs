@@ -166,3 +166,17 @@ diesel::table! {
 
 diesel::joinable!(submit_replies -> tasks (task_id));
 diesel::allow_tables_to_appear_in_same_query!(submit_replies, tasks);
+
+diesel::table! {
+    task_output (task_id, stream, byte_offset) {
+        task_id -> Text,
+        stream -> Text,
+        byte_offset -> BigInt,
+        byte_end -> BigInt,
+        prev_end -> BigInt,
+        data -> Binary,
+        eof -> Bool,
+        dropped -> BigInt,
+        stored_at -> BigInt,
+    }
+}
