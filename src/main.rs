@@ -7,6 +7,7 @@ mod call;
 mod client;
 mod cron;
 mod queue;
+mod tail;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,8 @@ enum Command {
     Cron(cron::CronArgs),
     /// Queues from a TOML or JSON file of tasks: `elves queue create|add|commit|watch|run`.
     Queue(queue::QueueArgs),
+    /// A task's live output until it ends: `elves tail <task_id> [--stream stderr]`.
+    Tail(tail::TailArgs),
 }
 
 fn main() {
@@ -57,6 +60,7 @@ fn main() {
         Command::Auth(args) => app::run_auth(args),
         Command::Cron(args) => cron::run(args),
         Command::Queue(args) => queue::run(args),
+        Command::Tail(args) => tail::run(args),
         Command::Center { config } => elves_center::run_until_signal(&config),
         Command::Agent { config } => elves_agent::service::run_until_signal(&config),
     };

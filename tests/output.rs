@@ -412,3 +412,48 @@ async fn unknown_tasks_and_bad_parameters_are_refused(kind: BusKind) {
         assert_eq!(error_code(&answer), "403.8", "wait_s={wait_s}: {answer}");
     }
 }
+
+/// `elves tail` and `elves call rt/exec … --follow` show the output as the center has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_tails_a_task_and_follows_an_rt_call() {
+    let mut env = TestEnv::start(BusKind::InProc).await;
+    env.start_agent("a1").await;
+    let task_id = start_ticks(&env, 10).await;
+    let elves = |args: Vec<String>| {
+        let url = env.base_url.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_elves"))
+                .args(args)
+                .env("ELVES_URL", url)
+                .env("ELVES_AUTH_ID", AUTH_ID)
+                .env("ELVES_AUTH_KEY", AUTH_KEY)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        })
+    };
+    let tailed = elves(vec!["tail".into(), task_id.clone()]).await.unwrap();
+    assert!(tailed.status.success(), "{tailed:?}");
+    assert_eq!(String::from_utf8(tailed.stdout).unwrap(), ticks_text(10));
+    let summary = String::from_utf8(tailed.stderr).unwrap();
+    assert!(summary.contains("finished: worker_flag 1"), "{summary}");
+
+    let followed = elves(vec![
+        "call".into(),
+        "rt/exec".into(),
+        "ip=ip-a1".into(),
+        "app=elvestest".into(),
+        "func=ticks".into(),
+        r#"param={"n":"15"}"#.into(),
+        "--follow".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(followed.status.success(), "{followed:?}");
+    let stdout = String::from_utf8(followed.stdout).unwrap();
+    let (output, result) = stdout.split_at(ticks_text(15).len());
+    assert_eq!(output, ticks_text(15));
+    let result: Value = serde_json::from_str(result).unwrap();
+    assert_eq!(result["worker_message"], "ticked 15");
+    assert_eq!(result["state"], "finished");
+}
