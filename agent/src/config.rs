@@ -129,6 +129,9 @@ pub struct ExecConfig {
     /// the first half and the last half of what the worker wrote.
     #[serde(default = "default_output_cap")]
     pub output_cap: u64,
+    /// Whether running workers' output goes to the center as it comes (SPEC §12).
+    #[serde(default = "default_output_live")]
+    pub output_live: bool,
     /// How often running workers' output is sent (one message for all of them).
     #[serde(default = "default_output_interval_ms")]
     pub output_interval_ms: u64,
@@ -136,6 +139,10 @@ pub struct ExecConfig {
 
 fn default_output_cap() -> u64 {
     4 * 1024 * 1024
+}
+
+fn default_output_live() -> bool {
+    true
 }
 
 fn default_output_interval_ms() -> u64 {
@@ -221,6 +228,7 @@ impl Default for ExecConfig {
             stdout_cap: default_stdout_cap(),
             stderr_cap: default_stderr_cap(),
             output_cap: default_output_cap(),
+            output_live: default_output_live(),
             output_interval_ms: default_output_interval_ms(),
         }
     }

@@ -111,13 +111,15 @@ pub async fn run(
         interval: Duration::from_millis(config.exec.output_interval_ms),
         ..OutputConfig::default()
     });
-    let runner = WorkerRunner::new(
+    let mut runner = WorkerRunner::new(
         config.apps_dir.clone(),
         interpreters,
         exec_limits(&config),
         config.max_concurrent,
-    )
-    .with_output(output.clone());
+    );
+    if config.exec.output_live {
+        runner = runner.with_output(output.clone());
+    }
     let spool_dir = config.spool_dir.clone();
     let spool = tokio::task::spawn_blocking(move || Spool::open(&spool_dir))
         .await
