@@ -7,9 +7,10 @@
 //! the end of what is stored for its stream (a duplicate, an overlap) is ignored, so what is
 //! stored never overlaps and reads need no deduplication.
 //!
-//! Readers get bytes from an offset; where bytes are missing for good (dropped by the agent,
-//! pruned here) they get the marker line instead and the offset moves past them. Missing bytes
-//! that may still come (a chunk not stored yet) end the read there.
+//! Readers get bytes from an offset; where bytes are missing (dropped by the agent, pruned
+//! here, or arrived out of order and refused) they get the marker line instead and the offset
+//! moves past them. A gap between stored rows is always final: rows are only appended, so
+//! nothing can be stored into it later.
 
 use super::connection::{DbConnection, Durability};
 use super::models::{db_time, unix_ms};
@@ -59,7 +60,6 @@ struct NewChunk<'a> {
 struct ChunkRow {
     byte_offset: i64,
     byte_end: i64,
-    prev_end: i64,
     data: Vec<u8>,
     eof: bool,
 }
@@ -117,7 +117,6 @@ impl Store {
             .select((
                 task_output::byte_offset,
                 task_output::byte_end,
-                task_output::prev_end,
                 task_output::data,
                 task_output::eof,
             ))
@@ -131,10 +130,6 @@ impl Store {
         for row in rows {
             let (start, end) = (unix_ms(row.byte_offset), unix_ms(row.byte_end));
             if start > read.next {
-                if !(final_gaps || unix_ms(row.prev_end) <= read.next) {
-                    // Bytes before this row may still arrive.
-                    break;
-                }
                 read.data
                     .extend(dropped_marker(start - read.next).into_bytes());
                 read.truncated = true;
@@ -238,14 +233,7 @@ fn store_chunk(
             .filter(task_output::eof.eq(false))
             .execute(conn)?;
         if pruned > 0 {
-            // The bytes before the rows kept are gone for good: say so to readers.
-            diesel::update(task_output::table)
-                .filter(task_output::task_id.eq(task))
-                .filter(task_output::stream.eq(stream))
-                .filter(task_output::byte_offset.ge(db_time(bounds.head_bytes)))
-                .filter(task_output::prev_end.le(db_time(cutoff)))
-                .set(task_output::prev_end.eq(0))
-                .execute(conn)?;
+            log::debug!("task {task}: {pruned} {stream} chunk(s) of the middle pruned");
         }
     }
     Ok(true)
