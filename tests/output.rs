@@ -397,6 +397,20 @@ async fn unknown_tasks_and_bad_parameters_are_refused(kind: BusKind) {
             .await;
         assert_eq!(error_code(&answer), "403.2", "{key}={value}: {answer}");
     }
+    // A result that comes within wait_s is the ordinary answer.
+    let answer = env
+        .call(
+            "rt/exec",
+            &[
+                ("ip", "ip-a1"),
+                ("app", "elvestest"),
+                ("func", "ok"),
+                ("wait_s", "30"),
+            ],
+        )
+        .await;
+    assert_eq!(answer["result"]["worker_flag"], "1", "{answer}");
+    assert_eq!(answer["result"]["worker_message"], "ok", "{answer}");
     for wait_s in ["0", "91", "1.5", "x"] {
         let answer = env
             .call(

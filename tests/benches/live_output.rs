@@ -88,7 +88,12 @@ async fn streaming_overhead(bus_url: &str, calls: usize) {
         config.bus.url = bus_url.to_string();
         config.bus.namespace = namespace.clone();
         config.exec.output_live = live;
-        let agent_bus = elves_shared::bus::open(bus_url, &namespace).expect("agent bus");
+        // The in-process bus is one per process: the agents share the center's.
+        let agent_bus = if bus_url == "inproc" {
+            bus.clone()
+        } else {
+            elves_shared::bus::open(bus_url, &namespace).expect("agent bus")
+        };
         agents.push(InProcessAgent::spawn(config, agent_bus));
         ids.push(id);
     }

@@ -301,24 +301,28 @@ impl Handler<RunInstant> for Scheduler {
             }
             log::debug!("task {id}: rt sent to {agent}");
             let mut receiver = receiver;
-            if let Some(patience) = caller_wait.filter(|patience| *patience < wait) {
-                if tokio::time::timeout(patience, &mut receiver).await.is_err() {
-                    // The caller goes; the waiter stays until the result or the deadline, so
-                    // that the result is counted and recorded like any other.
-                    let rest = wait - patience;
-                    let forget = scheduler.clone();
-                    let (waited_id, metrics) = (id.clone(), metrics.clone());
-                    actix_rt::spawn(async move {
-                        if tokio::time::timeout(rest, receiver).await.is_err() {
-                            forget.do_send(ForgetWaiter(waited_id.clone()));
-                            metrics.record_task(TaskOutcome::Lost);
-                            log::warn!("task {waited_id}: no result within its deadline");
-                        }
-                    });
-                    return Err(DispatchError::StillRunning(id));
-                }
-            }
-            match tokio::time::timeout(wait, receiver).await {
+            let received = match caller_wait.filter(|patience| *patience < wait) {
+                Some(patience) => match tokio::time::timeout(patience, &mut receiver).await {
+                    Ok(received) => Ok(received),
+                    Err(_) => {
+                        // The caller goes; the waiter stays until the result or the deadline,
+                        // so that the result is counted and recorded like any other.
+                        let rest = wait - patience;
+                        let forget = scheduler.clone();
+                        let (waited_id, metrics) = (id.clone(), metrics.clone());
+                        actix_rt::spawn(async move {
+                            if tokio::time::timeout(rest, receiver).await.is_err() {
+                                forget.do_send(ForgetWaiter(waited_id.clone()));
+                                metrics.record_task(TaskOutcome::Lost);
+                                log::warn!("task {waited_id}: no result within its deadline");
+                            }
+                        });
+                        return Err(DispatchError::StillRunning(id));
+                    }
+                },
+                None => tokio::time::timeout(wait, receiver).await,
+            };
+            match received {
                 Ok(Ok(Ok(result))) => Ok(result),
                 Ok(Ok(Err(err))) => {
                     metrics.record_task(TaskOutcome::Lost);
