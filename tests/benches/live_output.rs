@@ -15,12 +15,13 @@
 mod support;
 
 use elves_shared::wire::AgentId;
+use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::agent_processes::AgentProcesses;
 use support::{elapsed_ms, Api, CenterProcess, InProcessAgent, Summary};
 
-const FLOOD_WORKER: &str = "#!/bin/sh\nhead -c 1073741824 /dev/zero\n\
+const FLOOD_WORKER: &str = "#!/bin/sh\ndd if=/dev/zero bs=4096 count=262144 2>/dev/null\n\
     printf '<ElvesWFlag>true</ElvesWFlag><ElvesWResult>flooded</ElvesWResult>'\n";
 
 fn main() {
@@ -191,6 +192,22 @@ async fn gigabyte_writer(amqp: &str, calls: usize) {
     let (center_pid, agent_idle) = (center.pid(), agents.rss());
     let center_idle = support::status_kib(center_pid, "VmRSS:").unwrap_or(0);
 
+    // Sampled from before the call, so that a writer faster than the first look is caught.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let agent_pid = agents.pids()[0];
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let (mut agent_peak, mut center_peak) = (0, 0);
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                agent_peak = agent_peak.max(support::status_kib(agent_pid, "VmRSS:").unwrap_or(0));
+                center_peak =
+                    center_peak.max(support::status_kib(center_pid, "VmRSS:").unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (agent_peak, center_peak)
+        })
+    };
     let started = Instant::now();
     let answer = api
         .ok(
@@ -204,13 +221,8 @@ async fn gigabyte_writer(amqp: &str, calls: usize) {
             ],
         )
         .await;
-    let task_id = answer["id"]
-        .as_str()
-        .expect("a running task's id")
-        .to_string();
-    let (mut agent_peak, mut center_peak) = (0, 0);
+    let task_id = answer["id"].as_str().expect("a task id").to_string();
     let mut busy = Vec::new();
-    let mut sampled = Instant::now();
     let result = loop {
         let result = api.ok("task/result", &[("id", &task_id)]).await;
         if result["state"] != "running" {
@@ -220,23 +232,27 @@ async fn gigabyte_writer(amqp: &str, calls: usize) {
             started.elapsed() < Duration::from_secs(600),
             "the writer never ended"
         );
-        // A no-op call on the same agent, then the memory, about every 20 ms.
+        // No-op calls on the same agent while the writer runs.
         busy.push(noop_call(&api, "flood-agent").await);
-        while sampled.elapsed() < Duration::from_millis(20) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        sampled = Instant::now();
-        agent_peak = agent_peak.max(agents.rss().rss_kib);
-        center_peak = center_peak.max(support::status_kib(center_pid, "VmRSS:").unwrap_or(0));
     };
     let wrote_in = started.elapsed();
-    let output = api
-        .ok("task/output", &[("id", &task_id), ("offset", "0")])
-        .await;
+    // Until the agent's last output message (the end of the stream) is stored.
+    let mut output = Value::Null;
+    for _ in 0..100 {
+        output = api
+            .ok("task/output", &[("id", &task_id), ("offset", "0")])
+            .await;
+        if output["truncated"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (agent_peak, center_peak) = sampler.join().expect("sampler");
     let agent_after = agents.rss();
     println!(
-        "1 GiB writer: {} in {:.1} s, worker_flag {}, output truncated {}",
-        result["worker_message"],
+        "1 GiB writer: {} bytes of worker_message in {:.1} s, worker_flag {}, output truncated {}",
+        result["worker_message"].as_str().map_or(0, str::len),
         wrote_in.as_secs_f64(),
         result["worker_flag"],
         output["truncated"]

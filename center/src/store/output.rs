@@ -102,8 +102,6 @@ impl Store {
             .select((task_output::stream, task_output::dropped))
             .load(conn)?;
         let stream_eof = eof_streams.iter().find(|(name, _)| name == stream.as_str());
-        // With the end stored, every gap is final: nothing more will fill it.
-        let final_gaps = stream_eof.is_some();
         let rows: Vec<ChunkRow> = task_output::table
             .filter(task_output::task_id.eq(task.as_str()))
             .filter(task_output::stream.eq(stream.as_str()))
