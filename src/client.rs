@@ -45,6 +45,7 @@ impl Connection {
         crate::call::run(crate::call::CallArgs {
             endpoint: endpoint.to_string(),
             params,
+            follow: false,
             connection: self.clone(),
         })
     }
@@ -129,6 +130,29 @@ impl Client {
             .await
             .with_context(|| format!("calling {}{path}", self.url))?;
         response.text().await.context("reading the answer")
+    }
+
+    /// Opens a server-sent-events call (`task/follow`), resuming after `last_event_id`; the
+    /// response's body is the event stream, or the JSON envelope of a refused call.
+    pub async fn open_events(
+        &self,
+        endpoint: &str,
+        mut params: Vec<(String, String)>,
+        last_event_id: Option<u64>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let path = format!("/api/v2/{endpoint}");
+        params.push(("auth_id".to_string(), self.auth_id.clone()));
+        let timestamp = chrono::Utc::now().timestamp();
+        params.push(("timestamp".to_string(), timestamp.to_string()));
+        let signed = sign::sign_params(&path, params, self.sign_type, &self.auth_key);
+        let mut request = self.http.post(format!("{}{path}", self.url)).form(&signed);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        request
+            .send()
+            .await
+            .with_context(|| format!("calling {}{path}", self.url))
     }
 
     /// Like [`Client::call_text`], for callers that need the result: an answer with

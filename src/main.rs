@@ -9,6 +9,7 @@ mod cron;
 mod queue;
 mod run;
 mod sim;
+mod tail;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +52,8 @@ enum Command {
     Sim(sim::SimArgs),
     /// One call over a fleet in batches: `elves run 'role=web' app func --batch 10% --max-fail 5%`.
     Run(Box<run::RunArgs>),
+    /// A task's live output until it ends: `elves tail <task_id> [--stream stderr]`.
+    Tail(tail::TailArgs),
 }
 
 fn main() {
@@ -65,6 +68,7 @@ fn main() {
         Command::Queue(args) => queue::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Run(args) => run::run(*args),
+        Command::Tail(args) => tail::run(args),
         Command::Center { config } => elves_center::run_until_signal(&config),
         Command::Agent { config } => elves_agent::service::run_until_signal(&config),
     };

@@ -16,6 +16,7 @@ mod env_vars;
 mod faults;
 mod fleet_sim;
 mod harness;
+mod output;
 mod queue;
 mod queue_batch;
 mod rt;

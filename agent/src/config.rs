@@ -129,6 +129,28 @@ pub struct ExecConfig {
     pub stdout_cap: usize,
     #[serde(default = "default_stderr_cap")]
     pub stderr_cap: usize,
+    /// Live output (SPEC §12): per task and stream, the bytes kept and sent to the center,
+    /// the first half and the last half of what the worker wrote.
+    #[serde(default = "default_output_cap")]
+    pub output_cap: u64,
+    /// Whether running workers' output goes to the center as it comes (SPEC §12).
+    #[serde(default = "default_output_live")]
+    pub output_live: bool,
+    /// How often running workers' output is sent (one message for all of them).
+    #[serde(default = "default_output_interval_ms")]
+    pub output_interval_ms: u64,
+}
+
+fn default_output_cap() -> u64 {
+    4 * 1024 * 1024
+}
+
+fn default_output_live() -> bool {
+    true
+}
+
+fn default_output_interval_ms() -> u64 {
+    200
 }
 
 fn default_apps_dir() -> PathBuf {
@@ -209,6 +231,9 @@ impl Default for ExecConfig {
             kill_grace_ms: default_kill_grace_ms(),
             stdout_cap: default_stdout_cap(),
             stderr_cap: default_stderr_cap(),
+            output_cap: default_output_cap(),
+            output_live: default_output_live(),
+            output_interval_ms: default_output_interval_ms(),
         }
     }
 }
@@ -272,6 +297,24 @@ impl AgentConfig {
         }
         if self.bus.namespace.is_empty() {
             return Err(invalid("bus.namespace", "must not be empty"));
+        }
+        if !(2..=1 << 30).contains(&self.exec.output_cap) {
+            return Err(invalid(
+                "exec.output_cap",
+                format!(
+                    "must be between 2 and 1073741824, got {}",
+                    self.exec.output_cap
+                ),
+            ));
+        }
+        if !(10..=60_000).contains(&self.exec.output_interval_ms) {
+            return Err(invalid(
+                "exec.output_interval_ms",
+                format!(
+                    "must be between 10 and 60000, got {}",
+                    self.exec.output_interval_ms
+                ),
+            ));
         }
         if self.exec.timeout_s == 0 || self.exec.timeout_s > 86_400 {
             return Err(invalid(

@@ -24,9 +24,11 @@ use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use crate::output::OutputTap;
+use elves_shared::wire::OutputStream;
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Child;
@@ -187,6 +189,15 @@ fn die_with_parent(cmd: &mut std::process::Command) {
 /// When it returns, no process of the child's group is left. Dropping the future kills the
 /// whole group as well.
 pub async fn run(spec: ExecSpec, limits: &ExecLimits) -> ExecOutcome {
+    run_tapped(spec, limits, None).await
+}
+
+/// Like [`run`], also handing every byte read from the pipes to `tap` as it comes.
+pub async fn run_tapped(
+    spec: ExecSpec,
+    limits: &ExecLimits,
+    tap: Option<Arc<OutputTap>>,
+) -> ExecOutcome {
     let mut cmd = command(&spec.program, &spec.cwd, &spec.env);
     cmd.args(&spec.args);
     let mut child = match cmd.spawn() {
@@ -199,14 +210,14 @@ pub async fn run(spec: ExecSpec, limits: &ExecLimits) -> ExecOutcome {
     // The sender lives until the end of this function: dropping it (also when this future
     // is dropped) makes the readers stop.
     let (stop_readers, stop_rx) = watch::channel(false);
-    let stdout_reader = child
-        .stdout
-        .take()
-        .map(|pipe| tokio::spawn(read_capped(pipe, limits.stdout_cap, stop_rx.clone())));
-    let stderr_reader = child
-        .stderr
-        .take()
-        .map(|pipe| tokio::spawn(read_capped(pipe, limits.stderr_cap, stop_rx)));
+    let stdout_reader = child.stdout.take().map(|pipe| {
+        let tap = tap.clone().map(|tap| (tap, OutputStream::Stdout));
+        tokio::spawn(read_capped(pipe, limits.stdout_cap, stop_rx.clone(), tap))
+    });
+    let stderr_reader = child.stderr.take().map(|pipe| {
+        let tap = tap.map(|tap| (tap, OutputStream::Stderr));
+        tokio::spawn(read_capped(pipe, limits.stderr_cap, stop_rx, tap))
+    });
 
     let deadline = started + limits.timeout;
     // The last time this agent saw the child running.
@@ -390,7 +401,14 @@ async fn read_capped<R: AsyncRead + Unpin>(
     mut pipe: R,
     cap: usize,
     mut stop: watch::Receiver<bool>,
+    tap: Option<(Arc<OutputTap>, OutputStream)>,
 ) -> Captured {
+    let keep = |captured: &mut Captured, bytes: &[u8]| {
+        captured.keep(bytes, cap);
+        if let Some((tap, stream)) = &tap {
+            tap.write(*stream, bytes);
+        }
+    };
     let mut captured = Captured::default();
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
@@ -405,12 +423,12 @@ async fn read_capped<R: AsyncRead + Unpin>(
                 Err(_) => break,
             },
         };
-        captured.keep(&chunk[..n_read], cap);
+        keep(&mut captured, &chunk[..n_read]);
     }
     // Bounded, because an escaped writer can refill the pipe as fast as it is read.
     for _ in 0..MAX_READS_AFTER_STOP {
         match pipe.read(&mut chunk).now_or_never() {
-            Some(Ok(n_read)) if n_read > 0 => captured.keep(&chunk[..n_read], cap),
+            Some(Ok(n_read)) if n_read > 0 => keep(&mut captured, &chunk[..n_read]),
             Some(Err(err)) if err.kind() == std::io::ErrorKind::Interrupted => {}
             _ => break,
         }
@@ -699,7 +717,7 @@ mod tests {
         let pipe = child.stdout.take().expect("stdout piped");
         assert!(child.wait().await.expect("sh exits").success());
         let (_stop, stopped) = watch::channel(true);
-        let captured = read_capped(pipe, 1024, stopped).await;
+        let captured = read_capped(pipe, 1024, stopped, None).await;
         assert_eq!(captured.kept, b"flag-line\nresult-line");
         assert_eq!(captured.dropped, 0);
     }

@@ -18,6 +18,7 @@ pub mod exec;
 pub mod guard;
 pub mod installer;
 pub mod local_cron;
+pub mod output;
 pub mod processor;
 pub mod result_batcher;
 pub mod runtime;

@@ -21,6 +21,7 @@ use crate::config::AgentConfig;
 use crate::done_journal::DoneJournal;
 use crate::exec::ExecLimits;
 use crate::guard::InstructionGuard;
+use crate::output::{OutputConfig, OutputForwarder};
 use crate::result_batcher::ResultBatcher;
 use crate::spool::{self, Spool};
 use crate::stats::AgentStats;
@@ -105,12 +106,20 @@ pub async fn run(
         tokio::task::spawn_blocking(move || worker::resolve_interpreters(&configured))
             .await
             .context("resolving interpreters")?;
-    let runner = WorkerRunner::new(
+    let output = OutputForwarder::new(OutputConfig {
+        cap_bytes: config.exec.output_cap,
+        interval: Duration::from_millis(config.exec.output_interval_ms),
+        ..OutputConfig::default()
+    });
+    let mut runner = WorkerRunner::new(
         config.apps_dir.clone(),
         interpreters,
         exec_limits(&config),
         config.max_concurrent,
     );
+    if config.exec.output_live {
+        runner = runner.with_output(output.clone());
+    }
     let spool_dir = config.spool_dir.clone();
     let spool = tokio::task::spawn_blocking(move || Spool::open(&spool_dir))
         .await
@@ -169,6 +178,11 @@ pub async fn run(
         stopped(agent.stopping.clone()),
     ));
     background.spawn(cron_firings::run(agent.clone()));
+    background.spawn(output.run(
+        agent.bus.clone(),
+        agent.config.id.clone(),
+        stopped(agent.stopping.clone()),
+    ));
     background.spawn(crate::installer::run(
         crate::installer::Installer::new(
             agent.config.apps_dir.clone(),

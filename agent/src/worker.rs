@@ -18,6 +18,8 @@ use base64::Engine as _;
 use tokio::sync::Semaphore;
 
 use crate::exec::{self, ExecLimits, ExecSpec, ExitKind};
+use crate::output::OutputForwarder;
+use elves_shared::wire::TaskId;
 
 const FLAG_OPEN: &str = "<ElvesWFlag>";
 const FLAG_CLOSE: &str = "</ElvesWFlag>";
@@ -131,6 +133,8 @@ pub struct WorkerRunner {
     concurrency: Arc<Semaphore>,
     rt_concurrency: Arc<Semaphore>,
     max_concurrent: usize,
+    /// Where running workers' output goes live; none in tests that do not look at it.
+    output: Option<Arc<OutputForwarder>>,
 }
 
 /// The worker slots RT jobs have besides `max_concurrent`: a quarter of it, at least one.
@@ -155,7 +159,14 @@ impl WorkerRunner {
             concurrency: Arc::new(Semaphore::new(max_concurrent)),
             rt_concurrency: Arc::new(Semaphore::new(rt_share(max_concurrent))),
             max_concurrent,
+            output: None,
         }
+    }
+
+    /// Sends every worker's output live through `forwarder`.
+    pub fn with_output(mut self, forwarder: Arc<OutputForwarder>) -> Self {
+        self.output = Some(forwarder);
+        self
     }
 
     pub fn apps_dir(&self) -> &Path {
@@ -243,7 +254,12 @@ impl WorkerRunner {
             job.func
         );
         let started_at = elves_shared::time::now_unix_ms();
-        let outcome = exec::run(spec, &limits).await;
+        let tap = self
+            .output
+            .as_ref()
+            .and_then(|forwarder| Some(forwarder.open(TaskId::parse(task_id).ok()?)));
+        // Dropped with this future: the forwarder sends the rest and ends the streams.
+        let outcome = exec::run_tapped(spec, &limits, tap).await;
         let finished_at = elves_shared::time::now_unix_ms();
 
         let mut stderr = outcome.stderr;

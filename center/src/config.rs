@@ -30,6 +30,8 @@ pub struct CenterConfig {
     pub cron: CronConfig,
     #[serde(default)]
     pub inventory: InventoryConfig,
+    #[serde(default)]
+    pub output: OutputConfig,
 }
 
 /// Labels from outside the agents (SPEC §12): a CMDB export or endpoint.
@@ -54,7 +56,44 @@ impl Default for InventoryConfig {
     }
 }
 
+/// `[output]`: the live output of tasks (SPEC §12), stored in the database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Output is deleted this long after it was stored (default 7 days).
+    #[serde(default = "default_output_retention_s")]
+    pub retention_s: u64,
+    /// Per task and stream, the most kept: the first half and the last half (default 4 MiB).
+    #[serde(default = "default_output_max_bytes")]
+    pub max_bytes_per_stream: u64,
+    /// How often old output is looked for.
+    #[serde(default = "default_output_sweep_ms")]
+    pub sweep_ms: u64,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            retention_s: default_output_retention_s(),
+            max_bytes_per_stream: default_output_max_bytes(),
+            sweep_ms: default_output_sweep_ms(),
+        }
+    }
+}
+
 fn default_inventory_refresh_ms() -> u64 {
+    60_000
+}
+
+fn default_output_retention_s() -> u64 {
+    7 * 24 * 3600
+}
+
+fn default_output_max_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+
+fn default_output_sweep_ms() -> u64 {
     60_000
 }
 
@@ -322,6 +361,15 @@ impl CenterConfig {
         }
         if self.cron.refresh_ms < 100 {
             return Err(bad("cron.refresh_ms", "must be at least 100"));
+        }
+        if self.output.retention_s == 0 {
+            return Err(bad("output.retention_s", "must be at least 1"));
+        }
+        if self.output.max_bytes_per_stream < 2 {
+            return Err(bad("output.max_bytes_per_stream", "must be at least 2"));
+        }
+        if self.output.sweep_ms < 100 {
+            return Err(bad("output.sweep_ms", "must be at least 100"));
         }
         if self.cron.prepare_ahead_ms < 50 || self.cron.prepare_ahead_ms > 60_000 {
             return Err(bad("cron.prepare_ahead_ms", "must be between 50 and 60000"));

@@ -44,6 +44,7 @@ pub enum ApiError {
     BadRollout(String),
     BatchNotFound(String),
     BatchState(String),
+    TaskNotFound(String),
     Internal(String),
     /// Another error about one part of a request (an element of a batch): same code, the
     /// message prefixed with where, e.g. `tasks[17]: `.
@@ -90,6 +91,7 @@ impl ApiError {
             ApiError::BadRollout(_) => "403.11",
             ApiError::BatchNotFound(_) => "416.1",
             ApiError::BatchState(_) => "416.2",
+            ApiError::TaskNotFound(_) => "417.1",
             ApiError::Internal(_) => "500",
             ApiError::Within { error, .. } => error.code(),
         }
@@ -139,6 +141,7 @@ impl ApiError {
                 why.clone()
             }
             ApiError::BatchNotFound(batch_id) => format!("batch {batch_id} not found"),
+            ApiError::TaskNotFound(task) => format!("task {task} not found"),
             ApiError::Internal(why) => format!("internal error: {why}"),
             ApiError::Within { place, error } => format!("{place}: {}", error.message()),
         }

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod cron;
 pub mod heartbeat;
 pub mod inventory;
+pub mod output;
 pub mod root;
 pub mod scheduler;
 pub mod task_queue;

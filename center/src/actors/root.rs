@@ -58,6 +58,8 @@ pub struct Children {
     pub inventory_labels: InventoryLabels,
     /// Every agent the Heartbeat registry knows, as memory has it.
     pub presence: PresenceView,
+    /// Wakes this center's output followers when output was stored.
+    pub output_stored: super::output::OutputSignal,
     /// Apps, auth ids and bindings, read by the API for every authentication.
     pub apps: AppRegistry,
 }
@@ -132,6 +134,24 @@ impl Root {
                 RESULT_PREFETCH,
             )
             .await?;
+
+        // Shared by all centers, like results: whichever center takes output stores it.
+        let outputs = bus
+            .consume(
+                QueueSpec {
+                    name: bus.queue_name("center.output"),
+                    bindings: vec![routing::CENTER_OUTPUT.to_string()],
+                    durable: true,
+                },
+                PREFETCH,
+            )
+            .await?;
+        let output_stored = super::output::OutputSignal::default();
+        let (output_store, output_config, output_signal) =
+            (store.clone(), config.output.clone(), output_stored.clone());
+        let output_keeper = Supervisor::start(move |_| {
+            super::output::OutputKeeper::new(output_store, output_config, output_signal)
+        });
 
         let missed_beats = config.heartbeat.offline_after_missed_beats;
         let flush_every = std::time::Duration::from_millis(config.heartbeat.flush_ms);
@@ -247,6 +267,7 @@ impl Root {
         ));
         actix_rt::spawn(feed_replies(replies, scheduler.clone(), agent_accounts));
         actix_rt::spawn(feed_results(results, task_queue.clone(), agent_accounts));
+        actix_rt::spawn(super::output::feed(outputs, output_keeper, agent_accounts));
 
         let children = Children {
             heartbeat,
@@ -258,6 +279,7 @@ impl Root {
             inventory,
             inventory_labels,
             presence,
+            output_stored,
             apps,
         };
         Ok(Root { children }.start())

@@ -36,6 +36,9 @@ pub struct RunInstant {
     pub timeout_s: u32,
     pub proxy: String,
     pub mode: Mode,
+    /// Answer [`DispatchError::StillRunning`] after this long if the task has not ended; the
+    /// task goes on and its result is recorded when it comes (SPEC §12, `wait_s`).
+    pub wait: Option<Duration>,
 }
 
 /// A result arrived on the reply queue.
@@ -88,6 +91,9 @@ pub enum DispatchError {
     NoResult { agent: AgentId, waited_s: u64 },
     #[error("scheduler restarted while the task was running")]
     Interrupted,
+    /// Not a failure: the caller's `wait_s` passed before the task ended; it goes on.
+    #[error("task {0} is still running")]
+    StillRunning(TaskId),
     #[error(
         "the broker connection was lost while task {task} waited for agent {agent}: the task \
          may not have run (its instruction went with the broker) or may have run without its \
@@ -230,6 +236,7 @@ impl Handler<RunInstant> for Scheduler {
 
     fn handle(&mut self, msg: RunInstant, ctx: &mut Context<Self>) -> Self::Result {
         let now = now_unix_ms();
+        let caller_wait = msg.wait;
         let stored_task = NewTask {
             id: TaskId::random(),
             queue_id: None,
@@ -293,7 +300,29 @@ impl Handler<RunInstant> for Scheduler {
                 });
             }
             log::debug!("task {id}: rt sent to {agent}");
-            match tokio::time::timeout(wait, receiver).await {
+            let mut receiver = receiver;
+            let received = match caller_wait.filter(|patience| *patience < wait) {
+                Some(patience) => match tokio::time::timeout(patience, &mut receiver).await {
+                    Ok(received) => Ok(received),
+                    Err(_) => {
+                        // The caller goes; the waiter stays until the result or the deadline,
+                        // so that the result is counted and recorded like any other.
+                        let rest = wait - patience;
+                        let forget = scheduler.clone();
+                        let (waited_id, metrics) = (id.clone(), metrics.clone());
+                        actix_rt::spawn(async move {
+                            if tokio::time::timeout(rest, receiver).await.is_err() {
+                                forget.do_send(ForgetWaiter(waited_id.clone()));
+                                metrics.record_task(TaskOutcome::Lost);
+                                log::warn!("task {waited_id}: no result within its deadline");
+                            }
+                        });
+                        return Err(DispatchError::StillRunning(id));
+                    }
+                },
+                None => tokio::time::timeout(wait, receiver).await,
+            };
+            match received {
                 Ok(Ok(Ok(result))) => Ok(result),
                 Ok(Ok(Err(err))) => {
                     metrics.record_task(TaskOutcome::Lost);
@@ -531,6 +560,7 @@ mod tests {
             timeout_s: 10,
             proxy: String::new(),
             mode: Mode::NP,
+            wait: None,
         }));
         let delivery = tokio::time::timeout(Duration::from_secs(10), agent_queue.next())
             .await

@@ -13,6 +13,7 @@ pub mod ops;
 pub mod queue;
 pub mod request;
 pub(crate) mod rt;
+mod task;
 
 use crate::actors::root::Children;
 use crate::config::CenterConfig;
@@ -61,6 +62,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     auth_ids::routes(cfg);
     batch::routes(cfg);
     info_apps::routes(cfg);
+    task::routes(cfg);
     cfg.route("/api/v2/rt/exec", web::route().to(rt::exec))
         .route("/api/v2/queue/create", web::route().to(queue::create))
         .route("/api/v2/queue/addtask", web::route().to(queue::add_task))

@@ -5,6 +5,7 @@ use crate::actors::scheduler::{DispatchError, RunInstant};
 use crate::error::ApiError;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
+use std::time::Duration;
 
 pub async fn exec(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = run(&req, &body, &state).await;
@@ -50,6 +51,7 @@ pub(crate) async fn run_authenticated(
     let mode = request::mode(params)?;
     let func = request::func_name(params)?;
     let timeout_s = request::timeout_s(params, state.config.rt.default_timeout_s)?;
+    let wait = wait_s(params, timeout_s)?;
 
     super::access::require_app(state, &call.caller, &app)?;
 
@@ -67,15 +69,23 @@ pub(crate) async fn run_authenticated(
             timeout_s,
             proxy,
             mode,
+            wait: wait.map(|seconds| Duration::from_secs(u64::from(seconds))),
         })
         .await
         .map_err(|err| ApiError::Internal(format!("scheduler: {err}")))?
         .map_err(|err| match err {
-            DispatchError::Unroutable(agent) => {
-                ApiError::AgentUnreachable(format!("could not send the job to agent {agent}"))
-            }
-            other => ApiError::Internal(other.to_string()),
-        })?;
+            DispatchError::StillRunning(id) => Running(id),
+            DispatchError::Unroutable(agent) => Failed(ApiError::AgentUnreachable(format!(
+                "could not send the job to agent {agent}"
+            ))),
+            other => Failed(ApiError::Internal(other.to_string())),
+        });
+    let result = match result {
+        Ok(result) => result,
+        // SPEC §12: the caller's patience ran out, the task goes on.
+        Err(Running(id)) => return Ok(json!({ "id": id, "state": "running" })),
+        Err(Failed(err)) => return Err(err),
+    };
     if !result.error.is_empty() {
         return Err(ApiError::AgentUnreachable(format!(
             "agent {} did not run the job: {}",
@@ -88,4 +98,30 @@ pub(crate) async fn run_authenticated(
         "worker_message": result.worker_message,
         "worker_costtime": result.worker_costtime,
     }))
+}
+
+/// Why an rt call has no result to answer with.
+enum NoResult {
+    Running(elves_shared::wire::TaskId),
+    Failed(ApiError),
+}
+use NoResult::{Failed, Running};
+
+/// `wait_s` (SPEC §12): empty means wait for the result; else whole seconds from 1 to the
+/// task's timeout (403.8 otherwise, like the timeout itself).
+fn wait_s(params: &request::Params, timeout_s: u32) -> Result<Option<u32>, ApiError> {
+    let text = params.get_or_empty("wait_s");
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match text.parse::<u32>() {
+        Ok(seconds)
+            if text.bytes().all(|b| b.is_ascii_digit()) && (1..=timeout_s).contains(&seconds) =>
+        {
+            Ok(Some(seconds))
+        }
+        _ => Err(ApiError::BadTimeout(format!(
+            "wait_s must be whole seconds from 1 to the timeout ({timeout_s}), got {text:?}"
+        ))),
+    }
 }

@@ -57,6 +57,7 @@ mod crons;
 mod dashboard;
 mod dispatch;
 mod models;
+mod output;
 mod queues;
 pub mod rollout;
 mod schema;
@@ -78,6 +79,7 @@ pub use dispatch::DEADLINE_MESSAGE;
 pub use models::{
     AgentRow, AuditEntry, AuditRow, Dispatch, NewTask, QueueRow, QueueStatus, TaskRow, TaskStatus,
 };
+pub use output::{OutputBounds, OutputRead};
 pub use submit_replies::ReplyAddress;
 
 use connection::{Manager, SqlitePragmas, Target};

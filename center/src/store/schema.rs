@@ -207,3 +207,17 @@ diesel::table! {
 
 diesel::joinable!(batch_agents -> batches (batch_id));
 diesel::allow_tables_to_appear_in_same_query!(batches, batch_agents, tasks);
+
+diesel::table! {
+    task_output (task_id, stream, byte_offset) {
+        task_id -> Text,
+        stream -> Text,
+        byte_offset -> BigInt,
+        byte_end -> BigInt,
+        prev_end -> BigInt,
+        data -> Binary,
+        eof -> Bool,
+        dropped -> BigInt,
+        stored_at -> BigInt,
+    }
+}

@@ -57,6 +57,7 @@ on_both_backends!(
     concurrent_uploads_of_one_app,
     submit_replies_are_owed_once_their_task_is_settled,
     unsent_tasks_go_back_to_pending,
+    output_keeps_head_and_tail_and_refuses_overlaps,
 );
 
 /// A store on a database of its own. Fields drop in order: the store (and its pool) first,
@@ -1355,4 +1356,68 @@ fn agents_written_in_batches_and_listed_by_page(store: &Store) {
     let found = store.agents_by_ids(&ids).unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].id.as_str(), "batch-0003");
+}
+
+fn output_keeps_head_and_tail_and_refuses_overlaps(store: &Store) {
+    use elves_shared::wire::{OutputChunk, OutputStream};
+    let bounds = OutputBounds {
+        head_bytes: 10,
+        tail_bytes: 10,
+    };
+    let chunk = |offset: u64, data: &str, eof: bool, dropped: u64| OutputChunk {
+        id: id(7),
+        stream: OutputStream::Stdout,
+        offset,
+        prev_end: offset,
+        data: data.as_bytes().to_vec(),
+        eof,
+        dropped,
+    };
+    let store_one = |chunk: OutputChunk| store.store_output(&[chunk], bounds, 1_000).unwrap();
+    assert_eq!(store_one(chunk(0, "abcdef", false, 0)), 1);
+    // The head is clipped at its bound.
+    assert_eq!(store_one(chunk(6, "ghijkl", false, 0)), 1);
+    assert_eq!(store_one(chunk(12, "mnop", false, 0)), 1);
+    // The tail has its 10 bytes after this one: the middle row goes.
+    assert_eq!(store_one(chunk(16, "qrstuvwxyz", false, 0)), 1);
+    // A duplicate and an overlap change nothing.
+    assert_eq!(store_one(chunk(16, "qrstuvwxyz", false, 0)), 0);
+    assert_eq!(store_one(chunk(20, "XXXX", false, 0)), 0);
+    let read = |offset| {
+        store
+            .read_output(&id(7), OutputStream::Stdout, offset, 1024)
+            .unwrap()
+    };
+    let whole = read(0);
+    assert_eq!(
+        String::from_utf8(whole.data).unwrap(),
+        "abcdefghij[elves: 6 bytes dropped]\nqrstuvwxyz"
+    );
+    assert_eq!((whole.next, whole.eof, whole.task_eof), (26, false, false));
+    let from_the_pruned_middle = read(13);
+    assert_eq!(
+        String::from_utf8(from_the_pruned_middle.data).unwrap(),
+        "[elves: 3 bytes dropped]\nqrstuvwxyz"
+    );
+    let from_inside_a_row = read(18);
+    assert_eq!(from_inside_a_row.data, b"stuvwxyz");
+    assert_eq!(from_inside_a_row.next, 26);
+
+    assert_eq!(store_one(chunk(26, "", true, 6)), 1);
+    let at_end = read(26);
+    assert!(at_end.data.is_empty());
+    assert!(at_end.eof && at_end.task_eof && at_end.truncated);
+    assert!(read(0).eof);
+    assert!(store.output_truncated(&id(7)).unwrap());
+    // Nothing after the end.
+    assert_eq!(store_one(chunk(26, "late", false, 0)), 0);
+    // Another stream of the same task is its own.
+    let other = store
+        .read_output(&id(7), OutputStream::Stderr, 0, 1024)
+        .unwrap();
+    assert!(other.data.is_empty() && !other.eof && other.task_eof);
+
+    assert_eq!(store.delete_output_before(999).unwrap(), 0);
+    assert_eq!(store.delete_output_before(1_001).unwrap(), 4);
+    assert!(read(0).data.is_empty());
 }

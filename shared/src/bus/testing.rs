@@ -67,10 +67,15 @@ pub async fn delete_namespace(amqp_url: &str, namespace: &str, agents: &[String]
     let Ok(channel) = connection.create_channel().await else {
         return;
     };
-    let mut queues: Vec<String> = ["center.result", "center.heartbeat", "center.submit"]
-        .iter()
-        .map(|suffix| format!("{namespace}.{suffix}"))
-        .collect();
+    let mut queues: Vec<String> = [
+        "center.result",
+        "center.heartbeat",
+        "center.submit",
+        "center.output",
+    ]
+    .iter()
+    .map(|suffix| format!("{namespace}.{suffix}"))
+    .collect();
     queues.extend(agents.iter().map(|id| format!("{namespace}.agent.{id}")));
     for queue in &queues {
         let _ = channel

@@ -6,9 +6,11 @@
 
 mod codec;
 mod ids;
+mod output;
 
 pub use codec::{decode, decode_json, encode, DecodeError};
 pub use ids::{AgentId, IdError, TaskId};
+pub use output::{dropped_marker, OutputBatch, OutputChunk, OutputStream};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -28,6 +30,8 @@ pub mod kind {
     pub const HEARTBEAT: &str = "heartbeat";
     pub const SUBMIT: &str = "submit";
     pub const SUBMIT_REPLY: &str = "submit_reply";
+    /// A running worker's output: an [`super::OutputBatch`], on `center.output`.
+    pub const OUTPUT: &str = "output";
 }
 
 /// Routing keys of the topic exchange; these are not namespaced, queue names are.
@@ -37,6 +41,7 @@ pub mod routing {
     pub const CENTER_RESULT: &str = "center.result";
     pub const CENTER_HEARTBEAT: &str = "center.heartbeat";
     pub const CENTER_SUBMIT: &str = "center.submit";
+    pub const CENTER_OUTPUT: &str = "center.output";
 
     pub fn agent(agent_id: &AgentId) -> String {
         format!("agent.{agent_id}")

@@ -139,6 +139,14 @@ impl AgentProcesses {
         total
     }
 
+    /// The processes' pids, in the order of their configurations.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children
+            .iter()
+            .map(|agent| agent.child.0.id())
+            .collect()
+    }
+
     /// Lines the processes wrote on stderr; complete once [`AgentProcesses::stop`] returned.
     pub fn log_lines(&self) -> Arc<AtomicU64> {
         self.log_lines.clone()
