@@ -1,7 +1,8 @@
 //! One batch over a fleet (not a test: it prints figures).
 //!
 //! `ELVES_BENCH_AGENTS` (default 1,000) simulated agents (`elves_shared::sim`: light agents in
-//! this process speaking the real protocol, answering each instruction at once) on RabbitMQ
+//! this process speaking the real protocol, answering each instruction at once), beating every
+//! `ELVES_BENCH_HEARTBEAT_MS` (default one ms per agent, at least 1 s: 1,000 beats a second), on RabbitMQ
 //! (`ELVES_TEST_AMQP_URL`), a center in this process on SQLite, and one batch over all of them
 //! at `ELVES_BENCH_BATCH_SIZE` (default `10%`, sliding window) created through the signed API.
 //!
@@ -74,14 +75,15 @@ async fn run(n_agents: usize, size: &str, amqp: &str) {
     let ids: Vec<AgentId> = (0..n_agents)
         .map(|n| AgentId::parse(&format!("sim-{n:05}")).expect("agent id"))
         .collect();
-    let fleet = SimFleet::start(SimConfig::new(
-        amqp,
-        &namespace,
-        &key_id,
-        &public_key_hex,
-        ids.clone(),
+    let mut fleet_config = SimConfig::new(amqp, &namespace, &key_id, &public_key_hex, ids.clone());
+    // The deployment guide's sizing rule (ARCHITECTURE "Scale"): at most about 1,000 beats a
+    // second per center, so 10,000 agents beat every 10 s or slower.
+    fleet_config.heartbeat_interval_ms = u64::try_from(support::env_count(
+        "ELVES_BENCH_HEARTBEAT_MS",
+        (n_agents as u64).max(1_000) as usize,
     ))
-    .expect("simulated agents start");
+    .unwrap_or(10_000);
+    let fleet = SimFleet::start(fleet_config).expect("simulated agents start");
     let page_size = n_agents.to_string();
     let started = Instant::now();
     loop {
