@@ -1289,17 +1289,23 @@ async fn a_thousand_concurrent_rt_calls_each_end_once() {
     }
 }
 
-/// The broker stopped for a few seconds mid-queue and started again (a node of this test's
-/// own): instructions and results are persistent or spooled, nothing is lost or run twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_restart_mid_queue_runs_everything_once() {
-    use crate::harness::rabbit_node::{free_port, RabbitNode};
+/// A queue of `tasks` tasks of `seconds` each on one agent, a center and a RabbitMQ `node` of
+/// the test's own; `disturb` acts on the node once two tasks run. Every task must end once
+/// with its own result; the node is handed back for what the test still reads from it.
+async fn queue_on_a_private_node(
+    node: crate::harness::rabbit_node::RabbitNode,
+    tasks: usize,
+    seconds: &str,
+    scenario: &str,
+    disturb: impl AsyncFnOnce(
+        crate::harness::rabbit_node::RabbitNode,
+    ) -> crate::harness::rabbit_node::RabbitNode,
+) -> crate::harness::rabbit_node::RabbitNode {
     use crate::harness::{center_config, install_test_apps, start_center, wait_until};
     use elves_shared::bus;
     use elves_shared::wire::AgentId;
     use std::sync::Arc;
 
-    let node = RabbitNode::start_on(free_port()).await;
     let namespace = format!("elves-test-{:016x}", rand::random::<u64>());
     let dir = tempfile::tempdir().unwrap();
     let database = elves_center::store::testing::TestDatabase::sqlite().unwrap();
@@ -1373,8 +1379,8 @@ async fn broker_restart_mid_queue_runs_everything_once() {
         .to_string();
     let file = dir.path().join("executions.log");
     let mut submitted = std::collections::BTreeMap::new();
-    for _ in 0..8 {
-        let param = json!({ "file": file, "seconds": "1" }).to_string();
+    for _ in 0..tasks {
+        let param = json!({ "file": file, "seconds": seconds }).to_string();
         let answer = call(
             "queue/addtask",
             vec![
@@ -1392,16 +1398,7 @@ async fn broker_restart_mid_queue_runs_everything_once() {
     ok_result(&call("queue/commit", vec![pair("queue_id", &queue)]).await);
     wait_lines(&file, 2, "the queue running").await;
 
-    let mut node = tokio::task::spawn_blocking(move || {
-        let mut node = node;
-        node.stop();
-        node
-    })
-    .await
-    .unwrap();
-    // Long enough for the running tasks to finish while the broker is away.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    node.start().await;
+    let node = disturb(node).await;
 
     let asked = Instant::now();
     let rows = loop {
@@ -1415,12 +1412,7 @@ async fn broker_restart_mid_queue_runs_everything_once() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let tally = checker::classify(
-        "broker stop 3 s mid-queue, then start",
-        &submitted,
-        &rows,
-        &read_lines(&file),
-    );
+    let tally = checker::classify(scenario, &submitted, &rows, &read_lines(&file));
     tally.report();
     assert_eq!(tally.ended_ok, submitted.len(), "{}", tally.row());
 
@@ -1434,6 +1426,35 @@ async fn broker_restart_mid_queue_runs_everything_once() {
     tokio::task::spawn_blocking(move || center.stop())
         .await
         .unwrap();
+    node
+}
+
+/// The broker stopped for a few seconds mid-queue and started again (a node of this test's
+/// own): instructions and results are persistent or spooled, nothing is lost or run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_queue_runs_everything_once() {
+    use crate::harness::rabbit_node::{free_port, RabbitNode};
+    let node = RabbitNode::start_on(free_port()).await;
+    let node = queue_on_a_private_node(
+        node,
+        8,
+        "1",
+        "broker stop 3 s mid-queue, then start",
+        async |node: RabbitNode| {
+            let mut node = tokio::task::spawn_blocking(move || {
+                let mut node = node;
+                node.stop();
+                node
+            })
+            .await
+            .unwrap();
+            // Long enough for the running tasks to finish while the broker is away.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            node.start().await;
+            node
+        },
+    )
+    .await;
     drop(node);
 }
 
@@ -1443,11 +1464,6 @@ async fn broker_restart_mid_queue_runs_everything_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_longer_than_the_consumer_timeout_runs_once() {
     use crate::harness::rabbit_node::{free_port, RabbitNode};
-    use crate::harness::{center_config, install_test_apps, start_center, wait_until};
-    use elves_shared::bus;
-    use elves_shared::wire::AgentId;
-    use std::sync::Arc;
-
     // The broker gives up on an unacked delivery after 2 s (checked every second), closes the
     // agent's channel and requeues what it held, while the workers still run.
     let node = RabbitNode::start_with_advanced(
@@ -1456,119 +1472,14 @@ async fn a_task_longer_than_the_consumer_timeout_runs_once() {
         "[{rabbit, [{consumer_timeout, 2000}, {channel_tick_interval, 1000}]}].\n",
     )
     .await;
-    let namespace = format!("elves-test-{:016x}", rand::random::<u64>());
-    let dir = tempfile::tempdir().unwrap();
-    let database = elves_center::store::testing::TestDatabase::sqlite().unwrap();
-    let mut config = center_config(dir.path(), &BusKind::InProc, &namespace, &database.url);
-    config.bus.url = node.url();
-    let center = start_center(config, bus::open(&node.url(), &namespace).unwrap()).await;
-    let base_url = format!("http://{}", center.http_addr);
-    let http = reqwest::Client::new();
-
-    let mut agent_config = AgentConfig::new(AgentId::parse("a1").unwrap());
-    agent_config.ip = "ip-a1".to_string();
-    agent_config.apps_dir = dir.path().join("apps-a1");
-    install_test_apps(&agent_config.apps_dir);
-    agent_config.spool_dir = dir.path().join("spool-a1");
-    agent_config.heartbeat_interval_ms = 200;
-    agent_config.max_concurrent = 2;
-    agent_config.center.key_id = center.key_id.clone();
-    agent_config.center.public_key = center.public_key_hex.clone();
-    let agent_bus = bus::open(
-        &bus::with_frame_max(&node.url(), elves_agent::config::DEFAULT_FRAME_MAX),
-        &namespace,
-    )
-    .unwrap();
-    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(elves_agent::run(
-        agent_config,
-        agent_bus.clone(),
-        Arc::new(elves_agent::AgentStats::new()),
-        async move {
-            let _ = agent_stopped.await;
-        },
-    ));
-    let call = |endpoint: &str, params: Vec<(String, String)>| {
-        use crate::harness::{unix_now_s, AUTH_ID, AUTH_KEY};
-        use elves_shared::sign::{self, SignType};
-        let path = format!("/api/v2/{endpoint}");
-        let mut pairs = params;
-        pairs.push(("auth_id".into(), AUTH_ID.into()));
-        pairs.push(("timestamp".into(), unix_now_s().to_string()));
-        let form = sign::sign_params(&path, pairs, SignType::Md5, AUTH_KEY);
-        let (http, url) = (http.clone(), format!("{base_url}{path}"));
-        async move {
-            let answer: Value = http
-                .post(url)
-                .form(&form)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            answer
-        }
-    };
-    wait_until("agent a1 online", Duration::from_secs(20), || async {
-        let health: Value = http
-            .get(format!("{base_url}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        health["heartbeat"]["online"].get("a1").is_some()
-    })
-    .await;
-    let pair = |key: &str, value: &str| (key.to_string(), value.to_string());
-    let queue = ok_result(&call("queue/create", vec![pair("app", "elvestest")]).await)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let file = dir.path().join("executions.log");
-    let mut submitted = std::collections::BTreeMap::new();
-    for _ in 0..2 {
-        let param = json!({ "file": file, "seconds": "6" }).to_string();
-        let answer = call(
-            "queue/addtask",
-            vec![
-                pair("queue_id", &queue),
-                pair("ip", "ip-a1"),
-                pair("func", "count"),
-                pair("param", &param),
-                pair("timeout", "60"),
-            ],
-        )
-        .await;
-        let id = ok_result(&answer)["id"].as_str().unwrap().to_string();
-        submitted.insert(id.clone(), format!("counted {id}"));
-    }
-    ok_result(&call("queue/commit", vec![pair("queue_id", &queue)]).await);
-    wait_lines(&file, 2, "the queue running").await;
-
-    let asked = Instant::now();
-    let rows = loop {
-        let answer = call("queue/result", vec![pair("queue_id", &queue)]).await;
-        let rows = ok_result(&answer).as_object().unwrap().clone();
-        let all_terminal = rows.values().all(|row| {
-            ["finish", "skipped", "stoped"].contains(&row["status"].as_str().unwrap_or(""))
-        });
-        if all_terminal || asked.elapsed() > Duration::from_secs(90) {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let tally = checker::classify(
+    let node = queue_on_a_private_node(
+        node,
+        2,
+        "6",
         "tasks of 6 s past a consumer timeout of 2 s",
-        &submitted,
-        &rows,
-        &read_lines(&file),
-    );
-    tally.report();
-    assert_eq!(tally.ended_ok, submitted.len(), "{}", tally.row());
-
+        async |node: RabbitNode| node,
+    )
+    .await;
     // The scenario happened: the broker did take the deliveries back.
     let log_dir = node.dir().join("log");
     let broker_log: String = std::fs::read_dir(&log_dir)
@@ -1590,15 +1501,5 @@ async fn a_task_longer_than_the_consumer_timeout_runs_once() {
             .join("\n")
     );
 
-    let _ = stop_agent.send(());
-    tokio::time::timeout(Duration::from_secs(40), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    agent_bus.close().await;
-    tokio::task::spawn_blocking(move || center.stop())
-        .await
-        .unwrap();
     drop(node);
 }
