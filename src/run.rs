@@ -231,11 +231,10 @@ impl Followers {
             let client = self.client.clone();
             self.running.spawn(async move {
                 let mut lines = PrefixedLines::new(&agent);
-                let ended =
-                    crate::tail::follow_into(&client, &task_id, "stdout", &mut |text| {
-                        write_out(&lines.push(text))
-                    })
-                    .await;
+                let ended = crate::tail::follow_into(&client, &task_id, "stdout", &mut |text| {
+                    write_out(&lines.push(text))
+                })
+                .await;
                 let _ = write_out(&lines.rest());
                 if let Err(err) = ended {
                     eprintln!("{agent}: following task {task_id}: {err:#}");
