@@ -214,7 +214,8 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusConfig {
-    /// `inproc` for the embedded bus, or an `amqp://` URL.
+    /// `inproc` for the embedded bus, or an `amqp://` URL; the nodes of a RabbitMQ cluster as
+    /// URLs separated by commas (connects to the first that answers, fails over to the others).
     #[serde(default = "default_bus_url")]
     pub url: String,
     #[serde(default = "default_namespace")]
@@ -225,6 +226,11 @@ pub struct BusConfig {
     /// simple setup.
     #[serde(default)]
     pub agent_accounts: bool,
+    /// How the queues all centers share (results, submissions, heartbeats, output) are
+    /// declared on RabbitMQ: `classic` (one node) or `quorum` (replicated over a cluster's
+    /// nodes, to survive losing one). A queue keeps the type it was first declared with.
+    #[serde(default)]
+    pub queue_type: elves_shared::bus::QueueType,
 }
 
 impl Default for BusConfig {
@@ -233,6 +239,7 @@ impl Default for BusConfig {
             url: default_bus_url(),
             namespace: default_namespace(),
             agent_accounts: false,
+            queue_type: elves_shared::bus::QueueType::default(),
         }
     }
 }
