@@ -113,8 +113,28 @@ impl StartWatch {
     }
 }
 
+/// How the node the center is connected to goes away.
+#[derive(Debug, Clone, Copy)]
+enum Loss {
+    /// SIGTERM: RabbitMQ closes its connections and hands its quorum leaderships over.
+    Stop,
+    /// SIGKILL of the node's processes: connections reset, the survivors must elect leaders.
+    Kill,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_center_s_broker_node_mid_queue_runs_every_task_once() {
+    lose_the_center_s_node(Loss::Stop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_center_s_broker_node_mid_queue_runs_every_task_once() {
+    lose_the_center_s_node(Loss::Kill).await;
+}
+
+/// A chain of dependent tasks on an agent, a center with quorum queues, three nodes; the
+/// center's node goes away (`loss`) in the middle of the chain. Every task must end once.
+async fn lose_the_center_s_node(loss: Loss) {
     let test_started = Instant::now();
     let mut nodes = RabbitNode::start_cluster(3).await;
     let cluster_ready = test_started.elapsed();
@@ -211,6 +231,13 @@ async fn losing_the_center_s_broker_node_mid_queue_runs_every_task_once() {
     let stop_asked = Instant::now();
     let mut lost = nodes.remove(0);
     let lost = tokio::task::spawn_blocking(move || {
+        if let (Loss::Kill, Some(pid)) = (loss, lost.server_pid()) {
+            let group = -libc::pid_t::try_from(pid).unwrap();
+            // SAFETY: signals the process group this test's node was started in.
+            let killed = unsafe { libc::kill(group, libc::SIGKILL) };
+            assert_eq!(killed, 0, "SIGKILL to the node's process group");
+        }
+        // Reaps what the kill left, or stops the node cleanly.
         lost.stop();
         lost
     })
@@ -230,12 +257,8 @@ async fn losing_the_center_s_broker_node_mid_queue_runs_every_task_once() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let tally = checker::classify(
-        "quorum queues, the center's node of three stopped mid-queue",
-        &submitted,
-        &rows,
-        &read_lines(&file),
-    );
+    let scenario = format!("quorum queues, the center's node of three lost mid-queue ({loss:?})");
+    let tally = checker::classify(&scenario, &submitted, &rows, &read_lines(&file));
     tally.report();
     assert_eq!(tally.ended_ok, submitted.len(), "{}", tally.row());
     let starts = starts.finish().await;
@@ -274,8 +297,8 @@ async fn losing_the_center_s_broker_node_mid_queue_runs_every_task_once() {
         .max()
         .unwrap_or_default();
     println!(
-        "cluster of 3 ready in {:.1} s; the node took {:.1} s to stop; task to task {:.2} s \
-         before the stop (median), longest pause after it {:.2} s; whole test {:.1} s",
+        "{loss:?}: cluster of 3 ready in {:.1} s; the node took {:.1} s to go; task to task \
+         {:.2} s before (median), longest pause after {:.2} s; whole test {:.1} s",
         cluster_ready.as_secs_f64(),
         node_stopped.as_secs_f64(),
         usual
@@ -354,4 +377,41 @@ async fn a_center_queue_of_the_other_type_is_a_clear_startup_error() {
     ] {
         assert!(error.contains(needed), "{needed:?} missing from: {error}");
     }
+}
+
+/// A bus given a dead address first connects to the next one; given only dead addresses, it
+/// says which it tried, without their credentials. The shared broker is the live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_passes_over_a_dead_address_to_the_next() {
+    use crate::harness::rabbit_node::free_port;
+    let namespace = format!("elves-test-{:016x}", rand::random::<u64>());
+    let dead = format!("amqp://guest:dead-secret@127.0.0.1:{}/%2f", free_port());
+    let both = bus::open(&format!("{dead},{}", amqp_url()), &namespace).unwrap();
+    let spec = QueueSpec {
+        name: both.queue_name("center.result"),
+        bindings: vec![routing::CENTER_RESULT.to_string()],
+        durable: true,
+    };
+    let declared = both.declare(&spec).await;
+    both.close().await;
+    elves_shared::bus::testing::delete_namespace(&amqp_url(), &namespace, &[]).await;
+    assert!(
+        declared.is_ok(),
+        "not declared through the second address: {declared:?}"
+    );
+
+    let other_port = free_port();
+    let other_dead = format!("amqp://guest:dead-secret@127.0.0.1:{other_port}/%2f");
+    let none = bus::open(&format!("{dead},{other_dead}"), &namespace).unwrap();
+    let refused = none.declare(&spec).await.unwrap_err().to_string();
+    none.close().await;
+    assert!(
+        refused.contains("none of the 2 brokers answered"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(&format!("127.0.0.1:{other_port}")),
+        "{refused}"
+    );
+    assert!(!refused.contains("dead-secret"), "{refused}");
 }

@@ -554,6 +554,30 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_type_is_classic_unless_set_and_a_wrong_one_is_named() {
+        let auth = vec![
+            ("ELVES_AUTH__AUTH_ID".to_string(), "admin".to_string()),
+            ("ELVES_AUTH__AUTH_KEY".to_string(), "0123456789".to_string()),
+        ];
+        let default: CenterConfig = elves_shared::config::load(None, auth.clone()).unwrap();
+        assert_eq!(
+            default.bus.queue_type,
+            elves_shared::bus::QueueType::Classic
+        );
+        let with = |value: &str| {
+            let mut env = auth.clone();
+            env.push(("ELVES_BUS__QUEUE_TYPE".to_string(), value.to_string()));
+            elves_shared::config::load::<CenterConfig, _>(None, env)
+        };
+        assert_eq!(
+            with("quorum").unwrap().bus.queue_type,
+            elves_shared::bus::QueueType::Quorum
+        );
+        let err = with("mirrored").unwrap_err().to_string();
+        assert!(err.contains("queue_type"), "{err}");
+    }
+
+    #[test]
     fn missing_auth_is_named() {
         let err = elves_shared::config::load::<CenterConfig, _>(None, Vec::new()).unwrap_err();
         assert!(err.to_string().contains("auth"), "{err}");
