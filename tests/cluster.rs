@@ -67,7 +67,7 @@ impl Api {
 /// The queues `node` lists whose name starts with `prefix`: name → (type, leader, members).
 async fn queues_on(node: &RabbitNode, prefix: &str) -> Map<String, Value> {
     let listed = node
-        .ctl_blocking(vec![
+        .ctl(vec![
             "list_queues",
             "name",
             "type",

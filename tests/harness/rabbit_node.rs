@@ -239,14 +239,14 @@ impl RabbitNode {
             vec!["join_cluster", seed],
             vec!["start_app"],
         ] {
-            self.ctl_blocking(args).await;
+            self.ctl(args).await;
         }
         self.wait_until_accepting().await;
     }
 
-    /// `rabbitmqctl -n <this node> <args>` off the test's runtime; its stdout. Fails the test
+    /// `rabbitmqctl -n <this node> <args>`, run on the blocking pool; its stdout. Fails the test
     /// when the command fails or takes longer than [`CTL_TIMEOUT`].
-    pub async fn ctl_blocking(&self, args: Vec<&str>) -> String {
+    pub async fn ctl(&self, args: Vec<&str>) -> String {
         let node = self.node_name.clone();
         let home = self.dir.path().to_path_buf();
         let args: Vec<String> = args.into_iter().map(str::to_string).collect();
