@@ -252,6 +252,11 @@ impl Center {
         let mut ready = Some(ready);
         let connected = match self.connect(&prepared).await {
             Ok(connected) => connected,
+            // Waiting cannot mend a broker that holds the center's queues in another type.
+            Err(err @ BusError::Misconfigured(_)) => {
+                let _ = ready.take().map(|ready| ready.send(Err(err.into())));
+                return;
+            }
             Err(err) => {
                 log::warn!(
                     "center: the broker is not reachable yet, serving http while waiting: {err}"
@@ -524,7 +529,11 @@ pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
     let hangups = signals
         .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
         .context("installing the SIGHUP handler")?;
-    let bus = elves_shared::bus::open(&config.bus.url, &config.bus.namespace)?;
+    let bus = elves_shared::bus::open_with(
+        &config.bus.url,
+        &config.bus.namespace,
+        config.bus.queue_type,
+    )?;
     let listener = TcpListener::bind(&config.http.listen)
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
     let center = start_with(config, listener, bus, BusOwnership::Owned)?;
