@@ -101,6 +101,26 @@ pub struct BusConfig {
     /// `elves_shared::bus::with_frame_max`.
     #[serde(default = "default_frame_max")]
     pub frame_max: u32,
+    /// `amqps://` only: the CA certificates (PEM) the broker's certificate must chain to;
+    /// unset, the system's.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// `amqps://` only: a client certificate (PEM) to present, with `tls_key`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl BusConfig {
+    /// The TLS files of the broker link.
+    pub fn tls(&self) -> elves_shared::tls::ClientTls {
+        elves_shared::tls::ClientTls {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +135,10 @@ pub struct CenterConfig {
     /// the center's links; empty means use the links as they come.
     #[serde(default)]
     pub download_url: String,
+    /// The CA certificates (PEM) the center's HTTPS certificate must chain to, for package
+    /// downloads from an `https://` center; unset, the system's.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,6 +234,9 @@ impl Default for BusConfig {
             url: default_bus_url(),
             namespace: default_namespace(),
             frame_max: default_frame_max(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -220,6 +247,7 @@ impl Default for CenterConfig {
             key_id: default_key_id(),
             public_key: String::new(),
             download_url: String::new(),
+            tls_ca: None,
         }
     }
 }
@@ -297,6 +325,10 @@ impl AgentConfig {
         }
         if self.bus.namespace.is_empty() {
             return Err(invalid("bus.namespace", "must not be empty"));
+        }
+        if let Some(ca) = &self.center.tls_ca {
+            elves_shared::tls::read_certificates(ca, "CA file")
+                .map_err(|err| invalid("center.tls_ca", err.to_string()))?;
         }
         if !(2..=1 << 30).contains(&self.exec.output_cap) {
             return Err(invalid(

@@ -155,6 +155,13 @@ pub fn start_with(
         InstructionSigner::load_or_create(&config.keys.key_id, &config.signing_key_path())
             .context("loading the center's signing key")?,
     );
+    let tls = match config.http.tls() {
+        Some((cert, key)) => Some(
+            elves_shared::tls::server_config(cert, key)
+                .context("loading the HTTPS certificate (http.tls_cert, http.tls_key)")?,
+        ),
+        None => None,
+    };
     let key_id = config.keys.key_id.clone();
     let public_key_hex = signer.public_key_hex();
     let lifecycle = Arc::new(Lifecycle::default());
@@ -184,6 +191,7 @@ pub fn start_with(
                 bus,
                 signer,
                 lifecycle: thread_lifecycle,
+                tls,
             };
             system.block_on(center.run(config, listener, ready_sender));
             if let Some(bus) = bus_to_close {
@@ -219,6 +227,8 @@ struct Center {
     bus: SharedBus,
     signer: Arc<InstructionSigner>,
     lifecycle: Arc<Lifecycle>,
+    /// Serve HTTPS with this (`http.tls_cert`, `http.tls_key`); `None`: plain HTTP.
+    tls: Option<rustls::ServerConfig>,
 }
 
 /// What is set up before the bus is needed.
@@ -259,8 +269,9 @@ impl Center {
                 let server = match listener
                     .try_clone()
                     .context("sharing the http listener")
-                    .and_then(|listener| waiting_server(listener, waiting.clone()))
-                {
+                    .and_then(|listener| {
+                        waiting_server(listener, self.tls.clone(), waiting.clone())
+                    }) {
                     Ok(server) => server,
                     Err(err) => {
                         let _ = ready.take().map(|ready| ready.send(Err(err)));
@@ -414,8 +425,11 @@ impl Center {
         })
         .workers(workers)
         .worker_max_blocking_threads(MAX_BLOCKING_THREADS)
-        .disable_signals()
-        .listen(listener)
+        .disable_signals();
+        let server = match &self.tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls.clone()),
+            None => server.listen(listener),
+        }
         .context("listening for http")?
         .run();
         Ok(server)
@@ -426,11 +440,12 @@ impl Center {
 async fn prepare(config: CenterConfig, listener: &TcpListener) -> anyhow::Result<Prepared> {
     let mut config = config;
     if config.apps.public_url.is_empty() {
-        // Agents download packages from here unless `apps.public_url` names another address.
+        // Agents download packages from here, in the API's scheme, unless `apps.public_url`
+        // names another address.
         let local = listener
             .local_addr()
             .context("reading the listener's address")?;
-        config.apps.public_url = format!("http://{local}");
+        config.apps.public_url = format!("{}://{local}", config.http.scheme());
     }
     let metrics = Arc::new(metrics::Metrics::default());
     let database_url = config.database_url();
@@ -453,18 +468,22 @@ async fn prepare(config: CenterConfig, listener: &TcpListener) -> anyhow::Result
 /// the real server takes the listener over.
 fn waiting_server(
     listener: TcpListener,
+    tls: Option<rustls::ServerConfig>,
     waiting: Arc<api::ops::BrokerWait>,
 ) -> anyhow::Result<actix_web::dev::Server> {
     let waiting = web::Data::from(waiting);
-    Ok(HttpServer::new(move || {
+    let server = HttpServer::new(move || {
         App::new()
             .app_data(waiting.clone())
             .configure(api::ops::configure_waiting)
     })
     .workers(1)
     .keep_alive(actix_web::http::KeepAlive::Disabled)
-    .disable_signals()
-    .listen(listener)
+    .disable_signals();
+    Ok(match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls),
+        None => server.listen(listener),
+    }
     .context("listening for http")?
     .run())
 }
@@ -498,12 +517,20 @@ pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
     let hangups = signals
         .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
         .context("installing the SIGHUP handler")?;
-    let bus = elves_shared::bus::open(&config.bus.url, &config.bus.namespace)?;
+    let bus = elves_shared::bus::open_with_tls(
+        &config.bus.url,
+        &config.bus.namespace,
+        &config.bus.tls(),
+    )?;
     let listener = TcpListener::bind(&config.http.listen)
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+    let scheme = config.http.scheme();
     let center = start_with(config, listener, bus, BusOwnership::Owned)?;
-    eprintln!("elves-center: listening on http://{}", center.http_addr);
-    eprintln!("elves-center: dashboard at http://{}/ui/", center.http_addr);
+    eprintln!("elves-center: listening on {scheme}://{}", center.http_addr);
+    eprintln!(
+        "elves-center: dashboard at {scheme}://{}/ui/",
+        center.http_addr
+    );
     eprintln!(
         "elves-center: instruction key {} {}",
         center.key_id, center.public_key_hex

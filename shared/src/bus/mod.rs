@@ -145,6 +145,27 @@ pub type SharedBus = Arc<dyn Bus>;
 
 /// Opens the bus an URL names: `inproc` (or empty) for the embedded bus, `amqp://…` for RabbitMQ.
 pub fn open(url: &str, namespace: &str) -> Result<SharedBus, BusError> {
+    open_with_tls(url, namespace, &crate::tls::ClientTls::default())
+}
+
+/// As [`open`], with the TLS files of `amqps://` connections (`[bus] tls_ca`, `tls_cert`,
+/// `tls_key`). TLS files with any other URL are refused rather than ignored: the operator
+/// meant the link to be encrypted.
+pub fn open_with_tls(
+    url: &str,
+    namespace: &str,
+    tls: &crate::tls::ClientTls,
+) -> Result<SharedBus, BusError> {
+    if tls.is_configured() {
+        if !url.starts_with("amqps://") {
+            // Not the URL itself: it may carry a password.
+            let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+            return Err(BusError::Unavailable(format!(
+                "bus.tls_ca, tls_cert or tls_key is set, but bus.url is {scheme}, not amqps://"
+            )));
+        }
+        return Ok(Arc::new(RabbitBus::with_tls(url, namespace, tls)?));
+    }
     if url.is_empty() || url == "inproc" {
         Ok(Arc::new(InProcBus::new(namespace)))
     } else if url.starts_with("amqp://") || url.starts_with("amqps://") {

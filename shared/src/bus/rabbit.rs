@@ -5,8 +5,13 @@
 //! consumer reconnects in the background with exponential backoff (jittered, so that a fleet
 //! that lost the broker together does not come back together), re-declaring its queue.
 //! It does not spool: callers that must not lose a message (the agent's results) do that.
+//!
+//! `amqps://` URLs connect over TLS (rustls): the broker's certificate is verified against the
+//! configured CA (`[bus] tls_ca`, else the system's), and a client certificate is presented
+//! when one is configured; see [`connect`].
 
 use super::{Bus, BusError, BusMessage, Consumer, Delivery, Destination, QueueSpec, Settle};
+use crate::tls::ClientTls;
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
@@ -14,7 +19,9 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::publisher_confirm::Confirmation;
+use lapin::tcp::{HandshakeError, RustlsConnector, TcpStream};
 use lapin::types::{AMQPValue, ByteArray, FieldTable, LongString, ShortString};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,6 +47,9 @@ struct Inner {
     /// The broker account this bus connects as, stamped on every message it publishes.
     user: Option<String>,
     url: String,
+    /// The TLS client configuration of `amqps://` connections; `None`: the system's CAs and
+    /// no client certificate.
+    tls: Option<Arc<rustls::ClientConfig>>,
     namespace: String,
     link: Mutex<Option<Link>>,
     closed: AtomicBool,
@@ -63,10 +73,24 @@ fn unavailable(err: lapin::Error) -> BusError {
 
 impl RabbitBus {
     pub fn new(url: &str, namespace: &str) -> Self {
+        RabbitBus::build(url, namespace, None)
+    }
+
+    /// A bus whose `amqps://` connections use these TLS files (read now: a missing or bad file
+    /// is an error here, not a failed connection later).
+    pub fn with_tls(url: &str, namespace: &str, tls: &ClientTls) -> Result<Self, BusError> {
+        let config = tls
+            .client_config()
+            .map_err(|err| BusError::Unavailable(format!("bus TLS: {err}")))?;
+        Ok(RabbitBus::build(url, namespace, Some(config)))
+    }
+
+    fn build(url: &str, namespace: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
         RabbitBus {
             inner: Arc::new(Inner {
                 user: broker_user(url),
                 url: url.to_string(),
+                tls,
                 namespace: namespace.to_string(),
                 link: Mutex::new(None),
                 closed: AtomicBool::new(false),
@@ -104,16 +128,17 @@ impl Inner {
         // A broker taking thousands of connections at once resets some during the handshake,
         // and lapin's connect can then wait for ever, holding this lock: every consumer and
         // publisher of the bus would wait with it.
-        let connection =
-            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.url, properties))
-                .await
-                .map_err(|_| {
-                    BusError::Unavailable(format!(
-                        "no connection to the broker within {} s",
-                        CONNECT_TIMEOUT.as_secs()
-                    ))
-                })?
-                .map_err(unavailable)?;
+        let connection = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            connect(&self.url, self.tls.as_ref(), properties),
+        )
+        .await
+        .map_err(|_| {
+            BusError::Unavailable(format!(
+                "no connection to the broker within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })??;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -192,6 +217,107 @@ impl Inner {
             .map_err(unavailable)?;
         Ok((channel, consumer))
     }
+}
+
+/// Opens one connection to the broker at `url`: plain TCP for `amqp://`, TLS for `amqps://`
+/// with `tls` (or, when `None`, the system's CAs and no client certificate).
+///
+/// lapin's own TLS setup would add a configured CA to the system's instead of trusting it
+/// alone, and takes a client certificate only as PKCS#12, so the TLS stream is made here and
+/// handed to lapin's connector.
+pub(crate) async fn connect(
+    url: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    properties: ConnectionProperties,
+) -> Result<Connection, BusError> {
+    let uri: AMQPUri = url
+        .parse()
+        .map_err(|err| BusError::Unavailable(format!("bus url: {err}")))?;
+    if uri.scheme == AMQPScheme::AMQP {
+        return Connection::connect_uri(uri, properties)
+            .await
+            .map_err(unavailable);
+    }
+    let config = match tls {
+        Some(config) => config.clone(),
+        None => ClientTls::default()
+            .client_config()
+            .map_err(|err| BusError::Unavailable(format!("bus TLS: {err}")))?,
+    };
+    let connector = RustlsConnector::from(config);
+    let timeout = uri
+        .query
+        .connection_timeout
+        .map_or(CONNECT_TIMEOUT, Duration::from_millis);
+    let address = format!("{}:{}", uri.authority.host, uri.authority.port);
+    let connected = Connection::connector(
+        uri,
+        Box::new(move |uri: &AMQPUri| tls_stream(uri, &connector, timeout)),
+        properties,
+    )
+    .await;
+    connected.map_err(|err| {
+        let explained = match &err {
+            lapin::Error::IOError(io) => crate::tls::explain_handshake_failure(io).or_else(|| {
+                // In TLS 1.3 the server judges the client's certificate after the client
+                // has finished its handshake: a refusal is a closed connection at the first
+                // write, its alert unread.
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::UnexpectedEof
+                )
+                .then(|| {
+                    format!(
+                        "the broker closed the connection right after the TLS handshake, as \
+                         RabbitMQ does when it refuses the client certificate or requires one \
+                         (check tls_cert and tls_key): {io}"
+                    )
+                })
+            }),
+            _ => None,
+        };
+        match explained {
+            Some(why) => BusError::Unavailable(format!("TLS with the broker at {address}: {why}")),
+            None => unavailable(err),
+        }
+    })
+}
+
+/// A TLS stream to the broker, its handshake done (on lapin's blocking thread), then made
+/// non-blocking as lapin's reactor needs it.
+fn tls_stream(
+    uri: &AMQPUri,
+    connector: &RustlsConnector,
+    timeout: Duration,
+) -> Result<TcpStream, HandshakeError> {
+    let host = uri.authority.host.as_str();
+    let mut last_error = None;
+    let addresses = std::net::ToSocketAddrs::to_socket_addrs(&(host, uri.authority.port))?;
+    for address in addresses {
+        match std::net::TcpStream::connect_timeout(&address, timeout) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                // A peer that takes the TCP connection but never answers the handshake (not
+                // a TLS listener) must not hold this thread for ever.
+                stream.set_read_timeout(Some(timeout))?;
+                let stream = TcpStream::from_std(stream)?.into_rustls(connector, host)?;
+                stream.set_read_timeout(None)?;
+                stream.set_nonblocking(true)?;
+                return Ok(stream);
+            }
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error
+        .unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("{host} resolves to no address"),
+            )
+        })
+        .into())
 }
 
 enum PublishFailure {
