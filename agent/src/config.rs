@@ -557,6 +557,14 @@ mod tests {
                 ]),
                 "heartbeat_interval_ms",
             ),
+            (
+                env(&[
+                    ("ELVES_ID", "a"),
+                    ("ELVES_CENTER__PUBLIC_KEY", &key),
+                    ("ELVES_CENTER__TLS_CA", "/nonexistent/ca.pem"),
+                ]),
+                "center.tls_ca",
+            ),
         ];
         for (variables, key_name) in cases {
             let err = AgentConfig::load(None, variables).unwrap_err();

@@ -589,6 +589,30 @@ mod tests {
     }
 
     #[test]
+    fn https_needs_both_certificate_and_key_and_sets_the_scheme() {
+        let load = |extra: &[(&str, &str)]| {
+            let mut env = vec![
+                ("ELVES_AUTH__AUTH_ID".to_string(), "admin".to_string()),
+                ("ELVES_AUTH__AUTH_KEY".to_string(), "0123456789".to_string()),
+            ];
+            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            let config: CenterConfig = elves_shared::config::load(None, env).unwrap();
+            config.validate().map(|()| config)
+        };
+        assert_eq!(load(&[]).unwrap().http.scheme(), "http");
+        let https = load(&[
+            ("ELVES_HTTP__TLS_CERT", "/etc/elves/center.pem"),
+            ("ELVES_HTTP__TLS_KEY", "/etc/elves/center.key"),
+        ])
+        .unwrap();
+        assert_eq!(https.http.scheme(), "https");
+        let err = load(&[("ELVES_HTTP__TLS_CERT", "/etc/elves/center.pem")]).unwrap_err();
+        assert!(err.to_string().contains("http.tls_key"), "{err}");
+        let err = load(&[("ELVES_HTTP__TLS_KEY", "/etc/elves/center.key")]).unwrap_err();
+        assert!(err.to_string().contains("http.tls_cert"), "{err}");
+    }
+
+    #[test]
     fn the_example_config_at_the_repo_root_parses() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/center.toml");
         let config = CenterConfig::load(Some(&path)).unwrap();

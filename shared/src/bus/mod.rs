@@ -332,8 +332,25 @@ impl Delivery {
 
 #[cfg(test)]
 mod tests {
-    use super::{jittered, with_frame_max};
+    use super::{jittered, open_with_tls, with_frame_max};
+    use crate::tls::ClientTls;
     use std::time::Duration;
+
+    #[test]
+    fn tls_files_need_an_amqps_url() {
+        let tls = ClientTls {
+            ca: Some("ca.pem".into()),
+            ..Default::default()
+        };
+        for url in ["inproc", "amqp://user:secret@host/%2f"] {
+            let err = open_with_tls(url, "ns", &tls)
+                .err()
+                .map(|err| err.to_string());
+            let err = err.unwrap_or_default();
+            assert!(err.contains("not amqps://"), "{url}: {err}");
+            assert!(!err.contains("secret"), "the password stays out: {err}");
+        }
+    }
 
     #[test]
     fn jitter_stays_in_the_upper_half_and_spreads() {
