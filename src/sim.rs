@@ -270,6 +270,26 @@ mod tests {
     }
 
     #[test]
+    fn tls_flags_make_the_bus_tls_and_a_certificate_needs_its_key() {
+        let config = parse(&[
+            "--bus-url",
+            "amqps://broker:5671/%2f",
+            "--bus-tls-ca",
+            "ca.pem",
+            "--bus-tls-cert",
+            "sim.pem",
+            "--bus-tls-key",
+            "sim.key",
+        ])
+        .unwrap();
+        assert_eq!(config.bus_tls.ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(config.bus_tls.cert, Some(PathBuf::from("sim.pem")));
+        assert_eq!(config.bus_tls.key, Some(PathBuf::from("sim.key")));
+        let err = parse(&["--bus-tls-cert", "sim.pem"]).unwrap_err();
+        assert!(format!("{err:#}").contains("--bus-tls-key"), "{err:#}");
+    }
+
+    #[test]
     fn bad_flags_are_refused_with_their_name() {
         for (args, named) in [
             (vec!["--label", "zone=eu 1"], "--label"),

@@ -225,6 +225,8 @@ impl Inner {
 /// lapin's own TLS setup would add a configured CA to the system's instead of trusting it
 /// alone, and takes a client certificate only as PKCS#12, so the TLS stream is made here and
 /// handed to lapin's connector.
+// The stream's error type is lapin's connector's (its mid-handshake state is large), not ours.
+#[allow(clippy::result_large_err)]
 pub(crate) async fn connect(
     url: &str,
     tls: Option<&Arc<rustls::ClientConfig>>,
@@ -287,6 +289,7 @@ pub(crate) async fn connect(
 
 /// A TLS stream to the broker, its handshake done (on lapin's blocking thread), then made
 /// non-blocking as lapin's reactor needs it.
+#[allow(clippy::result_large_err)] // lapin's connector's error type, see `connect`
 fn tls_stream(
     uri: &AMQPUri,
     connector: &RustlsConnector,
