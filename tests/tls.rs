@@ -462,6 +462,30 @@ async fn center_and_agent_work_over_amqps_and_https() {
     .await;
     assert_eq!(answer["flag"], "true", "{answer}\n{}", logs());
     assert_eq!(answer["result"]["worker_message"], "over tls", "{answer}");
+    // What a call costs through both TLS links (printed, not asserted: 2 busy cores).
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let answer = call(
+            &https,
+            &base,
+            "rt/exec",
+            &[
+                ("ip", "tls-agent"),
+                ("app", "apptest"),
+                ("func", "helloword"),
+            ],
+        )
+        .await;
+        assert_eq!(answer["flag"], "true", "{answer}");
+        took.push(started.elapsed());
+    }
+    took.sort();
+    eprintln!(
+        "rt/exec over https + amqps, 20 calls: median {:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
 
     // A package: the center's download link is https://, and the agent fetches it trusting
     // `center.tls_ca`.
