@@ -131,8 +131,9 @@ pub struct CenterConfig {
     /// The center's Ed25519 public key, 64 hex characters.
     #[serde(default)]
     pub public_key: String,
-    /// Where to download app packages from (`http://host:port`), replacing the address in
-    /// the center's links; empty means use the links as they come.
+    /// Where to download app packages from (`http://host:port`, or `https://…` for a center
+    /// serving HTTPS), replacing scheme and address in the center's links; empty means use
+    /// the links as they come (`https://` when the center serves HTTPS).
     #[serde(default)]
     pub download_url: String,
     /// The CA certificates (PEM) the center's HTTPS certificate must chain to, for package
