@@ -8,6 +8,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use elves_shared::sim::{self, Away, RunTime, SimConfig, SimFleet};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
@@ -25,6 +26,16 @@ pub struct SimArgs {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     bus_url: String,
+    /// With an `amqps://` bus: the CA certificates (PEM) the broker's certificate must chain
+    /// to (default: the system's).
+    #[arg(long, env = "ELVES_SIM_BUS_TLS_CA")]
+    bus_tls_ca: Option<PathBuf>,
+    /// With an `amqps://` bus: a client certificate (PEM) to present, with --bus-tls-key.
+    #[arg(long, env = "ELVES_SIM_BUS_TLS_CERT", requires = "bus_tls_key")]
+    bus_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --bus-tls-cert.
+    #[arg(long, env = "ELVES_SIM_BUS_TLS_KEY", requires = "bus_tls_cert")]
+    bus_tls_key: Option<PathBuf>,
     /// The bus namespace of the center (`[bus] namespace`).
     #[arg(long, default_value = "elves")]
     namespace: String,
@@ -111,6 +122,11 @@ fn config_of(args: &SimArgs) -> anyhow::Result<SimConfig> {
         public_key.trim(),
         agents,
     );
+    config.bus_tls = elves_shared::tls::ClientTls {
+        ca: args.bus_tls_ca.clone(),
+        cert: args.bus_tls_cert.clone(),
+        key: args.bus_tls_key.clone(),
+    };
     config.heartbeat_interval_ms = args.heartbeat_ms;
     config.run_time = args.run_time;
     config.failure_rate = args.failure_rate;
@@ -251,6 +267,26 @@ mod tests {
             }
         );
         assert_eq!(config.away.map(|away| away.fraction), Some(0.25));
+    }
+
+    #[test]
+    fn tls_flags_make_the_bus_tls_and_a_certificate_needs_its_key() {
+        let config = parse(&[
+            "--bus-url",
+            "amqps://broker:5671/%2f",
+            "--bus-tls-ca",
+            "ca.pem",
+            "--bus-tls-cert",
+            "sim.pem",
+            "--bus-tls-key",
+            "sim.key",
+        ])
+        .unwrap();
+        assert_eq!(config.bus_tls.ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(config.bus_tls.cert, Some(PathBuf::from("sim.pem")));
+        assert_eq!(config.bus_tls.key, Some(PathBuf::from("sim.key")));
+        let err = parse(&["--bus-tls-cert", "sim.pem"]).unwrap_err();
+        assert!(format!("{err:#}").contains("--bus-tls-key"), "{err:#}");
     }
 
     #[test]

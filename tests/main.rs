@@ -21,6 +21,7 @@ mod output;
 mod queue;
 mod queue_batch;
 mod rt;
+mod tls;
 mod ui;
 mod up;
 mod validation_order;

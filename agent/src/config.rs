@@ -102,6 +102,26 @@ pub struct BusConfig {
     /// `elves_shared::bus::with_frame_max`.
     #[serde(default = "default_frame_max")]
     pub frame_max: u32,
+    /// `amqps://` only: the CA certificates (PEM) the broker's certificate must chain to;
+    /// unset, the system's.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// `amqps://` only: a client certificate (PEM) to present, with `tls_key`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl BusConfig {
+    /// The TLS files of the broker link.
+    pub fn tls(&self) -> elves_shared::tls::ClientTls {
+        elves_shared::tls::ClientTls {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,10 +132,15 @@ pub struct CenterConfig {
     /// The center's Ed25519 public key, 64 hex characters.
     #[serde(default)]
     pub public_key: String,
-    /// Where to download app packages from (`http://host:port`), replacing the address in
-    /// the center's links; empty means use the links as they come.
+    /// Where to download app packages from (`http://host:port`, or `https://…` for a center
+    /// serving HTTPS), replacing scheme and address in the center's links; empty means use
+    /// the links as they come (`https://` when the center serves HTTPS).
     #[serde(default)]
     pub download_url: String,
+    /// The CA certificates (PEM) the center's HTTPS certificate must chain to, for package
+    /// downloads from an `https://` center; unset, the system's.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -211,6 +236,9 @@ impl Default for BusConfig {
             url: default_bus_url(),
             namespace: default_namespace(),
             frame_max: default_frame_max(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -221,6 +249,7 @@ impl Default for CenterConfig {
             key_id: default_key_id(),
             public_key: String::new(),
             download_url: String::new(),
+            tls_ca: None,
         }
     }
 }
@@ -298,6 +327,10 @@ impl AgentConfig {
         }
         if self.bus.namespace.is_empty() {
             return Err(invalid("bus.namespace", "must not be empty"));
+        }
+        if let Some(ca) = &self.center.tls_ca {
+            elves_shared::tls::read_certificates(ca, "CA file")
+                .map_err(|err| invalid("center.tls_ca", err.to_string()))?;
         }
         if !(2..=1 << 30).contains(&self.exec.output_cap) {
             return Err(invalid(
@@ -525,6 +558,14 @@ mod tests {
                     ("ELVES_HEARTBEAT_INTERVAL_MS", "many"),
                 ]),
                 "heartbeat_interval_ms",
+            ),
+            (
+                env(&[
+                    ("ELVES_ID", "a"),
+                    ("ELVES_CENTER__PUBLIC_KEY", &key),
+                    ("ELVES_CENTER__TLS_CA", "/nonexistent/ca.pem"),
+                ]),
+                "center.tls_ca",
             ),
         ];
         for (variables, key_name) in cases {

@@ -94,12 +94,34 @@ pub struct Installer {
 }
 
 impl Installer {
-    pub fn new(apps_dir: PathBuf, limits: Limits, download_base: Option<String>) -> Installer {
-        let http = reqwest::Client::builder()
+    /// Downloads follow the links' scheme: `https://` when the center serves its API over TLS
+    /// (or `download_base` says so). `center_ca` (`center.tls_ca`, checked when the
+    /// configuration is loaded) is then the only CA the center's certificate may chain to.
+    pub fn new(
+        apps_dir: PathBuf,
+        limits: Limits,
+        download_base: Option<String>,
+        center_ca: Option<&Path>,
+    ) -> Installer {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(DOWNLOAD_TIMEOUT)
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .timeout(DOWNLOAD_TIMEOUT);
+        if let Some(path) = center_ca {
+            match center_certificates(path) {
+                Ok(certificates) => {
+                    builder = builder.tls_built_in_root_certs(false);
+                    for certificate in certificates {
+                        builder = builder.add_root_certificate(certificate);
+                    }
+                }
+                // Downloads from an https:// center then fail, each naming the certificate.
+                Err(err) => log::error!("center.tls_ca: {err}"),
+            }
+        }
+        let http = builder.build().unwrap_or_else(|err| {
+            log::error!("package downloads: {err}; using a default client");
+            reqwest::Client::new()
+        });
         Installer {
             apps_dir,
             limits,
@@ -277,7 +299,8 @@ impl Installer {
             .get(self.url_of(app))
             .send()
             .await
-            .map_err(|err| failed(err.to_string()))?;
+            // With its causes: the TLS reason (an untrusted certificate) is only in them.
+            .map_err(|err| failed(with_causes(&err)))?;
         if !response.status().is_success() {
             return Err(failed(format!("http status {}", response.status())));
         }
@@ -457,6 +480,24 @@ fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
     Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The CA certificates of a PEM file, for reqwest.
+fn center_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem =
+        std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| format!("{}: {err}", path.display()))
+}
+
 /// Applies the latest set until shutdown; after each change `changed` is notified (the
 /// heartbeat goes out at once to report it).
 pub async fn run(
@@ -568,7 +609,7 @@ mod tests {
         .unwrap();
         std::fs::write(installed.join("VERSION"), "1.0\n").unwrap();
         // Nothing listens there: a download attempt would fail the apply.
-        let installer = Installer::new(apps.to_path_buf(), Limits::default(), None);
+        let installer = Installer::new(apps.to_path_buf(), Limits::default(), None, None);
         let set = |version: &str| AppSet {
             agent: elves_shared::wire::AgentId::parse("host-1").unwrap(),
             issued_at: 0,

@@ -188,6 +188,7 @@ pub async fn run(
             agent.config.apps_dir.clone(),
             agent.config.package_limits,
             Some(agent.config.center.download_url.clone()),
+            agent.config.center.tls_ca.as_deref(),
         ),
         agent.app_sets.subscribe(),
         agent.beat_now.clone(),

@@ -23,8 +23,8 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let config = AgentConfig::load(Some(config_path), std::env::vars())
         .with_context(|| format!("loading {}", config_path.display()))?;
     let bus_url = elves_shared::bus::with_frame_max(&config.bus.url, config.bus.frame_max);
-    let bus =
-        elves_shared::bus::open(&bus_url, &config.bus.namespace).context("opening the bus")?;
+    let bus = elves_shared::bus::open_with_tls(&bus_url, &config.bus.namespace, &config.bus.tls())
+        .context("opening the bus")?;
     let stats = Arc::new(AgentStats::new());
     let outcome = crate::run(config, bus.clone(), stats, shutdown_signal()).await;
     bus.close().await;

@@ -105,7 +105,8 @@ pub struct AppsConfig {
     /// must share this directory too (any center may be asked for any package).
     #[serde(default = "default_package_dir")]
     pub package_dir: PathBuf,
-    /// The base URL agents download packages from; empty means `http://<the HTTP listener>`.
+    /// The base URL agents download packages from; empty means the HTTP listener's address,
+    /// `https://` when `http.tls_cert` is set.
     #[serde(default)]
     pub public_url: String,
     /// How long a download link in an app set stays valid.
@@ -200,6 +201,12 @@ pub struct HttpConfig {
     /// actix-web worker threads; the API is I/O bound, two are plenty on small machines.
     #[serde(default = "default_http_workers")]
     pub workers: usize,
+    /// With `tls_key`: serve HTTPS with this certificate chain (PEM) instead of HTTP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -207,6 +214,27 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: default_listen(),
             workers: default_http_workers(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The certificate and key to serve HTTPS with; `None` for plain HTTP.
+    pub fn tls(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            _ => None,
+        }
+    }
+
+    /// `https` when the API is served over TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls().is_some() {
+            "https"
+        } else {
+            "http"
         }
     }
 }
@@ -231,6 +259,15 @@ pub struct BusConfig {
     /// nodes, to survive losing one). A queue keeps the type it was first declared with.
     #[serde(default)]
     pub queue_type: elves_shared::bus::QueueType,
+    /// `amqps://` only: the CA certificates (PEM) the broker's certificate must chain to;
+    /// unset, the system's.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// `amqps://` only: a client certificate (PEM) to present, with `tls_key`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for BusConfig {
@@ -240,6 +277,20 @@ impl Default for BusConfig {
             namespace: default_namespace(),
             agent_accounts: false,
             queue_type: elves_shared::bus::QueueType::default(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl BusConfig {
+    /// The TLS files of the broker link.
+    pub fn tls(&self) -> elves_shared::tls::ClientTls {
+        elves_shared::tls::ClientTls {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
         }
     }
 }
@@ -350,6 +401,11 @@ impl CenterConfig {
         }
         if self.http.workers == 0 {
             return Err(bad("http.workers", "must be at least 1"));
+        }
+        match (&self.http.tls_cert, &self.http.tls_key) {
+            (Some(_), None) => return Err(bad("http.tls_key", "is needed with http.tls_cert")),
+            (None, Some(_)) => return Err(bad("http.tls_cert", "is needed with http.tls_key")),
+            _ => {}
         }
         if self.heartbeat.offline_after_missed_beats == 0 {
             return Err(bad(
@@ -537,6 +593,30 @@ mod tests {
         assert_eq!(config.cron.dir, PathBuf::from("config/cron.d"));
         assert_eq!(config.cron.zone(), chrono_tz::Tz::UTC);
         assert_eq!(config.cron.misfire_threshold_s, 60);
+    }
+
+    #[test]
+    fn https_needs_both_certificate_and_key_and_sets_the_scheme() {
+        let load = |extra: &[(&str, &str)]| {
+            let mut env = vec![
+                ("ELVES_AUTH__AUTH_ID".to_string(), "admin".to_string()),
+                ("ELVES_AUTH__AUTH_KEY".to_string(), "0123456789".to_string()),
+            ];
+            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            let config: CenterConfig = elves_shared::config::load(None, env).unwrap();
+            config.validate().map(|()| config)
+        };
+        assert_eq!(load(&[]).unwrap().http.scheme(), "http");
+        let https = load(&[
+            ("ELVES_HTTP__TLS_CERT", "/etc/elves/center.pem"),
+            ("ELVES_HTTP__TLS_KEY", "/etc/elves/center.key"),
+        ])
+        .unwrap();
+        assert_eq!(https.http.scheme(), "https");
+        let err = load(&[("ELVES_HTTP__TLS_CERT", "/etc/elves/center.pem")]).unwrap_err();
+        assert!(err.to_string().contains("http.tls_key"), "{err}");
+        let err = load(&[("ELVES_HTTP__TLS_KEY", "/etc/elves/center.key")]).unwrap_err();
+        assert!(err.to_string().contains("http.tls_cert"), "{err}");
     }
 
     #[test]

@@ -156,6 +156,13 @@ pub fn start_with(
         InstructionSigner::load_or_create(&config.keys.key_id, &config.signing_key_path())
             .context("loading the center's signing key")?,
     );
+    let tls = match config.http.tls() {
+        Some((cert, key)) => Some(
+            elves_shared::tls::server_config(cert, key)
+                .context("loading the HTTPS certificate (http.tls_cert, http.tls_key)")?,
+        ),
+        None => None,
+    };
     let key_id = config.keys.key_id.clone();
     let public_key_hex = signer.public_key_hex();
     let lifecycle = Arc::new(Lifecycle::default());
@@ -185,6 +192,7 @@ pub fn start_with(
                 bus,
                 signer,
                 lifecycle: thread_lifecycle,
+                tls,
             };
             system.block_on(center.run(config, listener, ready_sender));
             if let Some(bus) = bus_to_close {
@@ -220,6 +228,8 @@ struct Center {
     bus: SharedBus,
     signer: Arc<InstructionSigner>,
     lifecycle: Arc<Lifecycle>,
+    /// Serve HTTPS with this (`http.tls_cert`, `http.tls_key`); `None`: plain HTTP.
+    tls: Option<rustls::ServerConfig>,
 }
 
 /// What is set up before the bus is needed.
@@ -265,8 +275,9 @@ impl Center {
                 let server = match listener
                     .try_clone()
                     .context("sharing the http listener")
-                    .and_then(|listener| waiting_server(listener, waiting.clone()))
-                {
+                    .and_then(|listener| {
+                        waiting_server(listener, self.tls.clone(), waiting.clone())
+                    }) {
                     Ok(server) => server,
                     Err(err) => {
                         let _ = ready.take().map(|ready| ready.send(Err(err)));
@@ -413,29 +424,35 @@ impl Center {
         let local_addr = listener
             .local_addr()
             .context("reading the listener's address")?;
-        // actix-web's HttpServer, put together by hand so that every connection goes through
-        // `http_guard` (heads too large for the parser answered with the API's envelope).
-        let server = actix_server::Server::build()
-            .workers(workers)
-            .worker_max_blocking_threads(MAX_BLOCKING_THREADS)
-            .disable_signals()
-            .listen("elves-http", listener, move || {
-                let app = App::new()
-                    .wrap(api::envelope_errors())
-                    .app_data(state.clone())
-                    .app_data(dashboard.clone())
-                    .configure(api::configure)
-                    .configure(ui::configure);
-                let http = actix_http::HttpService::build()
+        // actix-web's HttpServer, put together by hand so that every connection, plain or TLS,
+        // goes through `http_guard` (heads too large for the parser answered with the API's
+        // envelope).
+        macro_rules! http_service {
+            () => {
+                actix_http::HttpService::build()
                     .keep_alive(actix_http::KeepAlive::default())
                     .client_request_timeout(Duration::from_secs(5))
                     .client_disconnect_timeout(Duration::from_secs(1))
                     .h1_allow_half_closed(true)
                     .local_addr(local_addr)
-                    .finish(actix_service::map_config(app, |_| {
-                        actix_web::dev::AppConfig::default()
-                    }));
-                use actix_service::ServiceFactoryExt as _;
+                    .finish(actix_service::map_config(
+                        App::new()
+                            .wrap(api::envelope_errors())
+                            .app_data(state.clone())
+                            .app_data(dashboard.clone())
+                            .configure(api::configure)
+                            .configure(ui::configure),
+                        |_| actix_web::dev::AppConfig::default(),
+                    ))
+            };
+        }
+        use actix_service::ServiceFactoryExt as _;
+        let builder = actix_server::Server::build()
+            .workers(workers)
+            .worker_max_blocking_threads(MAX_BLOCKING_THREADS)
+            .disable_signals();
+        let builder = match self.tls.clone() {
+            None => builder.listen("elves-http", listener, move || {
                 actix_service::fn_service(|io: actix_rt::net::TcpStream| async move {
                     let peer = io.peer_addr().ok();
                     let _ = io.set_nodelay(true);
@@ -445,10 +462,24 @@ impl Center {
                         peer,
                     ))
                 })
-                .and_then(http)
-            })
-            .context("listening for http")?
-            .run();
+                .and_then(http_service!())
+            }),
+            Some(tls) => builder.listen("elves-https", listener, move || {
+                use actix_tls::accept::{rustls_0_23, TlsError};
+                rustls_0_23::Acceptor::new(tls.clone())
+                    .map_err(TlsError::into_service_error)
+                    .map(|io: rustls_0_23::TlsStream<actix_rt::net::TcpStream>| {
+                        let peer = io.get_ref().0.peer_addr().ok();
+                        (
+                            http_guard::GuardedStream::new(io),
+                            actix_http::Protocol::Http1,
+                            peer,
+                        )
+                    })
+                    .and_then(http_service!().map_err(TlsError::Service))
+            }),
+        };
+        let server = builder.context("listening for http")?.run();
         Ok(server)
     }
 }
@@ -457,11 +488,12 @@ impl Center {
 async fn prepare(config: CenterConfig, listener: &TcpListener) -> anyhow::Result<Prepared> {
     let mut config = config;
     if config.apps.public_url.is_empty() {
-        // Agents download packages from here unless `apps.public_url` names another address.
+        // Agents download packages from here, in the API's scheme, unless `apps.public_url`
+        // names another address.
         let local = listener
             .local_addr()
             .context("reading the listener's address")?;
-        config.apps.public_url = format!("http://{local}");
+        config.apps.public_url = format!("{}://{local}", config.http.scheme());
     }
     let metrics = Arc::new(metrics::Metrics::default());
     let database_url = config.database_url();
@@ -484,18 +516,22 @@ async fn prepare(config: CenterConfig, listener: &TcpListener) -> anyhow::Result
 /// the real server takes the listener over.
 fn waiting_server(
     listener: TcpListener,
+    tls: Option<rustls::ServerConfig>,
     waiting: Arc<api::ops::BrokerWait>,
 ) -> anyhow::Result<actix_web::dev::Server> {
     let waiting = web::Data::from(waiting);
-    Ok(HttpServer::new(move || {
+    let server = HttpServer::new(move || {
         App::new()
             .app_data(waiting.clone())
             .configure(api::ops::configure_waiting)
     })
     .workers(1)
     .keep_alive(actix_web::http::KeepAlive::Disabled)
-    .disable_signals()
-    .listen(listener)
+    .disable_signals();
+    Ok(match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls),
+        None => server.listen(listener),
+    }
     .context("listening for http")?
     .run())
 }
@@ -529,16 +565,21 @@ pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
     let hangups = signals
         .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
         .context("installing the SIGHUP handler")?;
-    let bus = elves_shared::bus::open_with(
+    let bus = elves_shared::bus::open_configured(
         &config.bus.url,
         &config.bus.namespace,
         config.bus.queue_type,
+        &config.bus.tls(),
     )?;
     let listener = TcpListener::bind(&config.http.listen)
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+    let scheme = config.http.scheme();
     let center = start_with(config, listener, bus, BusOwnership::Owned)?;
-    eprintln!("elves-center: listening on http://{}", center.http_addr);
-    eprintln!("elves-center: dashboard at http://{}/ui/", center.http_addr);
+    eprintln!("elves-center: listening on {scheme}://{}", center.http_addr);
+    eprintln!(
+        "elves-center: dashboard at {scheme}://{}/ui/",
+        center.http_addr
+    );
     eprintln!(
         "elves-center: instruction key {} {}",
         center.key_id, center.public_key_hex

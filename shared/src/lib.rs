@@ -16,4 +16,5 @@ pub mod sign;
 pub mod sim;
 pub mod target;
 pub mod time;
+pub mod tls;
 pub mod wire;

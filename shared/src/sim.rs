@@ -153,6 +153,8 @@ pub struct SimConfig {
     /// The bus to speak on (`amqp://…`, or `inproc`), and the namespace of the center's.
     pub bus_url: String,
     pub namespace: String,
+    /// The TLS files of an `amqps://` bus (default none: the system's CAs).
+    pub bus_tls: crate::tls::ClientTls,
     /// The center's instruction key, as it prints it at start-up: instructions signed with
     /// anything else are refused.
     pub center_key_id: String,
@@ -192,6 +194,7 @@ impl SimConfig {
         SimConfig {
             bus_url: bus_url.to_string(),
             namespace: namespace.to_string(),
+            bus_tls: crate::tls::ClientTls::default(),
             center_key_id: center_key_id.to_string(),
             center_public_key_hex: center_public_key_hex.to_string(),
             agents,
@@ -313,7 +316,8 @@ impl SimFleet {
     /// that cannot consume its queue yet retries with backoff until the fleet stops.
     pub fn start(config: SimConfig) -> Result<SimFleet, SimError> {
         let (url, namespace) = (config.bus_url.clone(), config.namespace.clone());
-        SimFleet::start_with(config, || bus::open(&url, &namespace))
+        let tls = config.bus_tls.clone();
+        SimFleet::start_with(config, || bus::open_with_tls(&url, &namespace, &tls))
     }
 
     /// As [`SimFleet::start`], every agent on `bus` (its URL and namespace in `config` are

@@ -35,8 +35,44 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A TLS listener of a node beside its plain one (`listeners.ssl.default`), with the PEM files
+/// of `ssl_options`.
+pub struct NodeTls {
+    pub port: u16,
+    /// The CA the node checks client certificates against.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Refuse a client without a certificate (`verify_peer`, `fail_if_no_peer_cert`).
+    pub require_client_cert: bool,
+}
+
+impl NodeTls {
+    /// Its lines of `rabbitmq.conf`.
+    pub fn conf(&self) -> String {
+        let mut conf = format!(
+            "listeners.ssl.default = 127.0.0.1:{}\n\
+             ssl_options.cacertfile = {}\n\
+             ssl_options.certfile = {}\n\
+             ssl_options.keyfile = {}\n",
+            self.port,
+            self.ca.display(),
+            self.cert.display(),
+            self.key.display()
+        );
+        if self.require_client_cert {
+            conf.push_str(
+                "ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n",
+            );
+        }
+        conf
+    }
+}
+
 pub struct RabbitNode {
     pub port: u16,
+    /// The TLS listener's port, for a node started with [`RabbitNode::start_with_tls`].
+    pub tls_port: Option<u16>,
     pub node_name: String,
     dist_port: u16,
     dir: tempfile::TempDir,
@@ -47,6 +83,35 @@ impl RabbitNode {
     /// Starts a node whose AMQP listener is `port` and waits until it accepts connections.
     pub async fn start_on(port: u16) -> RabbitNode {
         RabbitNode::start_configured(port, "").await
+    }
+
+    /// As [`RabbitNode::start_on`], with a TLS listener beside the plain one; returns once
+    /// both take connections.
+    pub async fn start_with_tls(port: u16, tls: &NodeTls) -> RabbitNode {
+        let mut node = RabbitNode::start_configured(port, &tls.conf()).await;
+        node.tls_port = Some(tls.port);
+        let started = Instant::now();
+        // The listeners start together; this only guards against a slow second one.
+        while std::net::TcpStream::connect(("127.0.0.1", tls.port)).is_err() {
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "rabbitmq node {} has no TLS listener on {}:\n{}",
+                node.node_name,
+                tls.port,
+                node.output_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        node
+    }
+
+    /// `amqps://` URL of this node's TLS listener, by IP address (the test certificates name
+    /// 127.0.0.1).
+    pub fn tls_url(&self) -> String {
+        let port = self
+            .tls_port
+            .expect("the node was started with a TLS listener");
+        format!("amqps://guest:guest@127.0.0.1:{port}/%2f")
     }
 
     /// As [`RabbitNode::start_on`], with `conf` as its `rabbitmq.conf` (e.g. the memory
@@ -72,6 +137,7 @@ impl RabbitNode {
         );
         let mut node = RabbitNode {
             port,
+            tls_port: None,
             node_name,
             dist_port: free_port(),
             dir,
@@ -226,6 +292,7 @@ impl RabbitNode {
                 NODES_STARTED.fetch_add(1, Ordering::SeqCst)
             ),
             dist_port: free_port(),
+            tls_port: None,
             dir,
             server: None,
         }

@@ -188,11 +188,57 @@ pub type SharedBus = Arc<dyn Bus>;
 /// (or several, comma-separated: the nodes of a cluster, see [`broker_urls`]). The center's
 /// queues are classic; [`open_with`] chooses.
 pub fn open(url: &str, namespace: &str) -> Result<SharedBus, BusError> {
-    open_with(url, namespace, QueueType::Classic)
+    open_configured(
+        url,
+        namespace,
+        QueueType::Classic,
+        &crate::tls::ClientTls::default(),
+    )
 }
 
 /// As [`open`], declaring the center's shared queues as `queue_type` on RabbitMQ.
 pub fn open_with(url: &str, namespace: &str, queue_type: QueueType) -> Result<SharedBus, BusError> {
+    open_configured(
+        url,
+        namespace,
+        queue_type,
+        &crate::tls::ClientTls::default(),
+    )
+}
+
+/// As [`open`], with the TLS files of `amqps://` connections (`[bus] tls_ca`, `tls_cert`,
+/// `tls_key`).
+pub fn open_with_tls(
+    url: &str,
+    namespace: &str,
+    tls: &crate::tls::ClientTls,
+) -> Result<SharedBus, BusError> {
+    open_configured(url, namespace, QueueType::Classic, tls)
+}
+
+/// As [`open`], with every option. TLS files with any other URL than `amqps://` are refused
+/// rather than ignored: the operator meant the link to be encrypted.
+pub fn open_configured(
+    url: &str,
+    namespace: &str,
+    queue_type: QueueType,
+    tls: &crate::tls::ClientTls,
+) -> Result<SharedBus, BusError> {
+    let tls_config = if tls.is_configured() {
+        if let Some(plain) = broker_urls(url)
+            .into_iter()
+            .find(|url| !url.starts_with("amqps://"))
+        {
+            // Not the URL itself: it may carry a password.
+            let scheme = plain.split_once("://").map_or(plain, |(scheme, _)| scheme);
+            return Err(BusError::Unavailable(format!(
+                "bus.tls_ca, tls_cert or tls_key is set, but bus.url is {scheme}, not amqps://"
+            )));
+        }
+        Some(rabbit::tls_config(tls)?)
+    } else {
+        None
+    };
     if url.is_empty() || url == "inproc" {
         return Ok(Arc::new(InProcBus::new(namespace)));
     }
@@ -204,8 +250,8 @@ pub fn open_with(url: &str, namespace: &str, queue_type: QueueType) -> Result<Sh
              commas, got {url:?}"
         )));
     }
-    Ok(Arc::new(RabbitBus::with_queue_type(
-        &urls, namespace, queue_type,
+    Ok(Arc::new(RabbitBus::with_options(
+        &urls, namespace, queue_type, tls_config,
     )))
 }
 
@@ -382,8 +428,25 @@ impl Delivery {
 
 #[cfg(test)]
 mod tests {
-    use super::{broker_urls, jittered, open, with_frame_max, QueueSpec};
+    use super::{broker_urls, jittered, open, open_with_tls, with_frame_max, QueueSpec};
+    use crate::tls::ClientTls;
     use std::time::Duration;
+
+    #[test]
+    fn tls_files_need_an_amqps_url() {
+        let tls = ClientTls {
+            ca: Some("ca.pem".into()),
+            ..Default::default()
+        };
+        for url in ["inproc", "amqp://user:secret@host/%2f"] {
+            let err = open_with_tls(url, "ns", &tls)
+                .err()
+                .map(|err| err.to_string());
+            let err = err.unwrap_or_default();
+            assert!(err.contains("not amqps://"), "{url}: {err}");
+            assert!(!err.contains("secret"), "the password stays out: {err}");
+        }
+    }
 
     #[test]
     fn jitter_stays_in_the_upper_half_and_spreads() {

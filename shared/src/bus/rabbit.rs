@@ -10,9 +10,15 @@
 //! answers, in the order given, and a reconnect starts with the address after the one it was
 //! connected to, so that a node that just went away is tried last rather than first.
 
+//!
+//! `amqps://` URLs connect over TLS (rustls): the broker's certificate is verified against the
+//! configured CA (`[bus] tls_ca`, else the system's), and a client certificate is presented
+//! when one is configured; see [`connect`].
+
 use super::{
     Bus, BusError, BusMessage, Consumer, Delivery, Destination, QueueSpec, QueueType, Settle,
 };
+use crate::tls::ClientTls;
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
@@ -20,7 +26,9 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::publisher_confirm::Confirmation;
+use lapin::tcp::{HandshakeError, RustlsConnector, TcpStream};
 use lapin::types::{AMQPValue, ByteArray, FieldTable, LongString, ShortString};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -49,6 +57,9 @@ struct Inner {
     next_url: AtomicUsize,
     /// How the center's shared queues are declared ([`QueueSpec::is_center_shared`]).
     queue_type: QueueType,
+    /// The TLS client configuration of `amqps://` connections; `None`: the system's CAs and
+    /// no client certificate.
+    tls: Option<Arc<rustls::ClientConfig>>,
     namespace: String,
     link: Mutex<Option<Link>>,
     closed: AtomicBool,
@@ -76,22 +87,57 @@ impl RabbitBus {
     /// A bus on the broker at `url` (or the brokers of a comma-separated list, see
     /// [`super::broker_urls`]), declaring every queue classic.
     pub fn new(url: &str, namespace: &str) -> Self {
-        RabbitBus::with_queue_type(&super::broker_urls(url), namespace, QueueType::Classic)
+        RabbitBus::with_options(
+            &super::broker_urls(url),
+            namespace,
+            QueueType::Classic,
+            None,
+        )
     }
 
     /// A bus on the brokers at `urls`, declaring the center's shared queues as `queue_type`.
     pub fn with_queue_type(urls: &[&str], namespace: &str, queue_type: QueueType) -> Self {
+        RabbitBus::with_options(urls, namespace, queue_type, None)
+    }
+
+    /// A bus whose `amqps://` connections use these TLS files (read now: a missing or bad file
+    /// is an error here, not a failed connection later).
+    pub fn with_tls(url: &str, namespace: &str, tls: &ClientTls) -> Result<Self, BusError> {
+        let config = tls_config(tls)?;
+        Ok(RabbitBus::with_options(
+            &super::broker_urls(url),
+            namespace,
+            QueueType::Classic,
+            Some(config),
+        ))
+    }
+
+    /// A bus on the brokers at `urls` with every option: the type of the center's shared
+    /// queues, and the TLS configuration of `amqps://` connections.
+    pub fn with_options(
+        urls: &[&str],
+        namespace: &str,
+        queue_type: QueueType,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
         RabbitBus {
             inner: Arc::new(Inner {
                 urls: urls.iter().map(|url| url.to_string()).collect(),
                 next_url: AtomicUsize::new(0),
                 queue_type,
+                tls,
                 namespace: namespace.to_string(),
                 link: Mutex::new(None),
                 closed: AtomicBool::new(false),
             }),
         }
     }
+}
+
+/// The rustls configuration of `tls`'s files.
+pub fn tls_config(tls: &ClientTls) -> Result<Arc<rustls::ClientConfig>, BusError> {
+    tls.client_config()
+        .map_err(|err| BusError::Unavailable(format!("bus TLS: {err}")))
 }
 
 /// `host:port` of an AMQP URL, for messages: never its credentials.
@@ -131,7 +177,7 @@ impl Inner {
         for offset in 0..n_urls {
             let index = (first + offset) % n_urls;
             let url = &self.urls[index];
-            match open_link(url, &self.namespace).await {
+            match open_link(url, &self.namespace, self.tls.as_ref()).await {
                 Ok(link) => {
                     // Whatever ends this connection, the next attempt starts elsewhere.
                     self.next_url.store((index + 1) % n_urls, Ordering::Release);
@@ -216,22 +262,25 @@ impl Inner {
 
 /// One connection to the broker at `url`, with its confirm-mode publishing channel and the
 /// namespace's exchange declared.
-async fn open_link(url: &str, namespace: &str) -> Result<Link, BusError> {
+async fn open_link(
+    url: &str,
+    namespace: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Link, BusError> {
     let properties = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio);
     // A broker taking thousands of connections at once resets some during the handshake,
     // and lapin's connect can then wait for ever, holding the bus's link lock: every consumer
     // and publisher of the bus would wait with it.
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect(url, tls, properties))
         .await
         .map_err(|_| {
             BusError::Unavailable(format!(
                 "no connection to the broker within {} s",
                 CONNECT_TIMEOUT.as_secs()
             ))
-        })?
-        .map_err(unavailable)?;
+        })??;
     let publisher = connection.create_channel().await.map_err(unavailable)?;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
@@ -269,6 +318,110 @@ fn declare_failure(err: lapin::Error, queue: &str, declared_type: QueueType) -> 
          {wanted}",
         amqp.get_message()
     ))
+}
+
+/// Opens one connection to the broker at `url`: plain TCP for `amqp://`, TLS for `amqps://`
+/// with `tls` (or, when `None`, the system's CAs and no client certificate).
+///
+/// lapin's own TLS setup would add a configured CA to the system's instead of trusting it
+/// alone, and takes a client certificate only as PKCS#12, so the TLS stream is made here and
+/// handed to lapin's connector.
+// The stream's error type is lapin's connector's (its mid-handshake state is large), not ours.
+#[allow(clippy::result_large_err)]
+pub(crate) async fn connect(
+    url: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    properties: ConnectionProperties,
+) -> Result<Connection, BusError> {
+    let uri: AMQPUri = url
+        .parse()
+        .map_err(|err| BusError::Unavailable(format!("bus url: {err}")))?;
+    if uri.scheme == AMQPScheme::AMQP {
+        return Connection::connect_uri(uri, properties)
+            .await
+            .map_err(unavailable);
+    }
+    let config = match tls {
+        Some(config) => config.clone(),
+        None => ClientTls::default()
+            .client_config()
+            .map_err(|err| BusError::Unavailable(format!("bus TLS: {err}")))?,
+    };
+    let connector = RustlsConnector::from(config);
+    let timeout = uri
+        .query
+        .connection_timeout
+        .map_or(CONNECT_TIMEOUT, Duration::from_millis);
+    let address = format!("{}:{}", uri.authority.host, uri.authority.port);
+    let connected = Connection::connector(
+        uri,
+        Box::new(move |uri: &AMQPUri| tls_stream(uri, &connector, timeout)),
+        properties,
+    )
+    .await;
+    connected.map_err(|err| {
+        let explained = match &err {
+            lapin::Error::IOError(io) => crate::tls::explain_handshake_failure(io).or_else(|| {
+                // In TLS 1.3 the server judges the client's certificate after the client
+                // has finished its handshake: a refusal is a closed connection at the first
+                // write, its alert unread.
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::UnexpectedEof
+                )
+                .then(|| {
+                    format!(
+                        "the broker closed the connection right after the TLS handshake, as \
+                         RabbitMQ does when it refuses the client certificate or requires one \
+                         (check tls_cert and tls_key): {io}"
+                    )
+                })
+            }),
+            _ => None,
+        };
+        match explained {
+            Some(why) => BusError::Unavailable(format!("TLS with the broker at {address}: {why}")),
+            None => unavailable(err),
+        }
+    })
+}
+
+/// A TLS stream to the broker, its handshake done (on lapin's blocking thread), then made
+/// non-blocking as lapin's reactor needs it.
+#[allow(clippy::result_large_err)] // lapin's connector's error type, see `connect`
+fn tls_stream(
+    uri: &AMQPUri,
+    connector: &RustlsConnector,
+    timeout: Duration,
+) -> Result<TcpStream, HandshakeError> {
+    let host = uri.authority.host.as_str();
+    let mut last_error = None;
+    let addresses = std::net::ToSocketAddrs::to_socket_addrs(&(host, uri.authority.port))?;
+    for address in addresses {
+        match std::net::TcpStream::connect_timeout(&address, timeout) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                // A peer that takes the TCP connection but never answers the handshake (not
+                // a TLS listener) must not hold this thread for ever.
+                stream.set_read_timeout(Some(timeout))?;
+                let stream = TcpStream::from_std(stream)?.into_rustls(connector, host)?;
+                stream.set_read_timeout(None)?;
+                stream.set_nonblocking(true)?;
+                return Ok(stream);
+            }
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error
+        .unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("{host} resolves to no address"),
+            )
+        })
+        .into())
 }
 
 enum PublishFailure {
