@@ -401,6 +401,7 @@ impl Center {
             metrics,
             store,
             bus: self.bus.clone(),
+            public_key_hex: self.signer.public_key_hex(),
         });
         actix_rt::spawn(submit::consume_submissions(submissions, state.clone()));
         let dashboard = web::Data::new(ui::Dashboard::new(&self.signer));
@@ -508,6 +509,12 @@ pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
         "elves-center: instruction key {} {}",
         center.key_id, center.public_key_hex
     );
+    // systemd's Type=notify: started means serving HTTP. Without systemd (no NOTIFY_SOCKET)
+    // this does nothing. The variable stays: removing it races other threads reading the
+    // environment, and the unit's NotifyAccess=main ignores anyone else using it.
+    if let Err(err) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        log::warn!("center: telling systemd it is ready: {err}");
+    }
     signals.block_on(wait_for_stop_signal(hangups))?;
     log::info!("center: stopping");
     center.stop();
