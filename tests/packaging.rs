@@ -250,9 +250,14 @@ fn packages_install_into_a_scratch_root_with_users_units_and_conffiles() {
     assert_eq!(center.data_dir, Path::new("/var/lib/elves/center"));
     assert_eq!(center.cron.dir, Path::new("/etc/elves/cron.d"));
     assert!(root.path("etc/elves/cron.d").is_dir());
+    // The one key an operator must add (step 4 of the README's Deploying).
+    let center_key = elves_shared::crypto::InstructionSigner::generate("center");
     let agent = elves_agent::AgentConfig::load(
         Some(&root.path("etc/elves/agent.toml")),
-        Vec::<(String, String)>::new(),
+        [(
+            "ELVES_CENTER__PUBLIC_KEY".to_string(),
+            center_key.public_key_hex(),
+        )],
     )
     .unwrap();
     assert_eq!(agent.apps_dir, Path::new("/var/lib/elves/agent/apps"));
