@@ -16,7 +16,9 @@ fn elves_agent_notifies_systemd_once_it_is_set_up() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_read_timeout(Some(START_TIMEOUT)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let center_key = elves_shared::crypto::InstructionSigner::generate("center");
     let spool = dir.path().join("spool");
     let config = dir.path().join("agent.toml");
@@ -41,13 +43,7 @@ fn elves_agent_notifies_systemd_once_it_is_set_up() {
     }
     let mut agent = command.spawn().unwrap();
 
-    let mut message = [0u8; 512];
-    let received = socket.recv(&mut message);
-    if received.is_err() {
-        let _ = agent.kill();
-    }
-    let length = received.expect("no notification from elves-agent");
-    let message = String::from_utf8_lossy(&message[..length]).into_owned();
+    let message = await_notification(&socket, &mut agent);
     assert!(message.lines().any(|line| line == "READY=1"), "{message:?}");
     assert!(spool.is_dir(), "ready before its spool exists");
 
@@ -66,4 +62,22 @@ fn elves_agent_notifies_systemd_once_it_is_set_up() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}");
+}
+
+/// The first message on `socket`, while `child` runs; fails at once if it exits first.
+fn await_notification(socket: &UnixDatagram, child: &mut std::process::Child) -> String {
+    let started = Instant::now();
+    let mut message = [0u8; 512];
+    loop {
+        if let Ok(length) = socket.recv(&mut message) {
+            return String::from_utf8_lossy(&message[..length]).into_owned();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("elves-agent exited ({status}) without telling systemd it was ready");
+        }
+        if started.elapsed() > START_TIMEOUT {
+            let _ = child.kill();
+            panic!("no notification from elves-agent within {START_TIMEOUT:?}");
+        }
+    }
 }

@@ -499,6 +499,11 @@ pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
     let hangups = signals
         .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
         .context("installing the SIGHUP handler")?;
+    // Taken before the center says it is ready: a SIGTERM right after (`systemctl stop` of a
+    // unit that just started) stops it as any other, instead of ending the process unclean.
+    let stops = signals
+        .block_on(async { StopSignals::install() })
+        .context("installing the SIGTERM and SIGINT handlers")?;
     let bus = elves_shared::bus::open(&config.bus.url, &config.bus.namespace)?;
     let listener = TcpListener::bind(&config.http.listen)
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
@@ -515,19 +520,34 @@ pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
     if let Err(err) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         log::warn!("center: telling systemd it is ready: {err}");
     }
-    signals.block_on(wait_for_stop_signal(hangups))?;
+    signals.block_on(wait_for_stop_signal(stops, hangups));
     log::info!("center: stopping");
     center.stop();
     Ok(())
 }
 
-async fn wait_for_stop_signal(mut hangups: tokio::signal::unix::Signal) -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+/// SIGTERM (what systemd sends) and SIGINT (Ctrl-C), registered at once: from then on
+/// neither ends the process by its default action.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
+async fn wait_for_stop_signal(mut stops: StopSignals, mut hangups: tokio::signal::unix::Signal) {
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
+            _ = stops.interrupt.recv() => return,
+            _ = stops.terminate.recv() => return,
             // The cron reload handler sees the same signal once the center is connected.
             Some(()) = hangups.recv() => log::debug!("center: SIGHUP"),
         }

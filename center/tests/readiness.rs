@@ -17,7 +17,9 @@ fn elves_center_notifies_systemd_once_it_serves_http() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_read_timeout(Some(START_TIMEOUT)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -28,7 +30,7 @@ fn elves_center_notifies_systemd_once_it_serves_http() {
         &config,
         format!(
             "data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[bus]\nurl = \"inproc\"\n\
-             [auth]\nauth_key = \"readiness-test-key\"\n[cron]\ndir = {:?}\n",
+             [auth]\nauth_id = \"admin\"\nauth_key = \"readiness-test-key\"\n[cron]\ndir = {:?}\n",
             dir.path().join("data"),
             dir.path().join("cron.d"),
         ),
@@ -44,13 +46,7 @@ fn elves_center_notifies_systemd_once_it_serves_http() {
     }
     let mut center = command.spawn().unwrap();
 
-    let mut message = [0u8; 512];
-    let received = socket.recv(&mut message);
-    if received.is_err() {
-        let _ = center.kill();
-    }
-    let length = received.expect("no notification from elves-center");
-    let message = String::from_utf8_lossy(&message[..length]).into_owned();
+    let message = await_notification(&socket, &mut center);
     assert!(message.lines().any(|line| line == "READY=1"), "{message:?}");
 
     // Ready means serving: /healthz answers at once.
@@ -80,4 +76,22 @@ fn elves_center_notifies_systemd_once_it_serves_http() {
 
 fn run_ok(command: &mut Command) {
     assert!(command.status().unwrap().success(), "{command:?}");
+}
+
+/// The first message on `socket`, while `child` runs; fails at once if it exits first.
+fn await_notification(socket: &UnixDatagram, child: &mut std::process::Child) -> String {
+    let started = Instant::now();
+    let mut message = [0u8; 512];
+    loop {
+        if let Ok(length) = socket.recv(&mut message) {
+            return String::from_utf8_lossy(&message[..length]).into_owned();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("elves-center exited ({status}) without telling systemd it was ready");
+        }
+        if started.elapsed() > START_TIMEOUT {
+            let _ = child.kill();
+            panic!("no notification from elves-center within {START_TIMEOUT:?}");
+        }
+    }
 }
