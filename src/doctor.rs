@@ -548,12 +548,14 @@ async fn check_center_http(
     if status.is_success() {
         checks.push(ok("center", format!("{healthz}: {state}")));
     } else {
+        // A center waiting for its broker says why in `broker.last_error`.
+        let reason = body["broker"]["last_error"]
+            .as_str()
+            .map(|error| format!(" (broker: {error})"))
+            .unwrap_or_default();
         checks.push(fail(
             "center",
-            format!(
-                "{healthz}: HTTP {status}, status {state}: {}",
-                body["last_error"]
-            ),
+            format!("{healthz}: HTTP {status}, status {state}{reason}"),
             "the center runs but is not ready: journalctl -u elves-center says why (a center \
              waiting for the broker shows the broker's error above)",
         ));

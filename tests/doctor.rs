@@ -2,7 +2,10 @@
 //! `elves` binary through configuration files as an operator writes them. A good deployment
 //! passes; each broken piece is reported with its fix and a non-zero exit.
 
-use crate::harness::{amqp_url, pg_url, BusKind, DbKind, Setup, TestEnv, AUTH_ID, AUTH_KEY};
+use crate::harness::{
+    amqp_url, center_config, pg_url, start_center, BusKind, DbKind, Setup, TestEnv, AUTH_ID,
+    AUTH_KEY,
+};
 use elves_center::store::testing::TestDatabase;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -259,4 +262,41 @@ async fn a_config_that_does_not_parse_is_reported_by_key() {
     assert!(!diagnosis.success);
     let failure = diagnosis.failure("config");
     assert!(failure.contains("heartbeat_interval_ms"), "{failure}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_center_waiting_for_its_broker_is_reported_with_the_brokers_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::sqlite().unwrap();
+    let mut broker = url::Url::parse(&amqp_url()).unwrap();
+    broker.set_port(Some(closed_port())).unwrap();
+    let namespace = format!("elves-doctor-{:016x}", rand::random::<u64>());
+    let mut config = center_config(dir.path(), &BusKind::Rabbit, &namespace, &database.url);
+    config.bus.url = broker.to_string();
+    let bus = elves_shared::bus::open(&config.bus.url, &namespace).unwrap();
+    let center = start_center(config, bus).await;
+    let file = dir.path().join("center.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = {data_dir:?}\n[http]\nlisten = {listen:?}\n\
+             [bus]\nurl = {url:?}\nnamespace = {namespace:?}\n\
+             [auth]\nauth_id = {AUTH_ID:?}\nauth_key = {AUTH_KEY:?}\n\
+             [database]\nurl = {database:?}\n",
+            data_dir = dir.path().display().to_string(),
+            listen = center.http_addr.to_string(),
+            url = broker.to_string(),
+            database = database.url,
+        ),
+    )
+    .unwrap();
+    let diagnosis = doctor(&["--center", arg(&file)]).await;
+    tokio::task::spawn_blocking(move || center.stop())
+        .await
+        .unwrap();
+    assert!(!diagnosis.success);
+    assert!(diagnosis.failure("broker").contains("start RabbitMQ"));
+    let failure = diagnosis.failure("center");
+    assert!(failure.contains("waiting for the broker"), "{failure}");
+    assert!(failure.contains("refused"), "{failure}");
 }
