@@ -134,7 +134,8 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     if is_root() {
         println!(
             "note: running as root, so the directory checks say nothing about the service's \
-             user; run as it instead: runuser -u elves-agent -- elves doctor --agent …"
+             user; run as that user instead: runuser -u elves-center (or elves-agent) -- \
+             elves doctor …"
         );
     }
     if let Some(path) = &args.center {
@@ -270,14 +271,23 @@ pub async fn check_agent(path: &Path, options: &Options) -> Vec<Check> {
 }
 
 fn config_failure(path: &Path, err: &dyn std::fmt::Display) -> Check {
-    fail(
-        "config",
-        format!("{}: {err}", path.display()),
-        format!(
+    let fix = match std::fs::File::open(path) {
+        Err(open) if open.kind() == std::io::ErrorKind::NotFound => format!(
+            "give the right path; the packages install /etc/elves/center.toml and \
+             /etc/elves/agent.toml, examples are in the repository's config/ ({} is missing)",
+            path.display()
+        ),
+        Err(open) if open.kind() == std::io::ErrorKind::PermissionDenied => format!(
+            "run as root or as the service's user: {} is readable by them only (it holds \
+             credentials)",
+            path.display()
+        ),
+        _ => format!(
             "correct the key named above in {} (or the ELVES_… variable overriding it)",
             path.display()
         ),
-    )
+    };
+    fail("config", format!("{}: {err}", path.display()), fix)
 }
 
 /// A directory the service writes to: it must exist (or be creatable) and take a new file.

@@ -37,6 +37,7 @@ impl Diagnosis {
 }
 
 async fn doctor(args: &[&str]) -> Diagnosis {
+    let started = std::time::Instant::now();
     let output: Output = tokio::process::Command::new(env!("CARGO_BIN_EXE_elves"))
         .arg("doctor")
         .args(args)
@@ -46,7 +47,7 @@ async fn doctor(args: &[&str]) -> Diagnosis {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}{stderr}");
+    println!("{stdout}{stderr}elves doctor took {:?}", started.elapsed());
     Diagnosis {
         success: output.status.success(),
         stdout,
