@@ -5,14 +5,16 @@
 mod app;
 mod call;
 mod client;
+mod completions;
 mod cron;
+mod doctor;
 mod queue;
 mod run;
 mod sim;
 mod tail;
 mod up;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +56,13 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// A task's live output until it ends: `elves tail <task_id> [--stream stderr]`.
     Tail(tail::TailArgs),
+    /// Checks a deployment from this host and says how to fix what is wrong:
+    /// `elves doctor --center /etc/elves/center.toml`, `elves doctor --agent /etc/elves/agent.toml`.
+    Doctor(doctor::DoctorArgs),
+    /// A completion script for a shell: `elves completions bash > /etc/bash_completion.d/elves`.
+    Completions(completions::CompletionsArgs),
+    /// The man pages of elves and its subcommands: `elves man --out-dir man/`.
+    Man(completions::ManArgs),
 }
 
 fn main() {
@@ -69,6 +78,9 @@ fn main() {
         Command::Sim(args) => sim::run(args),
         Command::Run(args) => run::run(*args),
         Command::Tail(args) => tail::run(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::Completions(args) => completions::completions(args, Cli::command()),
+        Command::Man(args) => completions::man(args, Cli::command()),
         Command::Center { config } => elves_center::run_until_signal(&config),
         Command::Agent { config } => elves_agent::service::run_until_signal(&config),
     };

@@ -168,6 +168,12 @@ pub async fn run(
         agent.config.apps_dir.display(),
         agent.config.spool_dir.display()
     );
+    // systemd's Type=notify: started means configuration, key, spool and journal are in order;
+    // the broker may come later. Workers inherit NOTIFY_SOCKET (removing it races other
+    // threads reading the environment), and the unit's NotifyAccess=main ignores them.
+    if let Err(err) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        log::warn!("agent {agent_id}: telling systemd it is ready: {err}");
+    }
 
     let mut background = JoinSet::new();
     background.spawn(spool::run_flusher(

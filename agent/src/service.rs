@@ -26,32 +26,23 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let bus = elves_shared::bus::open_with_tls(&bus_url, &config.bus.namespace, &config.bus.tls())
         .context("opening the bus")?;
     let stats = Arc::new(AgentStats::new());
-    let outcome = crate::run(config, bus.clone(), stats, shutdown_signal()).await;
+    let outcome = crate::run(config, bus.clone(), stats, shutdown_signal()?).await;
     bus.close().await;
     outcome
 }
 
-/// Resolves on the first Ctrl-C or SIGTERM (what systemd sends on stop).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            log::error!("cannot listen for ctrl-c: {err}");
-            std::future::pending::<()>().await;
+/// Resolves on the first Ctrl-C or SIGTERM (what systemd sends on stop). Both handlers are
+/// installed when this is called, not when the future is first polled: the agent tells systemd
+/// it is ready before it waits on this, and a SIGTERM in between must still drain the agent
+/// rather than end the process by the signal's default action.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for ctrl-c")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for sigterm")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => log::info!("ctrl-c received, shutting down"),
+            _ = terminate.recv() => log::info!("sigterm received, shutting down"),
         }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                log::error!("cannot listen for sigterm: {err}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => log::info!("ctrl-c received, shutting down"),
-        () = terminate => log::info!("sigterm received, shutting down"),
-    }
+    })
 }

@@ -418,6 +418,7 @@ impl Center {
             metrics,
             store,
             bus: self.bus.clone(),
+            public_key_hex: self.signer.public_key_hex(),
         });
         actix_rt::spawn(submit::consume_submissions(submissions, state.clone()));
         let dashboard = web::Data::new(ui::Dashboard::new(&self.signer));
@@ -565,6 +566,11 @@ pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
     let hangups = signals
         .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
         .context("installing the SIGHUP handler")?;
+    // Taken before the center says it is ready: a SIGTERM right after (`systemctl stop` of a
+    // unit that just started) stops it as any other, instead of ending the process unclean.
+    let stops = signals
+        .block_on(async { StopSignals::install() })
+        .context("installing the SIGTERM and SIGINT handlers")?;
     let bus = elves_shared::bus::open_configured(
         &config.bus.url,
         &config.bus.namespace,
@@ -584,19 +590,40 @@ pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
         "elves-center: instruction key {} {}",
         center.key_id, center.public_key_hex
     );
-    signals.block_on(wait_for_stop_signal(hangups))?;
+    // systemd's Type=notify: started means serving HTTP. Without systemd (no NOTIFY_SOCKET)
+    // this does nothing. The variable stays: removing it races other threads reading the
+    // environment, and the unit's NotifyAccess=main ignores anyone else using it.
+    if let Err(err) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        log::warn!("center: telling systemd it is ready: {err}");
+    }
+    signals.block_on(wait_for_stop_signal(stops, hangups));
     log::info!("center: stopping");
     center.stop();
     Ok(())
 }
 
-async fn wait_for_stop_signal(mut hangups: tokio::signal::unix::Signal) -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+/// SIGTERM (what systemd sends) and SIGINT (Ctrl-C), registered at once: from then on
+/// neither ends the process by its default action.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
+async fn wait_for_stop_signal(mut stops: StopSignals, mut hangups: tokio::signal::unix::Signal) {
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
+            _ = stops.interrupt.recv() => return,
+            _ = stops.terminate.recv() => return,
             // The cron reload handler sees the same signal once the center is connected.
             Some(()) = hangups.recv() => log::debug!("center: SIGHUP"),
         }

@@ -33,6 +33,9 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub store: crate::store::Store,
     pub bus: elves_shared::bus::SharedBus,
+    /// The instruction signing key's public half (hex), shown on `/healthz` so that
+    /// `elves doctor` can compare it with an agent's `center.public_key`.
+    pub public_key_hex: String,
 }
 
 impl ApiState {

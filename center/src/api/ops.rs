@@ -48,6 +48,11 @@ pub async fn healthz(state: web::Data<ApiState>) -> HttpResponse {
     let body = json!({
         "status": if healthy { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
+        // Public keys only: what agents must be configured with (`elves doctor` compares).
+        "instruction_keys": [{
+            "key_id": state.config.keys.key_id,
+            "public_key": state.public_key_hex,
+        }],
         "heartbeat": heartbeat,
         "scheduler": scheduler,
     });

@@ -186,6 +186,27 @@ pub(super) fn run_migrations(conn: &mut DbConnection) -> Result<(), StoreError> 
     }
 }
 
+/// The names of the migrations the database lacks, oldest first; applies none.
+pub(super) fn pending_migrations(conn: &mut DbConnection) -> Result<Vec<String>, StoreError> {
+    let migration_error =
+        |err: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(err.to_string());
+    let names = match conn {
+        DbConnection::Pg(pg) => pg
+            .pending_migrations(POSTGRES_MIGRATIONS)
+            .map_err(migration_error)?
+            .iter()
+            .map(|migration| migration.name().to_string())
+            .collect(),
+        DbConnection::Sqlite(sqlite) => sqlite
+            .pending_migrations(SQLITE_MIGRATIONS)
+            .map_err(migration_error)?
+            .iter()
+            .map(|migration| migration.name().to_string())
+            .collect(),
+    };
+    Ok(names)
+}
+
 impl DbConnection {
     /// Runs `body` in one transaction that may write.
     ///

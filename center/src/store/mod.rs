@@ -251,6 +251,22 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
+    /// Connects once to the database named by `url` and lists the migrations it lacks, without
+    /// applying them or creating anything: a SQLite file that does not exist is an error.
+    /// For `elves doctor`, which checks a deployment without changing it.
+    pub fn pending_migrations(url: &str) -> Result<Vec<String>, StoreError> {
+        let target = Target::parse(url)?;
+        if let Target::Sqlite(path) = &target {
+            if !std::path::Path::new(path).is_file() {
+                return Err(StoreError::Connect(diesel::ConnectionError::BadConnection(
+                    format!("{path} does not exist"),
+                )));
+            }
+        }
+        let mut conn = target.establish()?;
+        connection::pending_migrations(&mut conn)
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
