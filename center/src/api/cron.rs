@@ -2,6 +2,7 @@
 //! and `cron/reload` of the definition files. The handlers write the database and tell the
 //! Cron actor, which fires.
 
+use super::openapi;
 use super::request::{self, Params};
 use super::{audit, resolve_agent, respond, ApiState, V2Call};
 use crate::actors::cron::{CronChanged, ReloadDefinitions};
@@ -68,6 +69,13 @@ fn cron_enabled(state: &ApiState) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/cron/add",
+    tag = "cron",
+    params(openapi::AgentParam, openapi::AppParam, openapi::TaskSpec, ("rule" = String, Query, description = "Quartz rule, 6 or 7 fields")),
+    extensions(("x-error-codes" = json!(["403.1", "403.2", "403.3", "403.4", "403.5", "403.7", "403.8", "413.2", "402.2", "414.1"]))),
+)]
 pub async fn add(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
@@ -139,10 +147,24 @@ pub async fn add(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>)
     respond(&state, "cron/add", outcome)
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/cron/start",
+    tag = "cron",
+    params(openapi::CronIdParam),
+    extensions(("x-error-codes" = json!(["403.9", "402.2", "411.1", "413.2"]))),
+)]
 pub async fn start(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     set_enabled(req, body, state, true).await
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/cron/stop",
+    tag = "cron",
+    params(openapi::CronIdParam),
+    extensions(("x-error-codes" = json!(["403.9", "402.2", "411.1", "413.2"]))),
+)]
 pub async fn stop(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     set_enabled(req, body, state, false).await
 }
@@ -183,6 +205,13 @@ async fn set_enabled(
     respond(&state, endpoint, outcome)
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/cron/delete",
+    tag = "cron",
+    params(openapi::CronIdParam),
+    extensions(("x-error-codes" = json!(["403.9", "402.2", "411.1", "413.2"]))),
+)]
 pub async fn delete(
     req: HttpRequest,
     body: web::Bytes,
@@ -217,6 +246,13 @@ pub async fn delete(
 }
 
 /// `cron/detail` and its alias `cron/info`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/cron/detail",
+    tag = "cron",
+    params(openapi::CronIdParam),
+    extensions(("x-error-codes" = json!(["403.9", "402.2", "411.1", "413.2"]))),
+)]
 pub async fn detail(
     req: HttpRequest,
     body: web::Bytes,
@@ -233,6 +269,13 @@ pub async fn detail(
     respond(&state, "cron/detail", outcome)
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/cron/list",
+    tag = "cron",
+    params(("ip" = Option<String>, Query, description = "Only the crons of this agent")),
+    extensions(("x-error-codes" = json!(["403.1", "402.2"]))),
+)]
 pub async fn list(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
@@ -280,6 +323,12 @@ pub async fn crons_of_agent(state: &ApiState, address: &str) -> Result<Vec<CronR
     Ok(rows)
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/cron/reload",
+    tag = "cron",
+    extensions(("x-error-codes" = json!(["402.2", "403.9"]))),
+)]
 pub async fn reload(
     req: HttpRequest,
     body: web::Bytes,

@@ -1,6 +1,7 @@
 //! `/api/v2/queue/*`: queues of tasks with dependencies, run asynchronously; poll the result.
 //! The handlers write the queue and its tasks; the TaskQueue actor dispatches and records.
 
+use super::openapi;
 use super::request::{self, Caller, Params};
 use super::{audit, resolve_agent, respond, ApiState, V2Call};
 use crate::actors::task_queue::{DispatchReady, StopQueue};
@@ -13,6 +14,13 @@ use elves_shared::wire::{AgentId, Mode, TaskId, TaskType};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/queue/create",
+    tag = "queue",
+    params(openapi::AppParam),
+    extensions(("x-error-codes" = json!(["403.3", "413.2"]))),
+)]
 pub async fn create(
     req: HttpRequest,
     body: web::Bytes,
@@ -78,6 +86,13 @@ impl TaskRequest {
     }
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/queue/addtask",
+    tag = "queue",
+    params(openapi::QueueIdParam, openapi::AgentParam, openapi::TaskSpec, ("depend_task_id" = Option<String>, Query, description = "A task of the same queue that must finish with worker_flag 1 first")),
+    extensions(("x-error-codes" = json!(["403.6", "403.1", "403.2", "403.4", "403.7", "403.8", "412.4", "412.1", "412.2", "413.2", "414.1"]))),
+)]
 pub async fn add_task(
     req: HttpRequest,
     body: web::Bytes,
@@ -186,6 +201,13 @@ struct BatchTask {
 /// then per element in order: `app` is the queue's (403.3), the agent (414.1), the app is
 /// bound to it (401.6); finally, in the transaction, the queue is open (412.2) and the
 /// `depend_task_id`s are tasks of the queue (412.4). One audit row records the call.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/queue/addtasks",
+    tag = "queue",
+    params(openapi::QueueIdParam, ("tasks" = String, Query, description = "JSON array of task objects {ip, func, param, timeout, proxy, mode, app, depend_task_id | depends_on_index}; send it as a form body")),
+    extensions(("x-error-codes" = json!(["403.2", "403.6", "403.1", "403.3", "403.4", "403.7", "403.8", "412.4", "412.1", "412.2", "413.2", "414.1"]))),
+)]
 pub async fn add_tasks(
     req: HttpRequest,
     payload: web::Payload,
@@ -426,6 +448,13 @@ fn name_failed_element(
     }
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/queue/commit",
+    tag = "queue",
+    params(openapi::QueueIdParam),
+    extensions(("x-error-codes" = json!(["403.6", "412.1", "412.2", "413.2"]))),
+)]
 pub async fn commit(
     req: HttpRequest,
     body: web::Bytes,
@@ -475,6 +504,13 @@ async fn commit_queue(state: &ApiState, queue_id: &TaskId) -> Result<(), ApiErro
     Ok(())
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/queue/stop",
+    tag = "queue",
+    params(openapi::QueueIdParam),
+    extensions(("x-error-codes" = json!(["403.6", "412.1", "412.3", "413.2"]))),
+)]
 pub async fn stop(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
@@ -524,6 +560,13 @@ async fn queue_tasks(state: &ApiState, queue_id: &TaskId) -> Result<Vec<TaskRow>
     Ok(tasks)
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/queue/result",
+    tag = "queue",
+    params(openapi::QueueIdParam),
+    extensions(("x-error-codes" = json!(["403.6", "412.1", "413.2"]))),
+)]
 pub async fn result(
     req: HttpRequest,
     body: web::Bytes,
@@ -558,6 +601,13 @@ pub fn task_result(task: &TaskRow) -> Value {
     })
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/queue/qksqueue",
+    tag = "queue",
+    params(openapi::AgentParam, openapi::AppParam, openapi::TaskSpec),
+    extensions(("x-error-codes" = json!(["403.1", "403.2", "403.3", "403.4", "403.7", "403.8", "413.2", "414.1"]))),
+)]
 pub async fn quick_queue(
     req: HttpRequest,
     body: web::Bytes,
