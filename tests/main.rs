@@ -17,6 +17,7 @@ mod faults;
 mod fleet_sim;
 mod harness;
 mod output;
+mod python_sdk;
 mod queue;
 mod queue_batch;
 mod rt;
