@@ -77,6 +77,8 @@ struct Received {
     size: u64,
 }
 
+/// Uploads a package `<app>_<version>.zip` (admin; multipart field `file`, auth parameters in the
+/// query string): `{app, version, sha256, size}`.
 #[utoipa::path(
     post,
     path = "/api/v2/app/upload",

@@ -108,6 +108,7 @@ fn page_params(params: &Params) -> Result<(u64, u64), ApiError> {
     ))
 }
 
+/// The agents a target expression matches, a page at a time.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/target/resolve",
@@ -176,6 +177,7 @@ fn require_every_agent(
     )))
 }
 
+/// Starts a batch: one task per agent the target matches, rolled out in steps: `{id, count}`.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/batch/create",
@@ -309,6 +311,7 @@ async fn status_of(state: &ApiState, batch: &BatchRow) -> Result<Value, ApiError
     }))
 }
 
+/// A batch's state and its agents counted by state.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/batch/status",
@@ -359,6 +362,7 @@ fn worker_fields(task: Option<&TaskRow>) -> (String, String, u64) {
     }
 }
 
+/// A batch's agents with their results, a page at a time, optionally of some states only.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/batch/result",
@@ -401,6 +405,7 @@ pub async fn result(
     respond(&state, "batch/result", outcome)
 }
 
+/// Stops a batch: no more steps, running tasks cancelled.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/batch/stop",
@@ -460,6 +465,8 @@ async fn stop_batch(
     status_of(state, &stopped).await
 }
 
+/// A new batch of the agents of this one in the given states (default failed, timeout and
+/// offline): `{id, count}`.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/batch/retry",
@@ -538,6 +545,7 @@ async fn retry_batch(
     store_batch(state, batch, members).await
 }
 
+/// Re-reads the agents' labels from the inventory (admin).
 #[utoipa::path(method(get, post), path = "/api/v2/inventory/reload", tag = "batch")]
 pub async fn reload_inventory(
     req: HttpRequest,

@@ -69,6 +69,7 @@ fn cron_enabled(state: &ApiState) -> Result<(), ApiError> {
     }
 }
 
+/// Adds a cron, enabled at once: `{id}`.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/cron/add",
@@ -147,6 +148,7 @@ pub async fn add(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>)
     respond(&state, "cron/add", outcome)
 }
 
+/// Enables a cron.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/cron/start",
@@ -158,6 +160,7 @@ pub async fn start(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState
     set_enabled(req, body, state, true).await
 }
 
+/// Disables a cron.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/cron/stop",
@@ -205,6 +208,7 @@ async fn set_enabled(
     respond(&state, endpoint, outcome)
 }
 
+/// Deletes a cron.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/cron/delete",
@@ -269,6 +273,7 @@ pub async fn detail(
     respond(&state, "cron/detail", outcome)
 }
 
+/// The ids of the crons this auth id may see, those of one agent with `ip`.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/cron/list",
@@ -323,6 +328,7 @@ pub async fn crons_of_agent(state: &ApiState, address: &str) -> Result<Vec<CronR
     Ok(rows)
 }
 
+/// Re-reads the cron files (admin): `{dir, created, updated, removed, unchanged, errors}`.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/cron/reload",

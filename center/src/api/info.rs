@@ -16,6 +16,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v2/info/agents/detail", web::route().to(agent_detail));
 }
 
+/// One agent: `{ip, asset, last_hb_time, online, apps, cron_list}` (`cron_list` with
+/// `showcron=true`).
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/info/agents/detail",

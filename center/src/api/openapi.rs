@@ -76,7 +76,7 @@ can answer are in its `x-error-codes`."
         openapi_json,
     ),
     components(schemas(Envelope)),
-    modifiers(&SignedCalls, &Aliases),
+    modifiers(&SignedCalls, &Aliases, &OperationIds),
 )]
 pub struct ApiDoc;
 
@@ -280,7 +280,7 @@ fn error_codes(operation: &Operation) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Copies each aliased route's operations to the alias, with their own operation ids.
+/// Copies each aliased route's operations to the alias.
 struct Aliases;
 
 impl Modify for Aliases {
@@ -290,16 +290,45 @@ impl Modify for Aliases {
                 continue;
             };
             for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
-                operation.operation_id = operation
-                    .operation_id
-                    .as_ref()
-                    .map(|id| format!("{id}_alias_{}", alias.rsplit('/').next().unwrap_or("")));
                 operation.description = Some(format!(
                     "Alias of `{of}`. {}",
                     operation.description.clone().unwrap_or_default()
                 ));
             }
             openapi.paths.paths.insert((*alias).to_string(), item);
+        }
+    }
+}
+
+/// Operation ids from the paths, unique as OpenAPI wants them (handlers in different modules
+/// share names such as `create`): `rt_exec` for `/api/v2/rt/exec`, with `_get` for the GET of a
+/// route that takes GET and POST alike.
+struct OperationIds;
+
+impl Modify for OperationIds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let base: String = path
+                .trim_start_matches("/api/v2/")
+                .trim_start_matches('/')
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect::<String>()
+                .split('_')
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join("_");
+            let both = item.get.is_some() && item.post.is_some();
+            if let Some(get) = item.get.as_mut() {
+                get.operation_id = Some(if both {
+                    format!("{base}_get")
+                } else {
+                    base.clone()
+                });
+            }
+            if let Some(post) = item.post.as_mut() {
+                post.operation_id = Some(base);
+            }
         }
     }
 }
@@ -557,5 +586,18 @@ mod tests {
             doc["paths"]["/api/v2/cron/detail"]["get"]["parameters"]
         );
         assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    }
+
+    #[test]
+    fn operation_ids_are_unique() {
+        let doc = document_json();
+        let mut seen = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("path item") {
+                let id = operation["operationId"].as_str().expect("an operation id");
+                assert!(seen.insert(id.to_string()), "{method} {path}: {id} twice");
+            }
+        }
+        assert!(seen.contains("rt_exec") && seen.contains("rt_exec_get"));
     }
 }

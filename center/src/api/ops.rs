@@ -41,6 +41,7 @@ async fn heartbeat_state(state: &ApiState) -> Option<HeartbeatState> {
     Some(merged)
 }
 
+/// Whether this center is ready, with its heartbeat and scheduler figures; no signature.
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -68,6 +69,7 @@ pub async fn healthz(state: web::Data<ApiState>) -> HttpResponse {
     }
 }
 
+/// Counters in Prometheus text format; no signature.
 #[utoipa::path(
     get,
     path = "/metrics",

@@ -14,6 +14,7 @@ use elves_shared::wire::{AgentId, Mode, TaskId, TaskType};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
+/// Creates an empty queue for an app: `{id}`.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/queue/create",
@@ -86,6 +87,7 @@ impl TaskRequest {
     }
 }
 
+/// Adds a task to an uncommitted queue: `{id}`. `depend_task_id` makes it wait for that task.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/queue/addtask",
@@ -448,6 +450,7 @@ fn name_failed_element(
     }
 }
 
+/// Starts a queue's tasks (those without a pending dependency at once).
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/queue/commit",
@@ -504,6 +507,7 @@ async fn commit_queue(state: &ApiState, queue_id: &TaskId) -> Result<(), ApiErro
     Ok(())
 }
 
+/// Stops a queue: running tasks are cancelled; answers `{task_id: status}` after the stop.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/queue/stop",
@@ -560,6 +564,8 @@ async fn queue_tasks(state: &ApiState, queue_id: &TaskId) -> Result<Vec<TaskRow>
     Ok(tasks)
 }
 
+/// A queue's tasks: `{task_id: {id, status, depend_task_id, flag, error, worker_flag,
+/// worker_message, worker_costtime}}`; status `pendding`, `execing`, `finish`, `stoped` or `skipped`.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/queue/result",
@@ -601,6 +607,7 @@ pub fn task_result(task: &TaskRow) -> Value {
     })
 }
 
+/// A one-task queue, committed at once: `{id, task_id}`.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/queue/qksqueue",

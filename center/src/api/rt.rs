@@ -8,6 +8,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 use std::time::Duration;
 
+/// Runs an app function on one agent and waits for its result: `{id, worker_flag, worker_message,
+/// worker_costtime}`; with `wait_s`, `{id, state: "running"}` when the wait ran out first.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/rt/exec",

@@ -135,6 +135,7 @@ fn state_of(task: &TaskRow) -> &'static str {
     }
 }
 
+/// One read of a task's stdout or stderr: `{offset, data, next, ended, truncated}`.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/task/output",
@@ -159,6 +160,8 @@ async fn output(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) 
     respond(&state, "task/output", outcome)
 }
 
+/// A task's result: `{id, state, flag, error, worker_flag, worker_message, worker_costtime,
+/// truncated}`; state `pending`, `running`, `finished`, `stopped` or `skipped`.
 #[utoipa::path(
     method(get, post),
     path = "/api/v2/task/result",
