@@ -5,6 +5,7 @@ and POST alike); the answer's envelope ``{flag, error, result}`` becomes the res
 ``ElvesError`` subclass carrying the code.
 """
 
+import http.client
 import json
 import os
 import time
@@ -188,7 +189,11 @@ class Client:
         ``{id, worker_flag, worker_message, worker_costtime}``, or ``{id, state: "running"}``
         when ``wait_s`` ran out first (then see ``wait_task`` and ``task_follow``)."""
         # The HTTP wait must outlast the task's own timeout (default 90 s) and its kill grace.
-        http_timeout = max(self.timeout_s, float(wait_s or timeout or 90) + 30.0)
+        try:
+            waited_s = float(wait_s or timeout or 90)
+        except (TypeError, ValueError):
+            waited_s = 90.0  # the center refuses such a value (403.8) at once
+        http_timeout = max(self.timeout_s, waited_s + 30.0)
         return self.call("rt/exec", timeout_s=http_timeout, ip=ip, app=app, func=func,
                          param=param, timeout=timeout, proxy=proxy, mode=mode, wait_s=wait_s)
 
@@ -301,7 +306,7 @@ class Client:
                         yield event
                         if event.name == "end":
                             return
-                except (OSError, ValueError) as err:
+                except (OSError, ValueError, http.client.HTTPException) as err:
                     failures += 1
                     if failures > reconnects:
                         raise TransportError("task/follow: %s" % err)

@@ -5,9 +5,13 @@
     ELVES_TEST_AGENT                           the agent's ip
 """
 
+import hashlib
+import io
 import os
 import sys
+import time
 import unittest
+import zipfile
 
 import elves_client
 from elves_client import (
@@ -16,10 +20,23 @@ from elves_client import (
     BadRequest,
     Client,
     ElvesError,
+    PackageRefused,
     QueueNotFound,
     QueueStateError,
     TaskNotFound,
 )
+
+
+def _app_zip(reply):
+    """A package whose only file is an executable app-worker answering ``reply``."""
+    script = ("#!/bin/sh\necho '<ElvesWFlag>true</ElvesWFlag><ElvesWResult>%s</ElvesWResult>'\n"
+              % reply)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as package:
+        entry = zipfile.ZipInfo("app-worker")
+        entry.external_attr = 0o100755 << 16
+        package.writestr(entry, script)
+    return buffer.getvalue()
 
 
 def _environment():
@@ -130,6 +147,28 @@ class CenterTest(unittest.TestCase):
         for path, method in Client.ENDPOINTS.items():
             self.assertTrue(callable(getattr(self.client, method, None)), (path, method))
         self.assertIn("x-error-codes", document["paths"]["/api/v2/queue/commit"]["post"])
+
+    def test_upload_installs_and_a_conflict_is_refused(self):
+        package = _app_zip("sdk v1")
+        uploaded = self.client.app_upload(package, filename="sdkdemo_1.0.zip",
+                                          sha256=hashlib.sha256(package).hexdigest())
+        self.assertEqual((uploaded["app"], uploaded["version"]), ("sdkdemo", "1.0"))
+        self.assertEqual(uploaded["sha256"], hashlib.sha256(package).hexdigest())
+        with self.assertRaises(PackageRefused) as refused:
+            self.client.app_upload(_app_zip("other"), filename="sdkdemo_1.0.zip")
+        self.assertEqual(refused.exception.code, "415.2")
+        # The agent installs it within a heartbeat or two.
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                answer = self.client.rt_exec(self.agent, "sdkdemo", "f", timeout=20)
+                if answer["worker_message"] == "sdk v1":
+                    break
+            except ElvesError:
+                pass
+            self.assertLess(time.monotonic(), deadline, "sdkdemo never ran on the agent")
+            time.sleep(0.2)
+        self.assertEqual(self.client.app_versions("sdkdemo")["online_version"], "1.0")
 
     def test_info_lists_the_agent(self):
         self.assertIn(self.agent, self.client.info_agents())
