@@ -16,6 +16,7 @@ mod env_vars;
 mod faults;
 mod fleet_sim;
 mod harness;
+mod openapi;
 mod output;
 mod python_sdk;
 mod queue;
