@@ -6,12 +6,14 @@
 """
 
 import hashlib
+import http.client
 import io
 import os
 import sys
 import time
 import unittest
 import zipfile
+from unittest import mock
 
 import elves_client
 from elves_client import (
@@ -134,6 +136,28 @@ class CenterTest(unittest.TestCase):
         self.assertTrue(stderr["data"].startswith("stderr tick 1\n"), stderr)
         result = self.client.wait_task(started["id"], timeout_s=30)
         self.assertEqual(result["worker_message"], "ticked 15")
+
+    def test_a_dropped_stream_resumes_without_loss_or_repeat(self):
+        real_events = elves_client.client._events
+        drops = []
+
+        def dropping_once(response):
+            for event in real_events(response):
+                yield event
+                if not drops:
+                    # The connection breaks right after the first event.
+                    drops.append(event.id)
+                    raise http.client.IncompleteRead(b"")
+
+        started = self.client.rt_exec(self.agent, "elvestest", "ticks", param={"n": "20"},
+                                      wait_s=1)
+        with mock.patch("elves_client.client._events", dropping_once):
+            text, end = self.client.follow_output(started["id"])
+        self.assertEqual(len(drops), 1)
+        expected = "".join("tick %d\n" % i for i in range(1, 21))
+        expected += "<ElvesWFlag>true</ElvesWFlag><ElvesWResult>ticked 20</ElvesWResult>\n"
+        self.assertEqual(text, expected)
+        self.assertEqual(end["state"], "finished")
 
     def test_following_an_unknown_task_is_a_typed_error(self):
         with self.assertRaises(TaskNotFound):
