@@ -76,6 +76,7 @@ fn cron_enabled(state: &ApiState) -> Result<(), ApiError> {
     tag = "cron",
     params(openapi::AgentParam, openapi::AppParam, openapi::TaskSpec, ("rule" = String, Query, description = "Quartz rule, 6 or 7 fields")),
     extensions(("x-error-codes" = json!(["403.1", "403.2", "403.3", "403.4", "403.5", "403.7", "403.8", "413.2", "402.2", "414.1"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::CreatedAnswer)),
 )]
 pub async fn add(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {

@@ -99,6 +99,112 @@ pub struct Envelope {
     result: serde_json::Value,
 }
 
+/// The envelope of an operation whose result has a known shape.
+macro_rules! answer {
+    ($name:ident, $result:ty) => {
+        /// The v2 envelope with this operation's result (HTTP 200 whatever the outcome).
+        #[derive(ToSchema)]
+        #[allow(dead_code)] // describes JSON; never built
+        pub struct $name {
+            /// "true" when there is a result, "false" with an error code.
+            #[schema(pattern = "^(true|false)$")]
+            flag: String,
+            /// `[code]message`, or empty with a result.
+            error: String,
+            /// Null with an error.
+            result: Option<$result>,
+        }
+    };
+}
+
+/// `{id}` of what the call made.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes JSON; never built
+pub struct Created {
+    /// 16 lowercase hex characters.
+    id: String,
+}
+
+/// `queue/addtasks`: the new tasks' ids, in the order they were given.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes JSON; never built
+pub struct CreatedTasks {
+    ids: Vec<String>,
+}
+
+/// `queue/qksqueue`: the one-task queue and its task.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes JSON; never built
+pub struct QuickQueue {
+    id: String,
+    task_id: String,
+}
+
+/// What the agent answered for an rt call; with `wait_s`, only `id` and `state: "running"`
+/// when the wait ran out first.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes JSON; never built
+pub struct RtResult {
+    id: String,
+    /// "1", "0" or "-1".
+    worker_flag: Option<String>,
+    worker_message: Option<String>,
+    /// Milliseconds.
+    worker_costtime: Option<u64>,
+    /// "running" when `wait_s` ran out before the result.
+    state: Option<String>,
+}
+
+/// A queue task's status and result (empty strings and 0 while it has none).
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes JSON; never built
+pub struct QueueTaskResult {
+    id: String,
+    /// `pendding`, `execing`, `finish`, `stoped` or `skipped`.
+    status: String,
+    depend_task_id: String,
+    flag: String,
+    error: String,
+    worker_flag: String,
+    worker_message: String,
+    worker_costtime: u64,
+}
+
+/// A task's state and result (empty strings and 0 while it has none).
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes JSON; never built
+pub struct TaskResult {
+    id: String,
+    /// `pending`, `running`, `finished`, `stopped` or `skipped`.
+    state: String,
+    flag: String,
+    error: String,
+    worker_flag: String,
+    worker_message: String,
+    worker_costtime: u64,
+    /// Whether output was dropped over the agent's cap.
+    truncated: bool,
+}
+
+/// One read of a task's output: ask again from `next` until `ended`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes JSON; never built
+pub struct OutputRead {
+    offset: u64,
+    data: String,
+    next: u64,
+    ended: bool,
+    truncated: bool,
+}
+
+answer!(CreatedAnswer, Created);
+answer!(CreatedTasksAnswer, CreatedTasks);
+answer!(QuickQueueAnswer, QuickQueue);
+answer!(RtAnswer, RtResult);
+answer!(QueueResultAnswer, std::collections::BTreeMap<String, QueueTaskResult>);
+answer!(TaskResultAnswer, TaskResult);
+answer!(OutputAnswer, OutputRead);
+
 /// `ip`: the agent, by its configured ip or its id.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -558,6 +664,12 @@ mod tests {
     fn signed_calls_carry_the_sign_scheme_and_ops_endpoints_do_not() {
         let doc = document_json();
         let exec = &doc["paths"]["/api/v2/rt/exec"]["post"];
+        assert_eq!(
+            exec["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/RtAnswer"
+        );
+        assert!(doc["components"]["schemas"]["RtResult"]["properties"]["worker_flag"].is_object());
+        let commit = &doc["paths"]["/api/v2/queue/commit"]["post"];
         let requirement = exec["security"][0].as_object().expect("rt/exec is signed");
         let names: BTreeSet<&str> = requirement.keys().map(String::as_str).collect();
         assert_eq!(
@@ -566,7 +678,7 @@ mod tests {
         );
         assert_eq!(exec[ERROR_CODES_EXTENSION][0], "401.1");
         assert_eq!(
-            exec["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            commit["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
             "#/components/schemas/Envelope"
         );
         for name in ["auth_id", "timestamp", "sign_type", "sign"] {

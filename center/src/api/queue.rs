@@ -21,6 +21,7 @@ use std::collections::HashMap;
     tag = "queue",
     params(openapi::AppParam),
     extensions(("x-error-codes" = json!(["403.3", "413.2"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::CreatedAnswer)),
 )]
 pub async fn create(
     req: HttpRequest,
@@ -94,6 +95,7 @@ impl TaskRequest {
     tag = "queue",
     params(openapi::QueueIdParam, openapi::AgentParam, openapi::TaskSpec, ("depend_task_id" = Option<String>, Query, description = "A task of the same queue that must finish with worker_flag 1 first")),
     extensions(("x-error-codes" = json!(["403.6", "403.1", "403.2", "403.4", "403.7", "403.8", "412.4", "412.1", "412.2", "413.2", "414.1"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::CreatedAnswer)),
 )]
 pub async fn add_task(
     req: HttpRequest,
@@ -209,6 +211,7 @@ struct BatchTask {
     tag = "queue",
     params(openapi::QueueIdParam, ("tasks" = String, Query, description = "JSON array of task objects {ip, func, param, timeout, proxy, mode, app, depend_task_id | depends_on_index}; send it as a form body")),
     extensions(("x-error-codes" = json!(["403.2", "403.6", "403.1", "403.3", "403.4", "403.7", "403.8", "412.4", "412.1", "412.2", "413.2", "414.1"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::CreatedTasksAnswer)),
 )]
 pub async fn add_tasks(
     req: HttpRequest,
@@ -572,6 +575,7 @@ async fn queue_tasks(state: &ApiState, queue_id: &TaskId) -> Result<Vec<TaskRow>
     tag = "queue",
     params(openapi::QueueIdParam),
     extensions(("x-error-codes" = json!(["403.6", "412.1", "413.2"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::QueueResultAnswer)),
 )]
 pub async fn result(
     req: HttpRequest,
@@ -614,6 +618,7 @@ pub fn task_result(task: &TaskRow) -> Value {
     tag = "queue",
     params(openapi::AgentParam, openapi::AppParam, openapi::TaskSpec),
     extensions(("x-error-codes" = json!(["403.1", "403.2", "403.3", "403.4", "403.7", "403.8", "413.2", "414.1"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::QuickQueueAnswer)),
 )]
 pub async fn quick_queue(
     req: HttpRequest,

@@ -16,6 +16,7 @@ use std::time::Duration;
     tag = "rt",
     params(openapi::AgentParam, openapi::AppParam, openapi::TaskSpec, ("wait_s" = Option<u32>, Query, description = "Seconds to wait for the result, 1 to the timeout; past it the answer is {id, state: running} and the task goes on")),
     extensions(("x-error-codes" = json!(["403.1", "403.2", "403.3", "403.4", "403.7", "403.8", "413.2", "414.1", "410.1"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::RtAnswer)),
 )]
 pub async fn exec(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = run(&req, &body, &state).await;

@@ -142,6 +142,7 @@ fn state_of(task: &TaskRow) -> &'static str {
     tag = "task",
     params(openapi::IdParam, ("stream" = Option<String>, Query, description = "stdout (default) or stderr"), ("offset" = Option<u64>, Query, description = "Byte offset to read from")),
     extensions(("x-error-codes" = json!(["403.2", "417.1", "413.2"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::OutputAnswer)),
 )]
 async fn output(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
@@ -168,6 +169,7 @@ async fn output(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) 
     tag = "task",
     params(openapi::IdParam),
     extensions(("x-error-codes" = json!(["403.2", "417.1", "413.2"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::TaskResultAnswer)),
 )]
 async fn result(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
