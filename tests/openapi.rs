@@ -88,7 +88,8 @@ fn mismatches(document: &Value, schema: &Value, value: &Value, at: &str) -> Vec<
         Value::Array(_) => "array",
         Value::Object(_) => "object",
     };
-    if !types.contains(&actual) && !(actual == "integer" && types.contains(&"number")) {
+    let integer_as_number = actual == "integer" && types.contains(&"number");
+    if !(types.contains(&actual) || integer_as_number) {
         return vec![format!("{at}: {actual}, documented {types:?}")];
     }
     let mut found = Vec::new();
