@@ -11,6 +11,7 @@
 //! center (see `actors::app_store::DownloadTokens`); the package's hash alone is not enough.
 
 use super::access::{require_admin, require_supervisor};
+use super::openapi;
 use super::request::{self, Caller};
 use super::{audit, resolve_agent, respond, AgentStatus, ApiState, V2Call};
 use crate::actors::app_store::Reload;
@@ -76,6 +77,19 @@ struct Received {
     size: u64,
 }
 
+/// Uploads a package `<app>_<version>.zip` (admin; multipart field `file`, auth parameters in the
+/// query string): `{app, version, sha256, size}`.
+#[utoipa::path(
+    post,
+    path = "/api/v2/app/upload",
+    tag = "app",
+    params(
+        ("sha256" = Option<String>, Query, description = "Expected sha256 of the package (signed)"),
+        ("online" = Option<bool>, Query, description = "false: do not make this version online"),
+    ),
+    request_body(content_type = "multipart/form-data", description = "Field `file`: the package `<app>_<version>.zip`"),
+    extensions(("x-error-codes" = json!(["403.2", "403.3", "413.2", "415.1", "415.2"]))),
+)]
 pub async fn upload(
     req: HttpRequest,
     payload: web::Payload,
@@ -296,6 +310,23 @@ pub struct DownloadQuery {
 /// `GET /api/v2/app/download/<sha256>?agent=&expires=&token=`: the package bytes, streamed.
 /// Plain HTTP statuses (not the v2 envelope): 403 for a bad or expired token, 404 for an
 /// unknown package.
+#[utoipa::path(
+    get,
+    path = "/api/v2/app/download/{sha256}",
+    tag = "app",
+    security(()),
+    params(
+        ("sha256" = String, Path, description = "The package's sha256"),
+        ("agent" = String, Query, description = "The agent the link was made for"),
+        ("expires" = u64, Query, description = "Unix seconds the link is good until"),
+        ("token" = String, Query, description = "The center's token for agent, package and expiry"),
+    ),
+    responses(
+        (status = 200, description = "The package bytes", content_type = "application/zip"),
+        (status = 403, description = "Bad or expired token"),
+        (status = 404, description = "Unknown package"),
+    ),
+)]
 pub async fn download(
     path: web::Path<String>,
     query: web::Query<DownloadQuery>,
@@ -379,6 +410,13 @@ fn version_param(params: &request::Params) -> Result<String, ApiError> {
 }
 
 /// `app/create app=<name> [name=<display name>]`: an app without versions yet.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/app/create",
+    tag = "app",
+    params(openapi::AppParam, ("name" = Option<String>, Query, description = "Display name")),
+    extensions(("x-error-codes" = json!(["403.3", "402.1"]))),
+)]
 pub async fn create(
     req: HttpRequest,
     body: web::Bytes,
@@ -404,6 +442,13 @@ pub async fn create(
 }
 
 /// `app/online app= version=`: the version agents should have (an older one rolls back).
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/app/online",
+    tag = "app",
+    params(openapi::AppParam, ("version" = String, Query)),
+    extensions(("x-error-codes" = json!(["403.3", "403.2", "413.2", "402.1"]))),
+)]
 pub async fn online(
     req: HttpRequest,
     body: web::Bytes,
@@ -433,6 +478,13 @@ pub async fn online(
 }
 
 /// `app/versions app=`: every uploaded version, and which one is online.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/app/versions",
+    tag = "app",
+    params(openapi::AppParam),
+    extensions(("x-error-codes" = json!(["403.3", "413.2"]))),
+)]
 pub async fn versions(
     req: HttpRequest,
     body: web::Bytes,
@@ -472,6 +524,7 @@ pub async fn versions(
 }
 
 /// `app/list`: every app with its online version and bound agents.
+#[utoipa::path(method(get, post), path = "/api/v2/app/list", tag = "app")]
 pub async fn list(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
@@ -513,6 +566,13 @@ async fn binding_agent(state: &ApiState, address: String) -> Result<String, ApiE
 }
 
 /// `app/bind app= ip=`: the app may run on that agent (supervisor mode).
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/app/bind",
+    tag = "app",
+    params(openapi::AppParam, openapi::AgentParam),
+    extensions(("x-error-codes" = json!(["403.1", "403.3", "402.1", "413.2"]))),
+)]
 pub async fn bind(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     admin_call(
         req,
@@ -539,6 +599,13 @@ pub async fn bind(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
 }
 
 /// `app/unbind app= ip=`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/app/unbind",
+    tag = "app",
+    params(openapi::AppParam, openapi::AgentParam),
+    extensions(("x-error-codes" = json!(["403.1", "403.3", "402.1", "413.2"]))),
+)]
 pub async fn unbind(
     req: HttpRequest,
     body: web::Bytes,

@@ -5,6 +5,7 @@
 //! admins (the signing scheme is symmetric, so the center must keep it anyway).
 
 use super::access::{require_admin, require_supervisor};
+use super::openapi;
 use super::request::{self, Params};
 use super::{audit, respond, ApiState, V2Call};
 use crate::actors::app_store::Reload;
@@ -79,6 +80,13 @@ where
 }
 
 /// `auth/create id= [role=admin|normal] [comment=] [apps=a,b]`: answers `{auth_id, auth_key, role}`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/auth/create",
+    tag = "auth",
+    params(openapi::IdParam, ("role" = Option<String>, Query, description = "admin or normal (default)"), ("comment" = Option<String>, Query), ("apps" = Option<String>, Query, description = "Comma-separated apps to grant")),
+    extensions(("x-error-codes" = json!(["403.2", "402.1"]))),
+)]
 pub async fn create(
     req: HttpRequest,
     body: web::Bytes,
@@ -122,6 +130,12 @@ pub async fn create(
 }
 
 /// `auth/list`: every auth id with its role, apps and state.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/auth/list",
+    tag = "auth",
+    extensions(("x-error-codes" = json!(["402.1"]))),
+)]
 pub async fn list(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     run(
         req,
@@ -163,6 +177,13 @@ pub async fn list(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
 
 /// `auth/revoke id=`: the id and its key stop working at once on this center, and within
 /// `apps.refresh_ms` on the others.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/auth/revoke",
+    tag = "auth",
+    params(openapi::IdParam),
+    extensions(("x-error-codes" = json!(["403.2", "402.1", "413.1"]))),
+)]
 pub async fn revoke(
     req: HttpRequest,
     body: web::Bytes,
@@ -188,6 +209,13 @@ pub async fn revoke(
 }
 
 /// `auth/grant id= app=`: the auth id may call the app.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/auth/grant",
+    tag = "auth",
+    params(openapi::IdParam, openapi::AppParam),
+    extensions(("x-error-codes" = json!(["403.2", "403.3", "402.1", "413.1", "413.2"]))),
+)]
 pub async fn grant(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     run(
         req,
@@ -213,6 +241,13 @@ pub async fn grant(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState
 }
 
 /// `auth/ungrant id= app=`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/auth/ungrant",
+    tag = "auth",
+    params(openapi::IdParam, openapi::AppParam),
+    extensions(("x-error-codes" = json!(["403.2", "403.3", "402.1", "413.1"]))),
+)]
 pub async fn ungrant(
     req: HttpRequest,
     body: web::Bytes,

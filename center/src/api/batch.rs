@@ -4,6 +4,7 @@
 //! labels merged in), check that the caller may run the app on every matched agent, and store
 //! the batch; the BatchRunner actor rolls it out and TaskQueue sends its tasks.
 
+use super::openapi;
 use super::request::{self, Caller, Params};
 use super::{audit, respond, ApiState, V2Call};
 use crate::actors::batch::AdvanceBatches;
@@ -107,6 +108,14 @@ fn page_params(params: &Params) -> Result<(u64, u64), ApiError> {
     ))
 }
 
+/// The agents a target expression matches, a page at a time.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/target/resolve",
+    tag = "batch",
+    params(("target" = String, Query, description = "Target expression (SPEC §12)"), openapi::PageParams),
+    extensions(("x-error-codes" = json!(["403.10", "403.2"]))),
+)]
 pub async fn resolve(
     req: HttpRequest,
     body: web::Bytes,
@@ -168,6 +177,14 @@ fn require_every_agent(
     )))
 }
 
+/// Starts a batch: one task per agent the target matches, rolled out in steps: `{id, count}`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/batch/create",
+    tag = "batch",
+    params(openapi::AppParam, openapi::TaskSpec, ("target" = String, Query, description = "Target expression (SPEC §12)"), ("size" = Option<String>, Query), ("window" = Option<String>, Query), ("max_fail" = Option<String>, Query), ("wait_s" = Option<String>, Query), ("offline" = Option<String>, Query)),
+    extensions(("x-error-codes" = json!(["403.2", "403.3", "403.4", "403.7", "403.8", "403.10", "403.11", "413.2"]))),
+)]
 pub async fn create(
     req: HttpRequest,
     body: web::Bytes,
@@ -294,6 +311,14 @@ async fn status_of(state: &ApiState, batch: &BatchRow) -> Result<Value, ApiError
     }))
 }
 
+/// A batch's state and its agents counted by state.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/batch/status",
+    tag = "batch",
+    params(openapi::IdParam),
+    extensions(("x-error-codes" = json!(["416.1"]))),
+)]
 pub async fn status(
     req: HttpRequest,
     body: web::Bytes,
@@ -337,6 +362,14 @@ fn worker_fields(task: Option<&TaskRow>) -> (String, String, u64) {
     }
 }
 
+/// A batch's agents with their results, a page at a time, optionally of some states only.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/batch/result",
+    tag = "batch",
+    params(openapi::IdParam, openapi::PageParams, ("state" = Option<String>, Query, description = "Comma-separated agent states to list")),
+    extensions(("x-error-codes" = json!(["403.2", "416.1"]))),
+)]
 pub async fn result(
     req: HttpRequest,
     body: web::Bytes,
@@ -372,6 +405,14 @@ pub async fn result(
     respond(&state, "batch/result", outcome)
 }
 
+/// Stops a batch: no more steps, running tasks cancelled.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/batch/stop",
+    tag = "batch",
+    params(openapi::IdParam),
+    extensions(("x-error-codes" = json!(["416.1", "416.2"]))),
+)]
 pub async fn stop(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
@@ -424,6 +465,15 @@ async fn stop_batch(
     status_of(state, &stopped).await
 }
 
+/// A new batch of the agents of this one in the given states (default failed, timeout and
+/// offline): `{id, count}`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/batch/retry",
+    tag = "batch",
+    params(openapi::IdParam, ("states" = Option<String>, Query, description = "Comma-separated agent states to retry")),
+    extensions(("x-error-codes" = json!(["403.2", "416.1", "416.2"]))),
+)]
 pub async fn retry(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
@@ -495,6 +545,8 @@ async fn retry_batch(
     store_batch(state, batch, members).await
 }
 
+/// Re-reads the agents' labels from the inventory (admin).
+#[utoipa::path(method(get, post), path = "/api/v2/inventory/reload", tag = "batch")]
 pub async fn reload_inventory(
     req: HttpRequest,
     body: web::Bytes,

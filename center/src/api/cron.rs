@@ -2,6 +2,7 @@
 //! and `cron/reload` of the definition files. The handlers write the database and tell the
 //! Cron actor, which fires.
 
+use super::openapi;
 use super::request::{self, Params};
 use super::{audit, resolve_agent, respond, ApiState, V2Call};
 use crate::actors::cron::{CronChanged, ReloadDefinitions};
@@ -68,6 +69,15 @@ fn cron_enabled(state: &ApiState) -> Result<(), ApiError> {
     }
 }
 
+/// Adds a cron, enabled at once: `{id}`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/cron/add",
+    tag = "cron",
+    params(openapi::AgentParam, openapi::AppParam, openapi::TaskSpec, ("rule" = String, Query, description = "Quartz rule, 6 or 7 fields")),
+    extensions(("x-error-codes" = json!(["403.1", "403.2", "403.3", "403.4", "403.5", "403.7", "403.8", "413.2", "402.2", "414.1"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::CreatedAnswer)),
+)]
 pub async fn add(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
@@ -139,10 +149,26 @@ pub async fn add(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>)
     respond(&state, "cron/add", outcome)
 }
 
+/// Enables a cron.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/cron/start",
+    tag = "cron",
+    params(openapi::CronIdParam),
+    extensions(("x-error-codes" = json!(["403.9", "402.2", "411.1", "413.2"]))),
+)]
 pub async fn start(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     set_enabled(req, body, state, true).await
 }
 
+/// Disables a cron.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/cron/stop",
+    tag = "cron",
+    params(openapi::CronIdParam),
+    extensions(("x-error-codes" = json!(["403.9", "402.2", "411.1", "413.2"]))),
+)]
 pub async fn stop(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     set_enabled(req, body, state, false).await
 }
@@ -183,6 +209,14 @@ async fn set_enabled(
     respond(&state, endpoint, outcome)
 }
 
+/// Deletes a cron.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/cron/delete",
+    tag = "cron",
+    params(openapi::CronIdParam),
+    extensions(("x-error-codes" = json!(["403.9", "402.2", "411.1", "413.2"]))),
+)]
 pub async fn delete(
     req: HttpRequest,
     body: web::Bytes,
@@ -217,6 +251,13 @@ pub async fn delete(
 }
 
 /// `cron/detail` and its alias `cron/info`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/cron/detail",
+    tag = "cron",
+    params(openapi::CronIdParam),
+    extensions(("x-error-codes" = json!(["403.9", "402.2", "411.1", "413.2"]))),
+)]
 pub async fn detail(
     req: HttpRequest,
     body: web::Bytes,
@@ -233,6 +274,14 @@ pub async fn detail(
     respond(&state, "cron/detail", outcome)
 }
 
+/// The ids of the crons this auth id may see, those of one agent with `ip`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/cron/list",
+    tag = "cron",
+    params(("ip" = Option<String>, Query, description = "Only the crons of this agent")),
+    extensions(("x-error-codes" = json!(["403.1", "402.2"]))),
+)]
 pub async fn list(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
@@ -280,6 +329,13 @@ pub async fn crons_of_agent(state: &ApiState, address: &str) -> Result<Vec<CronR
     Ok(rows)
 }
 
+/// Re-reads the cron files (admin): `{dir, created, updated, removed, unchanged, errors}`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/cron/reload",
+    tag = "cron",
+    extensions(("x-error-codes" = json!(["402.2", "403.9"]))),
+)]
 pub async fn reload(
     req: HttpRequest,
     body: web::Bytes,

@@ -3,6 +3,7 @@
 //! The other info endpoints live elsewhere.
 
 use super::cron::{cron_detail, crons_of_agent};
+use super::openapi;
 use super::request;
 use super::{resolve_agent, respond, AgentStatus, ApiState, V2Call};
 use crate::error::ApiError;
@@ -15,6 +16,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v2/info/agents/detail", web::route().to(agent_detail));
 }
 
+/// One agent: `{ip, asset, last_hb_time, online, apps, cron_list}` (`cron_list` with
+/// `showcron=true`).
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/info/agents/detail",
+    tag = "info",
+    params(openapi::AgentParam, ("showcron" = Option<bool>, Query, description = "true: include cron_list")),
+    extensions(("x-error-codes" = json!(["403.1", "414.1"]))),
+)]
 pub async fn agent_detail(
     req: HttpRequest,
     body: web::Bytes,

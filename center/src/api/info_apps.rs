@@ -3,6 +3,7 @@
 //! (`info/agents` a page at a time when asked);
 //! `info/agents/detail` lives in `info.rs`.
 
+use super::openapi;
 use super::{respond, ApiState, V2Call};
 use crate::error::ApiError;
 use crate::store::blocking::blocking;
@@ -20,6 +21,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// A list of `{app, app_name, app_ver, last_update_time}`: the apps this auth id holds (every
 /// app for an admin, and in simple mode). In simple mode, apps that agents have installed by
 /// hand are listed too, with the version they report.
+#[utoipa::path(method(get, post), path = "/api/v2/info/apps", tag = "info")]
 pub async fn apps(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
@@ -82,6 +84,13 @@ const MAX_PAGE_SIZE: u64 = 1_000;
 /// only, read from the database with `LIMIT`/`OFFSET` over the ip index, so a client lists a
 /// fleet of any size in bounded calls (a page shorter than `page_size` is the last). Without
 /// `page` it answers the whole list, as SPEC §8 has it.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/info/agents",
+    tag = "info",
+    params(openapi::PageParams),
+    extensions(("x-error-codes" = json!(["403.2"]))),
+)]
 pub async fn agents(
     req: HttpRequest,
     body: web::Bytes,

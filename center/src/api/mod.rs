@@ -9,6 +9,7 @@ pub mod batch;
 pub mod cron;
 mod info;
 mod info_apps;
+pub mod openapi;
 pub mod ops;
 pub mod queue;
 pub mod request;
@@ -77,6 +78,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/api/v2/queue/qksqueue",
             web::route().to(queue::quick_queue),
         )
+        .route("/api/v2/openapi.json", web::get().to(openapi::openapi_json))
         .route("/healthz", web::get().to(ops::healthz))
         .route("/metrics", web::get().to(ops::metrics));
 }

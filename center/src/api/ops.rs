@@ -41,6 +41,17 @@ async fn heartbeat_state(state: &ApiState) -> Option<HeartbeatState> {
     Some(merged)
 }
 
+/// Whether this center is ready, with its heartbeat and scheduler figures; no signature.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    security(()),
+    responses(
+        (status = 200, description = "Ready: status, version, broker and heartbeat figures", content_type = "application/json"),
+        (status = 503, description = "Not ready (e.g. waiting for the broker)", content_type = "application/json"),
+    ),
+)]
 pub async fn healthz(state: web::Data<ApiState>) -> HttpResponse {
     let heartbeat = heartbeat_state(&state).await;
     let scheduler = state.children.scheduler.send(SchedulerGetState).await.ok();
@@ -63,6 +74,14 @@ pub async fn healthz(state: web::Data<ApiState>) -> HttpResponse {
     }
 }
 
+/// Counters in Prometheus text format; no signature.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    security(()),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")),
+)]
 pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     let (online, known) = heartbeat_state(&state)
         .await

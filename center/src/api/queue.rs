@@ -1,6 +1,7 @@
 //! `/api/v2/queue/*`: queues of tasks with dependencies, run asynchronously; poll the result.
 //! The handlers write the queue and its tasks; the TaskQueue actor dispatches and records.
 
+use super::openapi;
 use super::request::{self, Caller, Params};
 use super::{audit, resolve_agent, respond, ApiState, V2Call};
 use crate::actors::task_queue::{DispatchReady, StopQueue};
@@ -13,6 +14,15 @@ use elves_shared::wire::{AgentId, Mode, TaskId, TaskType};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
+/// Creates an empty queue for an app: `{id}`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/queue/create",
+    tag = "queue",
+    params(openapi::AppParam),
+    extensions(("x-error-codes" = json!(["403.3", "413.2"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::CreatedAnswer)),
+)]
 pub async fn create(
     req: HttpRequest,
     body: web::Bytes,
@@ -78,6 +88,15 @@ impl TaskRequest {
     }
 }
 
+/// Adds a task to an uncommitted queue: `{id}`. `depend_task_id` makes it wait for that task.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/queue/addtask",
+    tag = "queue",
+    params(openapi::QueueIdParam, openapi::AgentParam, openapi::TaskSpec, ("depend_task_id" = Option<String>, Query, description = "A task of the same queue that must finish with worker_flag 1 first")),
+    extensions(("x-error-codes" = json!(["403.6", "403.1", "403.2", "403.4", "403.7", "403.8", "412.4", "412.1", "412.2", "413.2", "414.1"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::CreatedAnswer)),
+)]
 pub async fn add_task(
     req: HttpRequest,
     body: web::Bytes,
@@ -186,6 +205,14 @@ struct BatchTask {
 /// then per element in order: `app` is the queue's (403.3), the agent (414.1), the app is
 /// bound to it (401.6); finally, in the transaction, the queue is open (412.2) and the
 /// `depend_task_id`s are tasks of the queue (412.4). One audit row records the call.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/queue/addtasks",
+    tag = "queue",
+    params(openapi::QueueIdParam, ("tasks" = String, Query, description = "JSON array of task objects {ip, func, param, timeout, proxy, mode, app, depend_task_id | depends_on_index}; send it as a form body")),
+    extensions(("x-error-codes" = json!(["403.2", "403.6", "403.1", "403.3", "403.4", "403.7", "403.8", "412.4", "412.1", "412.2", "413.2", "414.1"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::CreatedTasksAnswer)),
+)]
 pub async fn add_tasks(
     req: HttpRequest,
     payload: web::Payload,
@@ -426,6 +453,14 @@ fn name_failed_element(
     }
 }
 
+/// Starts a queue's tasks (those without a pending dependency at once).
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/queue/commit",
+    tag = "queue",
+    params(openapi::QueueIdParam),
+    extensions(("x-error-codes" = json!(["403.6", "412.1", "412.2", "413.2"]))),
+)]
 pub async fn commit(
     req: HttpRequest,
     body: web::Bytes,
@@ -475,6 +510,14 @@ async fn commit_queue(state: &ApiState, queue_id: &TaskId) -> Result<(), ApiErro
     Ok(())
 }
 
+/// Stops a queue: running tasks are cancelled; answers `{task_id: status}` after the stop.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/queue/stop",
+    tag = "queue",
+    params(openapi::QueueIdParam),
+    extensions(("x-error-codes" = json!(["403.6", "412.1", "412.3", "413.2"]))),
+)]
 pub async fn stop(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
@@ -524,6 +567,16 @@ async fn queue_tasks(state: &ApiState, queue_id: &TaskId) -> Result<Vec<TaskRow>
     Ok(tasks)
 }
 
+/// A queue's tasks: `{task_id: {id, status, depend_task_id, flag, error, worker_flag,
+/// worker_message, worker_costtime}}`; status `pendding`, `execing`, `finish`, `stoped` or `skipped`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/queue/result",
+    tag = "queue",
+    params(openapi::QueueIdParam),
+    extensions(("x-error-codes" = json!(["403.6", "412.1", "413.2"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::QueueResultAnswer)),
+)]
 pub async fn result(
     req: HttpRequest,
     body: web::Bytes,
@@ -558,6 +611,15 @@ pub fn task_result(task: &TaskRow) -> Value {
     })
 }
 
+/// A one-task queue, committed at once: `{id, task_id}`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/queue/qksqueue",
+    tag = "queue",
+    params(openapi::AgentParam, openapi::AppParam, openapi::TaskSpec),
+    extensions(("x-error-codes" = json!(["403.1", "403.2", "403.3", "403.4", "403.7", "403.8", "413.2", "414.1"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::QuickQueueAnswer)),
+)]
 pub async fn quick_queue(
     req: HttpRequest,
     body: web::Bytes,

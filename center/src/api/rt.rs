@@ -1,5 +1,6 @@
 //! `/api/v2/rt/exec`: run an app function on one agent and wait for its result.
 
+use super::openapi;
 use super::{request, respond, ApiState, V2Call};
 use crate::actors::scheduler::{DispatchError, RunInstant};
 use crate::error::ApiError;
@@ -7,6 +8,16 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 use std::time::Duration;
 
+/// Runs an app function on one agent and waits for its result: `{id, worker_flag, worker_message,
+/// worker_costtime}`; with `wait_s`, `{id, state: "running"}` when the wait ran out first.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/rt/exec",
+    tag = "rt",
+    params(openapi::AgentParam, openapi::AppParam, openapi::TaskSpec, ("wait_s" = Option<u32>, Query, description = "Seconds to wait for the result, 1 to the timeout; past it the answer is {id, state: running} and the task goes on")),
+    extensions(("x-error-codes" = json!(["403.1", "403.2", "403.3", "403.4", "403.7", "403.8", "413.2", "414.1", "410.1"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::RtAnswer)),
+)]
 pub async fn exec(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = run(&req, &body, &state).await;
     respond(&state, "rt/exec", outcome)

@@ -1,6 +1,7 @@
 //! `task/output`, `task/follow` and `task/result` (SPEC §12): a task's live output and its
 //! result, for any task type, authorized as for the task's app. Reads only: nothing is audited.
 
+use super::openapi;
 use super::{respond, ApiState, V2Call};
 use crate::error::ApiError;
 use crate::store::blocking::blocking;
@@ -134,6 +135,15 @@ fn state_of(task: &TaskRow) -> &'static str {
     }
 }
 
+/// One read of a task's stdout or stderr: `{offset, data, next, ended, truncated}`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/task/output",
+    tag = "task",
+    params(openapi::IdParam, ("stream" = Option<String>, Query, description = "stdout (default) or stderr"), ("offset" = Option<u64>, Query, description = "Byte offset to read from")),
+    extensions(("x-error-codes" = json!(["403.2", "417.1", "413.2"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::OutputAnswer)),
+)]
 async fn output(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
@@ -151,6 +161,16 @@ async fn output(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) 
     respond(&state, "task/output", outcome)
 }
 
+/// A task's result: `{id, state, flag, error, worker_flag, worker_message, worker_costtime,
+/// truncated}`; state `pending`, `running`, `finished`, `stopped` or `skipped`.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/task/result",
+    tag = "task",
+    params(openapi::IdParam),
+    extensions(("x-error-codes" = json!(["403.2", "417.1", "413.2"]))),
+    responses((status = 200, description = "The v2 envelope", body = openapi::TaskResultAnswer)),
+)]
 async fn result(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
@@ -180,6 +200,14 @@ fn result_of(task: &TaskRow, truncated: bool) -> Value {
 
 /// Server-sent events: `chunk` events from the offset (or `Last-Event-ID`), live ones as they
 /// are stored, then `end`. Every event's `id` is the offset to resume from.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/task/follow",
+    tag = "task",
+    params(openapi::IdParam, ("stream" = Option<String>, Query, description = "stdout (default) or stderr"), ("offset" = Option<u64>, Query, description = "Byte offset to start from (or the Last-Event-ID header)")),
+    extensions(("x-error-codes" = json!(["403.2", "417.1", "413.2"]))),
+    responses((status = 200, description = "text/event-stream: `chunk` events {offset, data}, then one `end` event {state, worker_flag, worker_costtime, truncated}, or an `error` event with the envelope; each event id is the offset to resume from. A refused call answers the envelope (application/json) instead.", content_type = "text/event-stream")),
+)]
 async fn follow(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let resume_from = req
         .headers()
