@@ -1,5 +1,7 @@
 //! The agent as a service: what the `elves-agent` binary and `elves agent` run. Loads the
-//! configuration, opens the bus and runs the agent until Ctrl-C or SIGTERM.
+//! configuration, opens the bus and runs the agent until Ctrl-C or SIGTERM. SIGHUP reads the
+//! configuration file again for the center's keys (a key rotation): the trusted keys change
+//! at once, nothing else does, and running tasks go on.
 
 use crate::{AgentConfig, AgentStats};
 use anyhow::Context;
@@ -26,9 +28,38 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let bus =
         elves_shared::bus::open(&bus_url, &config.bus.namespace).context("opening the bus")?;
     let stats = Arc::new(AgentStats::new());
-    let outcome = crate::run(config, bus.clone(), stats, shutdown_signal()).await;
+    let verifier = config.center.verifier().context("agent configuration")?;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let reloaded = verifier.clone();
+    let path = config_path.to_path_buf();
+    let reloader = tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match reload_keys(&path, &reloaded) {
+                Ok(ids) => log::info!("SIGHUP: trusting center keys {ids:?}"),
+                Err(err) => log::error!("SIGHUP: keys unchanged: {err:#}"),
+            }
+        }
+    });
+    let outcome =
+        crate::runtime::run_with_verifier(config, verifier, bus.clone(), stats, shutdown_signal())
+            .await;
+    reloader.abort();
     bus.close().await;
     outcome
+}
+
+/// Reads the configuration at `path` again and trusts exactly its center keys from now on;
+/// answers their ids. A configuration that does not load changes nothing.
+pub fn reload_keys(
+    path: &Path,
+    verifier: &elves_shared::crypto::InstructionVerifier,
+) -> anyhow::Result<Vec<String>> {
+    let config = AgentConfig::load(Some(path), std::env::vars())
+        .with_context(|| format!("loading {}", path.display()))?;
+    let next = config.center.verifier()?;
+    verifier.replace_keys(&next);
+    Ok(verifier.key_ids())
 }
 
 /// Resolves on the first Ctrl-C or SIGTERM (what systemd sends on stop).

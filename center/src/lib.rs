@@ -151,11 +151,11 @@ pub fn start_with(
     let http_addr = listener
         .local_addr()
         .context("reading the listener's address")?;
-    let signer = Arc::new(
-        InstructionSigner::load_or_create(&config.keys.key_id, &config.signing_key_path())
-            .context("loading the center's signing key")?,
+    let keyring = Arc::new(
+        dispatch::keyring::KeyRing::load(&config).context("loading the center's signing keys")?,
     );
-    let key_id = config.keys.key_id.clone();
+    let signer = keyring.signer();
+    let key_id = signer.key_id();
     let public_key_hex = signer.public_key_hex();
     let lifecycle = Arc::new(Lifecycle::default());
     let (ready_sender, ready_receiver) =
@@ -183,6 +183,7 @@ pub fn start_with(
             let center = Center {
                 bus,
                 signer,
+                keyring,
                 lifecycle: thread_lifecycle,
             };
             system.block_on(center.run(config, listener, ready_sender));
@@ -218,6 +219,7 @@ const MAX_BROKER_BACKOFF: Duration = Duration::from_secs(5);
 struct Center {
     bus: SharedBus,
     signer: Arc<InstructionSigner>,
+    keyring: Arc<dispatch::keyring::KeyRing>,
     lifecycle: Arc<Lifecycle>,
 }
 
@@ -401,6 +403,7 @@ impl Center {
             metrics,
             store,
             bus: self.bus.clone(),
+            keyring: self.keyring.clone(),
         });
         actix_rt::spawn(submit::consume_submissions(submissions, state.clone()));
         let dashboard = web::Data::new(ui::Dashboard::new(&self.signer));
