@@ -12,6 +12,7 @@ mod bus;
 mod cron;
 mod cron_signal;
 mod durability;
+mod enroll;
 mod env_vars;
 mod faults;
 mod fleet_sim;
