@@ -384,6 +384,8 @@ async fn an_enrolled_agent_runs_calls_and_a_revoked_one_is_shut_out() {
     let _ = stop_agent.send(());
     let _ = tokio::time::timeout(Duration::from_secs(20), agent).await;
     agent_bus.close().await;
-    center.stop();
+    tokio::task::spawn_blocking(move || center.stop())
+        .await
+        .unwrap();
     drop(node);
 }

@@ -17,6 +17,7 @@ mod env_vars;
 mod faults;
 mod fleet_sim;
 mod harness;
+mod key_rotation;
 mod output;
 mod queue;
 mod queue_batch;
