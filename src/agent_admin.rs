@@ -47,19 +47,33 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             out,
             connection,
         }) => {
-            let result = call(&connection, "agent/enroll", &id)?;
+            // The file is made before the call: a path that cannot be written must not leave
+            // an enrolled agent whose password nobody saw.
+            let file = out.as_deref().map(create_private).transpose()?;
+            let enrolled = call(&connection, "agent/enroll", &id);
+            let result = match enrolled {
+                Ok(result) => result,
+                Err(err) => {
+                    if let Some(path) = &out {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(err);
+                }
+            };
             let config = result["config"]
                 .as_str()
                 .context("agent/enroll: the answer has no config")?;
-            match out {
-                Some(path) => {
-                    write_private(&path, config)?;
+            match (file, out) {
+                (Some(mut file), Some(path)) => {
+                    use std::io::Write as _;
+                    file.write_all(config.as_bytes())
+                        .with_context(|| format!("writing {}", path.display()))?;
                     eprintln!(
                         "elves: agent {id} enrolled; its config is in {}",
                         path.display()
                     );
                 }
-                None => print!("{config}"),
+                _ => print!("{config}"),
             }
             if let Some(note) = result["note"].as_str().filter(|note| !note.is_empty()) {
                 eprintln!("elves: note: {note}");
@@ -83,16 +97,13 @@ fn call(connection: &Connection, endpoint: &str, id: &str) -> anyhow::Result<ser
     runtime.block_on(client.call_ok(endpoint, vec![("id".to_string(), id.to_string())]))
 }
 
-/// Creates `path` with `text`, readable by its owner only; an existing file is an error.
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
+/// Creates `path`, readable by its owner only; an existing file is an error.
+fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))
 }

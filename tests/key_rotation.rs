@@ -247,6 +247,22 @@ async fn tasks_keep_running_across_a_key_rotation_and_the_retired_key_is_refused
         .as_str()
         .unwrap()
         .to_string();
+    // Wrong steps are refused and change nothing.
+    let before = call(&base_url, "keys/list", &[]).await["result"].clone();
+    for (endpoint, id) in [
+        ("keys/use", "nope"),
+        ("keys/retire", old_key.0.as_str()),
+        ("keys/add", "k2"),
+        ("keys/add", "bad id"),
+    ] {
+        let answer = call(&base_url, endpoint, &[("id", id)]).await;
+        assert_eq!(
+            crate::harness::error_code(&answer),
+            "403.2",
+            "{endpoint} {id}: {answer}"
+        );
+    }
+    assert_eq!(call(&base_url, "keys/list", &[]).await["result"], before);
     let both: BTreeMap<String, String> =
         [old_key.clone(), ("k2".to_string(), new_public.clone())].into();
     agent.write_keys(&both);

@@ -86,3 +86,42 @@ async fn shutdown_signal() {
         () = terminate => log::info!("sigterm received, shutting down"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use elves_shared::crypto::InstructionSigner;
+
+    #[test]
+    fn a_reload_trusts_the_files_keys_and_a_bad_file_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let (k1, k2) = (
+            InstructionSigner::generate("k1"),
+            InstructionSigner::generate("k2"),
+        );
+        let write = |keys: &str| {
+            std::fs::write(&path, format!("id = \"a\"\n[center.keys]\n{keys}")).unwrap();
+        };
+        write(&format!("k1 = \"{}\"\n", k1.public_key_hex()));
+        let verifier = AgentConfig::load(Some(&path), Vec::new())
+            .unwrap()
+            .center
+            .verifier()
+            .unwrap();
+        let held = verifier.clone();
+        write("k2 = \"not hex\"\n");
+        assert!(reload_keys(&path, &verifier).is_err());
+        assert_eq!(held.key_ids(), vec!["k1"]);
+        write(&format!(
+            "k1 = \"{}\"\nk2 = \"{}\"\n",
+            k1.public_key_hex(),
+            k2.public_key_hex()
+        ));
+        assert_eq!(reload_keys(&path, &verifier).unwrap(), vec!["k1", "k2"]);
+        write(&format!("k2 = \"{}\"\n", k2.public_key_hex()));
+        assert_eq!(reload_keys(&path, &verifier).unwrap(), vec!["k2"]);
+        assert!(held.verify(b"x", Some("k1"), Some(&k1.sign(b"x"))).is_err());
+        assert!(held.verify(b"x", Some("k2"), Some(&k2.sign(b"x"))).is_ok());
+    }
+}
