@@ -217,6 +217,7 @@ async fn an_enrolled_agent_runs_calls_and_a_revoked_one_is_shut_out() {
 
     // Enroll through the command; the config it wrote starts an agent that runs a call.
     let config_path = dir.path().join("a1.toml");
+    let enrolling = std::time::Instant::now();
     let (ok, _, stderr) = elves(
         &[
             "agent",
@@ -230,6 +231,7 @@ async fn an_enrolled_agent_runs_calls_and_a_revoked_one_is_shut_out() {
     )
     .await;
     assert!(ok, "enroll failed: {stderr}");
+    let enroll_took = enrolling.elapsed();
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&config_path)
         .unwrap()
@@ -356,8 +358,10 @@ async fn an_enrolled_agent_runs_calls_and_a_revoked_one_is_shut_out() {
     )
     .await;
 
+    let revoking = std::time::Instant::now();
     let (ok, _, stderr) = elves(&["agent", "revoke", "a1"], &base_url, (AUTH_ID, AUTH_KEY)).await;
     assert!(ok, "revoke failed: {stderr}");
+    let revoke_took = revoking.elapsed();
     assert_eq!(management.users().await, users_before);
     wait_until(
         "a1's connection closed",
@@ -390,6 +394,12 @@ async fn an_enrolled_agent_runs_calls_and_a_revoked_one_is_shut_out() {
     );
     let answer = admin.call("agent/revoke", &[("id", "a1")]).await;
     assert_eq!(error_code(&answer), "414.1", "{answer}");
+    eprintln!(
+        "enroll: `elves agent enroll` {} ms, `elves agent revoke` {} ms (each a process, a \
+         signed call and the broker's management API)",
+        enroll_took.as_millis(),
+        revoke_took.as_millis()
+    );
 
     let _ = stop_agent.send(());
     let _ = tokio::time::timeout(Duration::from_secs(20), agent).await;

@@ -272,6 +272,7 @@ async fn tasks_keep_running_across_a_key_rotation_and_the_retired_key_is_refused
     let listed = elves_keys(&base_url, &["rotate", "use", "k2"]).await;
     assert!(listed.contains("signing  k2"), "{listed}");
     let ran_before_use = count_lines(&counted).len();
+    let switched = std::time::Instant::now();
     assert!(
         ran_before_use < TASKS,
         "the queue ended before the switch ({ran_before_use} tasks): it must run across it"
@@ -298,6 +299,11 @@ async fn tasks_keep_running_across_a_key_rotation_and_the_retired_key_is_refused
             .is_some_and(|rows| rows.values().all(|row| row["status"] == "finish"))
     })
     .await;
+    eprintln!(
+        "key rotation: {ran_before_use} of {TASKS} tasks had run when the center switched keys; \
+         the rest ended {} ms later",
+        switched.elapsed().as_millis()
+    );
     let rows = call(&base_url, "queue/result", &[("queue_id", &queue)]).await;
     let rows = rows["result"].as_object().unwrap();
     assert_eq!(rows.len(), TASKS);

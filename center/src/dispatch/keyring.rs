@@ -106,7 +106,8 @@ impl KeyRing {
                 )?;
                 vec![RingKey {
                     id: config.keys.key_id.clone(),
-                    file: config.signing_key_path(),
+                    // As configured: relative paths stay relative to the data directory.
+                    file: config.keys.signing_key.clone(),
                     public_key: signer.public_key_hex(),
                     state: KeyState::Signing,
                 }]
@@ -338,6 +339,9 @@ mod tests {
         assert_eq!(first.state, KeyState::Signing);
         let added = ring.add("k2").unwrap();
         assert_eq!(ring.trusted().len(), 2);
+        // Key files are kept as configured, relative to the data directory.
+        let saved = std::fs::read_to_string(config.key_ring_path()).unwrap();
+        assert!(saved.contains("file = \"center.key\""), "{saved}");
         assert!(verifies(&ring, &first.id, &first.public_key));
         ring.use_key("k2").unwrap();
         assert!(verifies(&ring, "k2", &added.public_key));
