@@ -143,6 +143,42 @@ async fn try_declare(url: &str, queue: &str) -> Result<(), String> {
     declared
 }
 
+/// Publishes one message as `url` onto `exchange` with `key`, with a confirm; the broker's
+/// refusal otherwise.
+async fn try_publish(url: &str, exchange: &str, key: &str) -> Result<(), String> {
+    let properties = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let connection = lapin::Connection::connect(url, properties)
+        .await
+        .map_err(|err| err.to_string())?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|err| err.to_string())?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .map_err(|err| err.to_string())?;
+    let published = async {
+        channel
+            .basic_publish(
+                exchange,
+                key,
+                lapin::options::BasicPublishOptions::default(),
+                b"probe",
+                lapin::BasicProperties::default(),
+            )
+            .await?
+            .await
+    }
+    .await
+    .map(|_| ())
+    .map_err(|err| err.to_string());
+    let _ = connection.close(200, "probe").await;
+    published
+}
+
 /// The agent config an enroll wrote, with this test's directories and a quick heartbeat.
 fn agent_config_from(path: &Path, dir: &Path) -> AgentConfig {
     let apps = dir.join("apps-a1");
@@ -272,6 +308,18 @@ async fn an_enrolled_agent_runs_calls_and_a_revoked_one_is_shut_out() {
     );
     assert_eq!(
         try_declare(&agent_url, &format!("{namespace}.agent.a1")).await,
+        Ok(())
+    );
+    // On the exchange it may publish what an agent sends, not an instruction to another agent.
+    let forged = try_publish(&agent_url, &namespace, "agent.a2").await;
+    assert!(
+        forged
+            .as_ref()
+            .is_err_and(|err| err.contains("ACCESS_REFUSED")),
+        "{forged:?}"
+    );
+    assert_eq!(
+        try_publish(&agent_url, &namespace, "center.output").await,
         Ok(())
     );
 

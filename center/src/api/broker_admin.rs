@@ -7,7 +7,9 @@
 //! - configure: the exchange (every elves connection declares it) and `<ns>.agent.<id>`;
 //! - write: the exchange (results, heartbeats, output), its queue (binding it) and
 //!   `amq.default`, the default exchange RT results go through to the caller's reply queue;
-//! - read: its queue (consuming) and the exchange (binding its queue to it).
+//! - read: its queue (consuming) and the exchange (binding its queue to it);
+//! - on the exchange (topic permissions), publishing only to `center.result`,
+//!   `center.heartbeat`, `center.output` and `processor.*`, binding only `agent.<id>`.
 //!
 //! Publishing through `amq.default` reaches any queue by name, but nothing an agent puts
 //! there is taken on its word: instructions need the center's signature, results and
@@ -166,6 +168,25 @@ impl BrokerAdmin {
                 Some(permissions),
             )
             .await;
+        let granted = match granted {
+            Ok((status, _)) if status.is_success() => {
+                // Topic permissions: on the namespace's exchange the agent publishes only
+                // results, heartbeats, output and processor results, and binds only its
+                // own routing key.
+                let topics = json!({
+                    "exchange": namespace,
+                    "write": "^(center\\.(result|heartbeat|output)|processor\\..+)$",
+                    "read": format!("^agent\\.{}$", regex_escape(agent)),
+                });
+                self.send(
+                    reqwest::Method::PUT,
+                    &["topic-permissions", &self.vhost, agent],
+                    Some(topics),
+                )
+                .await
+            }
+            other => other,
+        };
         match granted {
             Ok((status, _)) if status.is_success() => Ok(()),
             outcome => {
