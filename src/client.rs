@@ -82,7 +82,8 @@ pub fn resolve_credentials(
     ))
 }
 
-/// Signs and sends v2 calls to one center as one auth id.
+/// Signs and sends v2 calls to one center as one auth id. A clone shares the connection pool.
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     url: String,

@@ -43,6 +43,14 @@ pub struct RunArgs {
     /// Print one JSON object (status and every agent's result) instead of the table.
     #[arg(long)]
     json: bool,
+    /// Show every agent's output as it comes, each line prefixed by the agent's id, then
+    /// the summary.
+    #[arg(long, conflicts_with = "json")]
+    follow: bool,
+    /// With --follow: how many agents' output is followed at once (one connection each);
+    /// agents beyond it are followed as earlier ones end.
+    #[arg(long, default_value_t = 64)]
+    follow_max: usize,
     /// Milliseconds between two polls of `batch/status`.
     #[arg(long, default_value_t = 500)]
     interval_ms: u64,
@@ -105,12 +113,19 @@ async fn run_batch(client: &Client, args: &RunArgs) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.wait_timeout);
-    let bar = std::io::stderr().is_terminal() && !args.json;
+    // A progress bar redrawn between prefixed output lines would garble both.
+    let bar = std::io::stderr().is_terminal() && !args.json && !args.follow;
+    let mut followers = args
+        .follow
+        .then(|| Followers::new(client.clone(), args.follow_max));
     let status = loop {
         let status = client
             .call_ok("batch/status", vec![("id".to_string(), id.clone())])
             .await?;
         let ended = status["state"] != "running" && status["counts"]["running"] == 0;
+        if let Some(followers) = followers.as_mut() {
+            followers.start_new(&all_results(client, &id).await?);
+        }
         if bar {
             eprint!("\r{}", progress_line(&status));
             let _ = std::io::stderr().flush();
@@ -133,6 +148,10 @@ async fn run_batch(client: &Client, args: &RunArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(args.interval_ms.max(50))).await;
     };
     let items = all_results(client, &id).await?;
+    if let Some(mut followers) = followers {
+        followers.start_new(&items);
+        followers.finish(deadline).await;
+    }
     let took = started.elapsed();
     if args.json {
         println!(
@@ -171,6 +190,133 @@ async fn all_results(client: &Client, id: &str) -> anyhow::Result<Vec<Value>> {
         }
     }
     Ok(items)
+}
+
+/// `--follow`: one `task/follow` per agent whose task has started, at most `max` at once,
+/// writing whole lines to stdout as `<agent> | <line>`.
+struct Followers {
+    client: Client,
+    max: usize,
+    seen: std::collections::HashSet<String>,
+    waiting: std::collections::VecDeque<(String, String)>,
+    running: tokio::task::JoinSet<()>,
+}
+
+impl Followers {
+    fn new(client: Client, max: usize) -> Followers {
+        Followers {
+            client,
+            max: max.max(1),
+            seen: Default::default(),
+            waiting: Default::default(),
+            running: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Queues the tasks of `items` not followed yet, and starts as many as the cap allows.
+    fn start_new(&mut self, items: &[Value]) {
+        for item in items {
+            let task_id = item["task_id"].as_str().unwrap_or_default();
+            let agent = item["agent"].as_str().unwrap_or_default();
+            if !task_id.is_empty() && self.seen.insert(task_id.to_string()) {
+                self.waiting
+                    .push_back((agent.to_string(), task_id.to_string()));
+            }
+        }
+        while self.running.try_join_next().is_some() {}
+        while self.running.len() < self.max {
+            let Some((agent, task_id)) = self.waiting.pop_front() else {
+                break;
+            };
+            let client = self.client.clone();
+            self.running.spawn(async move {
+                let mut lines = PrefixedLines::new(&agent);
+                let ended = crate::tail::follow_into(&client, &task_id, "stdout", &mut |text| {
+                    write_out(&lines.push(text))
+                })
+                .await;
+                let _ = write_out(&lines.rest());
+                if let Err(err) = ended {
+                    eprintln!("{agent}: following task {task_id}: {err:#}");
+                }
+            });
+        }
+    }
+
+    /// Follows the rest to their end (or until `deadline`).
+    async fn finish(&mut self, deadline: Instant) {
+        loop {
+            self.start_new(&[]);
+            if self.running.is_empty() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.running.join_next()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+                Err(_) => {
+                    self.running.abort_all();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Cuts one agent's output into whole lines, each with the agent's prefix, so that agents
+/// writing at once never interleave inside a line.
+struct PrefixedLines {
+    prefix: String,
+    partial: String,
+}
+
+impl PrefixedLines {
+    fn new(agent: &str) -> PrefixedLines {
+        PrefixedLines {
+            prefix: format!("{agent} | "),
+            partial: String::new(),
+        }
+    }
+
+    /// The lines `text` completes, prefixed; a line without its newline yet waits.
+    fn push(&mut self, text: &str) -> String {
+        self.partial.push_str(text);
+        let Some(last_newline) = self.partial.rfind('\n') else {
+            return String::new();
+        };
+        let rest = self.partial.split_off(last_newline + 1);
+        let whole = std::mem::replace(&mut self.partial, rest);
+        self.prefixed(&whole)
+    }
+
+    /// What is left without a final newline, at the task's end.
+    fn rest(&mut self) -> String {
+        if self.partial.is_empty() {
+            return String::new();
+        }
+        let mut rest = std::mem::take(&mut self.partial);
+        rest.push('\n');
+        self.prefixed(&rest)
+    }
+
+    fn prefixed(&self, lines: &str) -> String {
+        let mut text = String::with_capacity(lines.len() + self.prefix.len() * 4);
+        for line in lines.split_inclusive('\n') {
+            text.push_str(&self.prefix);
+            text.push_str(line);
+        }
+        text
+    }
+}
+
+/// One write under stdout's lock: blocks of two agents never mix.
+fn write_out(text: &str) -> std::io::Result<()> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
 }
 
 fn count(status: &Value, state: &str) -> u64 {
@@ -269,6 +415,19 @@ mod tests {
             "counts": {"pending": 0, "running": 0, "ok": 2, "failed": 2, "timeout": 0,
                        "offline": 0, "skipped": 6, "stopped": 0},
         })
+    }
+
+    #[test]
+    fn followed_output_is_written_in_whole_prefixed_lines() {
+        let mut lines = PrefixedLines::new("web-1");
+        assert_eq!(lines.push("star"), "");
+        assert_eq!(lines.push("ted\nhalf"), "web-1 | started\n");
+        assert_eq!(
+            lines.push("way\n\ndone\nno newline"),
+            "web-1 | halfway\nweb-1 | \nweb-1 | done\n"
+        );
+        assert_eq!(lines.rest(), "web-1 | no newline\n");
+        assert_eq!(lines.rest(), "");
     }
 
     #[test]

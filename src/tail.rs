@@ -63,6 +63,21 @@ impl TaskEnd {
 
 /// Writes the task's `stream` to stdout until the task ends.
 pub async fn follow(client: &Client, task_id: &str, stream: &str) -> anyhow::Result<TaskEnd> {
+    let mut stdout = std::io::stdout();
+    let mut to_stdout = |text: &str| -> std::io::Result<()> {
+        stdout.write_all(text.as_bytes())?;
+        stdout.flush()
+    };
+    follow_into(client, task_id, stream, &mut to_stdout).await
+}
+
+/// Hands the task's `stream` to `sink`, chunk by chunk, until the task ends.
+pub async fn follow_into(
+    client: &Client,
+    task_id: &str,
+    stream: &str,
+    sink: &mut (dyn FnMut(&str) -> std::io::Result<()> + Send),
+) -> anyhow::Result<TaskEnd> {
     let mut last_id: Option<u64> = None;
     let mut failures = 0;
     loop {
@@ -91,7 +106,7 @@ pub async fn follow(client: &Client, task_id: &str, stream: &str) -> anyhow::Res
             let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             bail!("task/follow: {}", answer["error"].as_str().unwrap_or(&text));
         }
-        match read_events(response, &mut last_id, &mut failures).await? {
+        match read_events(response, &mut last_id, &mut failures, sink).await? {
             Some(end) => return Ok(end),
             None => {
                 failures += 1;
@@ -109,9 +124,9 @@ async fn read_events(
     mut response: reqwest::Response,
     last_id: &mut Option<u64>,
     failures: &mut u32,
+    sink: &mut (dyn FnMut(&str) -> std::io::Result<()> + Send),
 ) -> anyhow::Result<Option<TaskEnd>> {
     let mut buffer: Vec<u8> = Vec::new();
-    let mut stdout = std::io::stdout();
     loop {
         while let Some(at) = buffer.windows(2).position(|pair| pair == b"\n\n") {
             let block: Vec<u8> = buffer.drain(..at + 2).collect();
@@ -129,8 +144,7 @@ async fn read_events(
             *failures = 0;
             match event.as_str() {
                 "chunk" => {
-                    stdout.write_all(data["data"].as_str().unwrap_or_default().as_bytes())?;
-                    stdout.flush()?;
+                    sink(data["data"].as_str().unwrap_or_default())?;
                 }
                 "end" => {
                     return Ok(Some(TaskEnd {

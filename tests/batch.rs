@@ -19,6 +19,7 @@ on_both_buses!(
     authorization_refuses_the_whole_batch,
     elves_run_shows_a_summary_and_json,
     the_cmd_and_filecheck_apps_run_across_a_batch,
+    elves_run_follow_shows_each_agents_lines_with_its_prefix,
 );
 
 // These two also on PostgreSQL, where steps lock the batch's row.
@@ -619,6 +620,47 @@ async fn elves_run_shows_a_summary_and_json(kind: BusKind) {
     assert!(stdout.contains("skipped          3"), "{stdout}");
     assert!(stdout.contains("first failures:\n  c0"), "{stdout}");
     assert!(stderr.contains("0 of 4 agents succeeded"), "{stderr}");
+}
+
+async fn elves_run_follow_shows_each_agents_lines_with_its_prefix(kind: BusKind) {
+    let mut env = start(kind).await;
+    start_agents(&mut env, &["f1", "f2"], &[]).await;
+    let args: Vec<String> = [
+        "run",
+        "f*",
+        "elvestest",
+        "ticks",
+        r#"{"n":"3"}"#,
+        "--follow",
+        "--offline",
+        "wait:60",
+        "--interval-ms",
+        "100",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (ok, stdout, stderr) = elves(&env, &args).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    for agent in ["f1", "f2"] {
+        let prefix = format!("{agent} | ");
+        let lines: Vec<&str> = stdout
+            .lines()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "tick 1",
+                "tick 2",
+                "tick 3",
+                "<ElvesWFlag>true</ElvesWFlag><ElvesWResult>ticked 3</ElvesWResult>"
+            ],
+            "{stdout}"
+        );
+    }
+    let ok_row = format!("{:<10} {:>7}", "ok", 2);
+    assert!(stdout.contains(&ok_row), "the summary follows: {stdout}");
 }
 
 /// Starts agents with the shipped practice apps `cmd` and `filecheck` installed.

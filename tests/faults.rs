@@ -635,6 +635,70 @@ async fn oversized_bodies_and_params_get_the_envelope_with_their_limit() {
     );
 }
 
+/// Issue 16, item 7: a query or a head too large for the HTTP parser gets the envelope too (a
+/// v2 path) or a status with a reason (others), after the answers to the requests before it
+/// on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_queries_and_heads_get_the_envelope_after_earlier_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::start(BusKind::InProc).await;
+    let address = env.base_url.trim_start_matches("http://").to_string();
+    let exchange = |requests: Vec<u8>| {
+        let address = address.clone();
+        async move {
+            let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+            socket.write_all(&requests).await.unwrap();
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(30), socket.read_to_end(&mut answer))
+                .await
+                .expect("the center closes the connection after the refusal")
+                .unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+
+    let mut requests = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n".to_vec();
+    requests.extend_from_slice(b"GET /api/v2/rt/exec?ip=ip-a1&param=");
+    requests.extend(std::iter::repeat_n(b'x', 70_000));
+    requests.extend_from_slice(b" HTTP/1.1\r\nhost: x\r\n\r\n");
+    let answer = exchange(requests).await;
+    let answers: Vec<&str> = answer.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 2, "{answer}");
+    assert!(answers[0].contains("\"status\""), "healthz first: {answer}");
+    assert!(answers[1].starts_with("200 OK"), "{answer}");
+    let body = answers[1].split("\r\n\r\n").nth(1).unwrap();
+    let envelope: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(crate::harness::error_code(&envelope), "403.2", "{envelope}");
+    assert!(
+        envelope["error"].as_str().unwrap().contains("65534 bytes"),
+        "{envelope}"
+    );
+
+    let mut fields = String::new();
+    for n in 0..80 {
+        fields.push_str(&format!("x-field-{n}: {}\r\n", "v".repeat(2_000)));
+    }
+    let answer = exchange(
+        format!("GET /api/v2/info/agents HTTP/1.1\r\nhost: x\r\n{fields}\r\n").into_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(
+        answer.contains("403.2") && answer.contains("request head over the limit"),
+        "{answer}"
+    );
+    // Not the API: a status and the reason, no envelope.
+    let answer =
+        exchange(format!("GET /ui/tasks?q={} HTTP/1.1\r\n\r\n", "y".repeat(70_000)).into_bytes())
+            .await;
+    assert!(answer.starts_with("HTTP/1.1 414 URI Too Long"), "{answer}");
+    // The center still serves.
+    let health = reqwest::get(format!("{}/healthz", env.base_url))
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+}
+
 /// Issue 16, item 6: an RT call to an agent whose only queue slot is busy, with queued work
 /// waiting behind it, runs at once in the RT share instead of waiting for the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

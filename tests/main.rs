@@ -9,6 +9,7 @@ mod apps_lifecycle;
 mod batch;
 mod broker_wait;
 mod bus;
+mod cluster;
 mod cron;
 mod cron_signal;
 mod durability;

@@ -90,7 +90,8 @@ fn default_cron_time_zone() -> String {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BusConfig {
-    /// `inproc` for the embedded bus, `amqp://…` for RabbitMQ.
+    /// `inproc` for the embedded bus, `amqp://…` for RabbitMQ; the nodes of a cluster as URLs
+    /// separated by commas (connects to the first that answers, fails over to the others).
     #[serde(default = "default_bus_url")]
     pub url: String,
     /// Names the exchange and prefixes every queue.

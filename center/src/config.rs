@@ -214,7 +214,8 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusConfig {
-    /// `inproc` for the embedded bus, or an `amqp://` URL.
+    /// `inproc` for the embedded bus, or an `amqp://` URL; the nodes of a RabbitMQ cluster as
+    /// URLs separated by commas (connects to the first that answers, fails over to the others).
     #[serde(default = "default_bus_url")]
     pub url: String,
     #[serde(default = "default_namespace")]
@@ -234,6 +235,11 @@ pub struct BusConfig {
     /// replace the URL's); empty means `url`.
     #[serde(default)]
     pub agent_url: String,
+    /// How the queues all centers share (results, submissions, heartbeats, output) are
+    /// declared on RabbitMQ: `classic` (one node) or `quorum` (replicated over a cluster's
+    /// nodes, to survive losing one). A queue keeps the type it was first declared with.
+    #[serde(default)]
+    pub queue_type: elves_shared::bus::QueueType,
 }
 
 impl Default for BusConfig {
@@ -244,6 +250,7 @@ impl Default for BusConfig {
             agent_accounts: false,
             management_url: String::new(),
             agent_url: String::new(),
+            queue_type: elves_shared::bus::QueueType::default(),
         }
     }
 }
@@ -573,6 +580,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(supervisor.auth.mode, AuthMode::Supervisor);
+    }
+
+    #[test]
+    fn the_queue_type_is_classic_unless_set_and_a_wrong_one_is_named() {
+        let auth = vec![
+            ("ELVES_AUTH__AUTH_ID".to_string(), "admin".to_string()),
+            ("ELVES_AUTH__AUTH_KEY".to_string(), "0123456789".to_string()),
+        ];
+        let default: CenterConfig = elves_shared::config::load(None, auth.clone()).unwrap();
+        assert_eq!(
+            default.bus.queue_type,
+            elves_shared::bus::QueueType::Classic
+        );
+        let with = |value: &str| {
+            let mut env = auth.clone();
+            env.push(("ELVES_BUS__QUEUE_TYPE".to_string(), value.to_string()));
+            elves_shared::config::load::<CenterConfig, _>(None, env)
+        };
+        assert_eq!(
+            with("quorum").unwrap().bus.queue_type,
+            elves_shared::bus::QueueType::Quorum
+        );
+        let err = with("mirrored").unwrap_err().to_string();
+        assert!(err.contains("queue_type"), "{err}");
     }
 
     #[test]

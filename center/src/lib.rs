@@ -11,6 +11,7 @@ pub mod config;
 pub mod cron_files;
 pub mod dispatch;
 pub mod error;
+pub mod http_guard;
 pub mod metrics;
 pub mod store;
 pub mod submit;
@@ -253,6 +254,11 @@ impl Center {
         let mut ready = Some(ready);
         let connected = match self.connect(&prepared).await {
             Ok(connected) => connected,
+            // Waiting cannot mend a broker that holds the center's queues in another type.
+            Err(err @ BusError::Misconfigured(_)) => {
+                let _ = ready.take().map(|ready| ready.send(Err(err.into())));
+                return;
+            }
             Err(err) => {
                 log::warn!(
                     "center: the broker is not reachable yet, serving http while waiting: {err}"
@@ -407,20 +413,45 @@ impl Center {
         });
         actix_rt::spawn(submit::consume_submissions(submissions, state.clone()));
         let dashboard = web::Data::new(ui::Dashboard::new(&self.signer));
-        let server = HttpServer::new(move || {
-            App::new()
-                .wrap(api::envelope_errors())
-                .app_data(state.clone())
-                .app_data(dashboard.clone())
-                .configure(api::configure)
-                .configure(ui::configure)
-        })
-        .workers(workers)
-        .worker_max_blocking_threads(MAX_BLOCKING_THREADS)
-        .disable_signals()
-        .listen(listener)
-        .context("listening for http")?
-        .run();
+        let local_addr = listener
+            .local_addr()
+            .context("reading the listener's address")?;
+        // actix-web's HttpServer, put together by hand so that every connection goes through
+        // `http_guard` (heads too large for the parser answered with the API's envelope).
+        let server = actix_server::Server::build()
+            .workers(workers)
+            .worker_max_blocking_threads(MAX_BLOCKING_THREADS)
+            .disable_signals()
+            .listen("elves-http", listener, move || {
+                let app = App::new()
+                    .wrap(api::envelope_errors())
+                    .app_data(state.clone())
+                    .app_data(dashboard.clone())
+                    .configure(api::configure)
+                    .configure(ui::configure);
+                let http = actix_http::HttpService::build()
+                    .keep_alive(actix_http::KeepAlive::default())
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .h1_allow_half_closed(true)
+                    .local_addr(local_addr)
+                    .finish(actix_service::map_config(app, |_| {
+                        actix_web::dev::AppConfig::default()
+                    }));
+                use actix_service::ServiceFactoryExt as _;
+                actix_service::fn_service(|io: actix_rt::net::TcpStream| async move {
+                    let peer = io.peer_addr().ok();
+                    let _ = io.set_nodelay(true);
+                    Ok::<_, actix_http::error::DispatchError>((
+                        http_guard::GuardedStream::new(io),
+                        actix_http::Protocol::Http1,
+                        peer,
+                    ))
+                })
+                .and_then(http)
+            })
+            .context("listening for http")?
+            .run();
         Ok(server)
     }
 }
@@ -501,7 +532,11 @@ pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
     let hangups = signals
         .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
         .context("installing the SIGHUP handler")?;
-    let bus = elves_shared::bus::open(&config.bus.url, &config.bus.namespace)?;
+    let bus = elves_shared::bus::open_with(
+        &config.bus.url,
+        &config.bus.namespace,
+        config.bus.queue_type,
+    )?;
     let listener = TcpListener::bind(&config.http.listen)
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
     let center = start_with(config, listener, bus, BusOwnership::Owned)?;

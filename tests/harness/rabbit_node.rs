@@ -247,6 +247,118 @@ impl RabbitNode {
     }
 }
 
+/// How long one `rabbitmqctl` command may take (the CLI alone starts in 1–3 s on busy cores).
+const CTL_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl RabbitNode {
+    /// Starts `n` nodes that can form a cluster (one Erlang cookie in each node's home, where
+    /// both the server and `rabbitmqctl` read it) and joins the others to the first; returns
+    /// once every node accepts AMQP connections as a member of the cluster.
+    pub async fn start_cluster(n: usize) -> Vec<RabbitNode> {
+        let cookie = format!("ELVESTEST{:016X}", rand::random::<u64>());
+        let mut nodes: Vec<RabbitNode> = (0..n).map(|_| RabbitNode::unstarted(&cookie)).collect();
+        futures::future::join_all(nodes.iter_mut().map(RabbitNode::start)).await;
+        let seed = nodes[0].node_name.clone();
+        for node in &mut nodes[1..] {
+            node.join_cluster(&seed).await;
+        }
+        nodes
+    }
+
+    /// A node with its own directory, configuration and `cookie`, not started yet.
+    fn unstarted(cookie: &str) -> RabbitNode {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["rabbitmq.conf", "rabbitmq-env.conf"] {
+            std::fs::write(dir.path().join(file), "").unwrap();
+        }
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
+        let cookie_path = dir.path().join(".erlang.cookie");
+        std::fs::write(&cookie_path, cookie).unwrap();
+        // Erlang refuses a cookie file that others can read.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&cookie_path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        RabbitNode {
+            port: free_port(),
+            node_name: format!(
+                "elves-test-{}-{}@localhost",
+                std::process::id(),
+                NODES_STARTED.fetch_add(1, Ordering::SeqCst)
+            ),
+            dist_port: free_port(),
+            dir,
+            server: None,
+        }
+    }
+
+    /// Makes this running node a member of the cluster of `seed` (a node name) and waits until
+    /// it accepts AMQP connections again.
+    pub async fn join_cluster(&mut self, seed: &str) {
+        for args in [
+            vec!["stop_app"],
+            vec!["join_cluster", seed],
+            vec!["start_app"],
+        ] {
+            self.ctl(args).await;
+        }
+        self.wait_until_accepting().await;
+    }
+
+    /// `rabbitmqctl -n <this node> <args>`, run on the blocking pool; its stdout. Fails the test
+    /// when the command fails or takes longer than [`CTL_TIMEOUT`].
+    pub async fn ctl(&self, args: Vec<&str>) -> String {
+        let node = self.node_name.clone();
+        let home = self.dir.path().to_path_buf();
+        let args: Vec<String> = args.into_iter().map(str::to_string).collect();
+        tokio::task::spawn_blocking(move || rabbitmqctl(&home, &node, &args))
+            .await
+            .unwrap()
+    }
+}
+
+/// Runs `rabbitmqctl -n node args` with `home` (which holds the node's Erlang cookie).
+fn rabbitmqctl(home: &Path, node: &str, args: &[String]) -> String {
+    let direct = Path::new("/usr/lib/rabbitmq/bin/rabbitmqctl");
+    let program = if direct.exists() {
+        direct
+    } else {
+        Path::new("rabbitmqctl")
+    };
+    let call = rand::random::<u32>();
+    let out_path = home.join(format!("ctl-{call}.out"));
+    let err_path = home.join(format!("ctl-{call}.err"));
+    let mut child = Command::new(program)
+        .env("HOME", home)
+        .arg("-n")
+        .arg(node)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap_or_else(|err| panic!("starting {}: {err}", program.display()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > CTL_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rabbitmqctl -n {node} {args:?} took more than {CTL_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let errors = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
+    assert!(
+        status.success(),
+        "rabbitmqctl -n {node} {args:?}: {status}\n{output}{errors}"
+    );
+    output
+}
+
 impl Drop for RabbitNode {
     fn drop(&mut self) {
         self.stop();

@@ -19,6 +19,10 @@ use std::time::Duration;
 /// Output messages stored in one transaction at most.
 const OUTPUT_BATCH: usize = 64;
 
+/// Output bytes stored in one transaction at most: small messages of many agents go in one
+/// commit, large ones one by one, so that a batch never holds much more than one message.
+const OUTPUT_BATCH_BYTES: usize = 512 * 1024;
+
 /// Wakes the followers of this center when output was stored.
 pub type OutputSignal = Arc<tokio::sync::Notify>;
 
@@ -97,16 +101,18 @@ pub async fn feed(mut consumer: Consumer, keeper: Addr<OutputKeeper>, agent_acco
     while let Some(first) = consumer.next().await {
         let mut deliveries = Vec::with_capacity(OUTPUT_BATCH);
         let mut chunks = Vec::new();
+        let mut bytes = 0;
         let mut next = Some(first);
-        while let Some(delivery) = next {
-            match decode(&delivery, agent_accounts) {
+        while let Some(mut delivery) = next {
+            match decode(&mut delivery, agent_accounts) {
                 Some(batch) => {
+                    bytes += batch.chunks.iter().map(|c| c.data.len()).sum::<usize>();
                     chunks.extend(batch.chunks);
                     deliveries.push(delivery);
                 }
                 None => delivery.reject().await,
             }
-            next = if deliveries.len() < OUTPUT_BATCH {
+            next = if deliveries.len() < OUTPUT_BATCH && bytes < OUTPUT_BATCH_BYTES {
                 consumer.try_next()
             } else {
                 None
@@ -129,13 +135,16 @@ pub async fn feed(mut consumer: Consumer, keeper: Addr<OutputKeeper>, agent_acco
     }
 }
 
-fn decode(delivery: &Delivery, agent_accounts: bool) -> Option<OutputBatch> {
+/// The body is taken out of the delivery (kept only to be acked), so that a batch holds its
+/// output once, decoded, not twice.
+fn decode(delivery: &mut Delivery, agent_accounts: bool) -> Option<OutputBatch> {
+    let body = std::mem::take(&mut delivery.message.body);
     let message = &delivery.message;
     if message.kind != kind::OUTPUT {
         log::warn!("output queue: dropped message of kind {:?}", message.kind);
         return None;
     }
-    let batch = match wire::decode::<OutputBatch>(&message.body) {
+    let batch = match wire::decode::<OutputBatch>(&body) {
         Ok(batch) => batch,
         Err(err) => {
             log::warn!("output queue: dropped undecodable message: {err}");

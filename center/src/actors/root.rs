@@ -31,6 +31,11 @@ use std::sync::Arc;
 /// Unsettled deliveries per consumer; bounds memory when a burst arrives.
 const PREFETCH: u16 = 256;
 
+/// Unsettled deliveries of `center.output`. Its messages are up to 1 MiB each (an agent's
+/// output of 200 ms); a few in flight keep the keeper busy while bounding what the center
+/// holds to a few MiB, however fast workers write.
+const OUTPUT_PREFETCH: u16 = 4;
+
 /// Unsettled deliveries of `center.result`: results pile up here while a batch is stored,
 /// so the next batch is a full one.
 const RESULT_PREFETCH: u16 = 1024;
@@ -143,7 +148,7 @@ impl Root {
                     bindings: vec![routing::CENTER_OUTPUT.to_string()],
                     durable: true,
                 },
-                PREFETCH,
+                OUTPUT_PREFETCH,
             )
             .await?;
         let output_stored = super::output::OutputSignal::default();

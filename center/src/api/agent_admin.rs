@@ -90,20 +90,31 @@ struct EnrolledCenter<'a> {
     keys: &'a BTreeMap<String, String>,
 }
 
-/// `url` (the center's `bus.agent_url`, else its `bus.url`) logging in as `user`/`password`.
+/// `url` (the center's `bus.agent_url`, else its `bus.url`; a cluster's addresses separated by
+/// commas) with every address logging in as `user`/`password`.
 fn agent_bus_url(url: &str, user: &str, password: &str) -> Result<String, ApiError> {
     let bad = |why: String| ApiError::Internal(format!("the bus URL for agents {why}"));
-    let mut url = url::Url::parse(url).map_err(|err| bad(format!("does not parse: {err}")))?;
-    if !matches!(url.scheme(), "amqp" | "amqps") {
-        return Err(bad(
-            "is not amqp:// (an in-process bus has no agents to enroll)".to_string(),
-        ));
+    let mut addresses = Vec::new();
+    for address in elves_shared::bus::broker_urls(url) {
+        let mut address =
+            url::Url::parse(address).map_err(|err| bad(format!("does not parse: {err}")))?;
+        if !matches!(address.scheme(), "amqp" | "amqps") {
+            return Err(bad(
+                "is not amqp:// (an in-process bus has no agents to enroll)".to_string(),
+            ));
+        }
+        address
+            .set_username(user)
+            .map_err(|()| bad("takes no user".to_string()))?;
+        address
+            .set_password(Some(password))
+            .map_err(|()| bad("takes no password".to_string()))?;
+        addresses.push(address.to_string());
     }
-    url.set_username(user)
-        .map_err(|()| bad("takes no user".to_string()))?;
-    url.set_password(Some(password))
-        .map_err(|()| bad("takes no password".to_string()))?;
-    Ok(url.to_string())
+    if addresses.is_empty() {
+        return Err(bad("is empty".to_string()));
+    }
+    Ok(addresses.join(","))
 }
 
 /// `agent/enroll id=`: answers `{agent_id, bus_url, namespace, center_keys, config}`, where
@@ -223,6 +234,13 @@ mod tests {
     fn the_agents_bus_url_carries_its_own_credentials() {
         let url = agent_bus_url("amqp://guest:guest@10.0.0.1:5672/%2f", "web-1:a", "pw").unwrap();
         assert_eq!(url, "amqp://web-1%3Aa:pw@10.0.0.1:5672/%2f");
+        let cluster = agent_bus_url(
+            "amqp://guest:guest@n1:5672/%2f, amqp://guest:guest@n2:5672/%2f",
+            "a1",
+            "pw",
+        )
+        .unwrap();
+        assert_eq!(cluster, "amqp://a1:pw@n1:5672/%2f,amqp://a1:pw@n2:5672/%2f");
         let err = agent_bus_url("inproc", "a", "pw").unwrap_err().to_string();
         assert!(err.contains("does not parse"), "{err}");
     }

@@ -253,7 +253,12 @@ impl BrokerAdmin {
 /// The vhost an `amqp://` URL names: its path without the leading `/`, percent-decoded;
 /// RabbitMQ's default `/` when it has none.
 fn vhost_of(bus_url: &str) -> Result<String, AdminError> {
-    let url = url::Url::parse(bus_url)
+    // A cluster's addresses share one vhost: the first names it.
+    let first = elves_shared::bus::broker_urls(bus_url)
+        .first()
+        .copied()
+        .unwrap_or(bus_url);
+    let url = url::Url::parse(first)
         .map_err(|err| AdminError::BadUrl(format!("needs an amqp:// bus.url: {err}")))?;
     let path = url.path().strip_prefix('/').unwrap_or(url.path());
     if path.is_empty() {
@@ -323,6 +328,9 @@ mod tests {
         let other = BrokerAdmin::new("http://a:b@h:1", "amqp://u:p@h:5672/team%2Fa").unwrap();
         assert_eq!(other.vhost, "team/a");
         let plain = BrokerAdmin::new("http://a:b@h:1", "amqp://u:p@h:5672").unwrap();
+        let cluster =
+            BrokerAdmin::new("http://a:b@h:1", "amqp://u:p@n1/v1,amqp://u:p@n2/v1").unwrap();
+        assert_eq!(cluster.vhost, "v1");
         assert_eq!(plain.vhost, "/");
         assert_eq!(
             admin

@@ -30,6 +30,33 @@ pub enum BusError {
     Unroutable(String),
     #[error("broker refused the message for {0}")]
     Refused(String),
+    /// The broker holds something this process cannot use as it is configured (a queue of
+    /// another type): retrying does not help, an operator must act.
+    #[error("bus misconfigured: {0}")]
+    Misconfigured(String),
+}
+
+/// How the center's shared durable queues (see [`QueueSpec::is_center_shared`]) are declared
+/// on RabbitMQ; `[bus] queue_type` in the center's config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// On one node. What a single broker needs, and what every queue was declared as before
+    /// the setting existed: a queue's type cannot change once declared.
+    #[default]
+    Classic,
+    /// Replicated over the nodes of a cluster (Raft): the queue and what it holds survive the
+    /// loss of a minority of them.
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
 }
 
 /// One message with the AMQP properties the protocol uses.
@@ -114,6 +141,20 @@ impl QueueSpec {
             durable: true,
         }
     }
+
+    /// Whether this is one of the durable queues all centers share (`<namespace>.center.*`:
+    /// results, submissions, heartbeats, live output), the queues `[bus] queue_type` applies
+    /// to. What they hold is the fleet's work in flight, and a center cannot run without
+    /// consuming them, so in a cluster they must outlive any one node. A center's private
+    /// reply queue is not durable (and a quorum queue cannot be exclusive); agents' queues are
+    /// not the center's (see [`QueueSpec::agent`]).
+    pub fn is_center_shared(&self, namespace: &str) -> bool {
+        self.durable
+            && self
+                .name
+                .strip_prefix(namespace)
+                .is_some_and(|rest| rest.starts_with(".center."))
+    }
 }
 
 #[async_trait]
@@ -143,17 +184,39 @@ pub trait Bus: Send + Sync + 'static {
 
 pub type SharedBus = Arc<dyn Bus>;
 
-/// Opens the bus an URL names: `inproc` (or empty) for the embedded bus, `amqp://…` for RabbitMQ.
+/// Opens the bus an URL names: `inproc` (or empty) for the embedded bus, `amqp://…` for RabbitMQ
+/// (or several, comma-separated: the nodes of a cluster, see [`broker_urls`]). The center's
+/// queues are classic; [`open_with`] chooses.
 pub fn open(url: &str, namespace: &str) -> Result<SharedBus, BusError> {
+    open_with(url, namespace, QueueType::Classic)
+}
+
+/// As [`open`], declaring the center's shared queues as `queue_type` on RabbitMQ.
+pub fn open_with(url: &str, namespace: &str, queue_type: QueueType) -> Result<SharedBus, BusError> {
     if url.is_empty() || url == "inproc" {
-        Ok(Arc::new(InProcBus::new(namespace)))
-    } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
-        Ok(Arc::new(RabbitBus::new(url, namespace)))
-    } else {
-        Err(BusError::Unavailable(format!(
-            "bus url must be `inproc` or start with amqp:// or amqps://, got {url:?}"
-        )))
+        return Ok(Arc::new(InProcBus::new(namespace)));
     }
+    let urls = broker_urls(url);
+    let not_amqp = |url: &&str| !(url.starts_with("amqp://") || url.starts_with("amqps://"));
+    if urls.is_empty() || urls.iter().any(not_amqp) {
+        return Err(BusError::Unavailable(format!(
+            "bus url must be `inproc`, or one or more amqp:// or amqps:// URLs separated by \
+             commas, got {url:?}"
+        )));
+    }
+    Ok(Arc::new(RabbitBus::with_queue_type(
+        &urls, namespace, queue_type,
+    )))
+}
+
+/// The broker addresses of a bus url: one URL, or the nodes of a cluster separated by commas
+/// (a comma inside a user name or password is written `%2C`). A client connects to the first
+/// that answers, and after losing a node starts with the next one.
+pub fn broker_urls(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
 }
 
 /// `url` asking the broker for frames of at most `frame_max` bytes, unless it already says.
@@ -163,6 +226,14 @@ pub fn open(url: &str, namespace: &str) -> Result<SharedBus, BusError> {
 /// with small frames (a message larger than a frame is split, not refused). `inproc` and `0` leave
 /// the URL as it is.
 pub fn with_frame_max(url: &str, frame_max: u32) -> String {
+    let urls = broker_urls(url);
+    if urls.len() > 1 {
+        let each: Vec<String> = urls
+            .iter()
+            .map(|url| with_frame_max(url, frame_max))
+            .collect();
+        return each.join(",");
+    }
     let is_amqp = url.starts_with("amqp://") || url.starts_with("amqps://");
     let already_set = url
         .split_once('?')
@@ -311,7 +382,7 @@ impl Delivery {
 
 #[cfg(test)]
 mod tests {
-    use super::{jittered, with_frame_max};
+    use super::{broker_urls, jittered, open, with_frame_max, QueueSpec};
     use std::time::Duration;
 
     #[test]
@@ -341,6 +412,46 @@ mod tests {
             "amqp://host/vh?frame_max=65536"
         );
         assert_eq!(with_frame_max("inproc", 8192), "inproc");
+        assert_eq!(
+            with_frame_max("amqp://a:5672/%2f, amqp://b:5672/%2f?frame_max=4096", 8192),
+            "amqp://a:5672/%2f?frame_max=8192,amqp://b:5672/%2f?frame_max=4096",
+            "each node of a list"
+        );
         assert_eq!(with_frame_max("amqp://host/vh", 0), "amqp://host/vh");
+    }
+
+    #[test]
+    fn a_bus_url_may_list_the_nodes_of_a_cluster() {
+        assert_eq!(
+            broker_urls("amqp://a:5672/%2f, amqp://b:5673/%2f,,amqp://c/%2f "),
+            ["amqp://a:5672/%2f", "amqp://b:5673/%2f", "amqp://c/%2f"]
+        );
+        assert_eq!(broker_urls("amqp://a/%2f"), ["amqp://a/%2f"]);
+        assert!(open("amqp://a/%2f,amqps://b/%2f", "ns").is_ok());
+        let refused = open("amqp://a/%2f,inproc", "ns")
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|text| text.contains("separated by commas")),
+            "{refused:?}"
+        );
+        assert!(open(" , ", "ns").is_err());
+    }
+
+    #[test]
+    fn queue_type_applies_to_the_durable_center_queues_only() {
+        let spec = |name: &str, durable: bool| QueueSpec {
+            name: name.to_string(),
+            bindings: Vec::new(),
+            durable,
+        };
+        assert!(spec("ns.center.result", true).is_center_shared("ns"));
+        assert!(spec("ns.center.submit", true).is_center_shared("ns"));
+        assert!(!spec("ns.center.reply.0123", false).is_center_shared("ns"));
+        assert!(!spec("ns.agent.a1", true).is_center_shared("ns"));
+        assert!(!spec("ns.center.result", true).is_center_shared("other"));
+        assert!(!spec("nsx.center.result", true).is_center_shared("ns"));
     }
 }

@@ -5,8 +5,14 @@
 //! consumer reconnects in the background with exponential backoff (jittered, so that a fleet
 //! that lost the broker together does not come back together), re-declaring its queue.
 //! It does not spool: callers that must not lose a message (the agent's results) do that.
+//!
+//! A bus may know several brokers (the nodes of a cluster). It connects to the first that
+//! answers, in the order given, and a reconnect starts with the address after the one it was
+//! connected to, so that a node that just went away is tried last rather than first.
 
-use super::{Bus, BusError, BusMessage, Consumer, Delivery, Destination, QueueSpec, Settle};
+use super::{
+    Bus, BusError, BusMessage, Consumer, Delivery, Destination, QueueSpec, QueueType, Settle,
+};
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
@@ -16,7 +22,7 @@ use lapin::options::{
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, ByteArray, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Mutex};
@@ -37,9 +43,12 @@ pub struct RabbitBus {
 }
 
 struct Inner {
-    /// The broker account this bus connects as, stamped on every message it publishes.
-    user: Option<String>,
-    url: String,
+    /// The brokers this bus may connect to: one, or the nodes of a cluster.
+    urls: Vec<String>,
+    /// The index in `urls` to try first at the next connect.
+    next_url: AtomicUsize,
+    /// How the center's shared queues are declared ([`QueueSpec::is_center_shared`]).
+    queue_type: QueueType,
     namespace: String,
     link: Mutex<Option<Link>>,
     closed: AtomicBool,
@@ -49,6 +58,8 @@ struct Inner {
 struct Link {
     connection: Arc<Connection>,
     publisher: Channel,
+    /// The broker account of this connection, stamped on every message published through it.
+    user: Option<String>,
 }
 
 impl Link {
@@ -62,16 +73,32 @@ fn unavailable(err: lapin::Error) -> BusError {
 }
 
 impl RabbitBus {
+    /// A bus on the broker at `url` (or the brokers of a comma-separated list, see
+    /// [`super::broker_urls`]), declaring every queue classic.
     pub fn new(url: &str, namespace: &str) -> Self {
+        RabbitBus::with_queue_type(&super::broker_urls(url), namespace, QueueType::Classic)
+    }
+
+    /// A bus on the brokers at `urls`, declaring the center's shared queues as `queue_type`.
+    pub fn with_queue_type(urls: &[&str], namespace: &str, queue_type: QueueType) -> Self {
         RabbitBus {
             inner: Arc::new(Inner {
-                user: broker_user(url),
-                url: url.to_string(),
+                urls: urls.iter().map(|url| url.to_string()).collect(),
+                next_url: AtomicUsize::new(0),
+                queue_type,
                 namespace: namespace.to_string(),
                 link: Mutex::new(None),
                 closed: AtomicBool::new(false),
             }),
         }
+    }
+}
+
+/// `host:port` of an AMQP URL, for messages: never its credentials.
+fn broker_address(url: &str) -> String {
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
+        Err(_) => "an unreadable URL".to_string(),
     }
 }
 
@@ -98,37 +125,30 @@ impl Inner {
         if let Some(link) = guard.as_ref().filter(|link| link.usable()) {
             return Ok(link.clone());
         }
-        let properties = ConnectionProperties::default()
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio);
-        // A broker taking thousands of connections at once resets some during the handshake,
-        // and lapin's connect can then wait for ever, holding this lock: every consumer and
-        // publisher of the bus would wait with it.
-        let connection =
-            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.url, properties))
-                .await
-                .map_err(|_| {
-                    BusError::Unavailable(format!(
-                        "no connection to the broker within {} s",
-                        CONNECT_TIMEOUT.as_secs()
-                    ))
-                })?
-                .map_err(unavailable)?;
-        let publisher = connection.create_channel().await.map_err(unavailable)?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(unavailable)?;
-        declare_exchange(&publisher, &self.namespace).await?;
-        if guard.is_some() {
-            log::info!("bus: reconnected to the broker");
+        let n_urls = self.urls.len();
+        let first = self.next_url.load(Ordering::Acquire);
+        let mut failures = Vec::new();
+        for offset in 0..n_urls {
+            let index = (first + offset) % n_urls;
+            let url = &self.urls[index];
+            match open_link(url, &self.namespace).await {
+                Ok(link) => {
+                    // Whatever ends this connection, the next attempt starts elsewhere.
+                    self.next_url.store((index + 1) % n_urls, Ordering::Release);
+                    if guard.is_some() || offset > 0 {
+                        log::info!("bus: connected to the broker at {}", broker_address(url));
+                    }
+                    *guard = Some(link.clone());
+                    return Ok(link);
+                }
+                Err(err) if n_urls == 1 => return Err(err),
+                Err(err) => failures.push(format!("{}: {err}", broker_address(url))),
+            }
         }
-        let link = Link {
-            connection: Arc::new(connection),
-            publisher,
-        };
-        *guard = Some(link.clone());
-        Ok(link)
+        Err(BusError::Unavailable(format!(
+            "none of the {n_urls} brokers answered: {}",
+            failures.join("; ")
+        )))
     }
 
     async fn publish_once(
@@ -180,7 +200,7 @@ impl Inner {
             .basic_qos(prefetch.max(1), BasicQosOptions::default())
             .await
             .map_err(unavailable)?;
-        declare_queue(&channel, &self.namespace, spec).await?;
+        declare_queue(&channel, &self.namespace, spec, self.queue_type).await?;
         let consumer = channel
             .basic_consume(
                 &spec.name,
@@ -192,6 +212,63 @@ impl Inner {
             .map_err(unavailable)?;
         Ok((channel, consumer))
     }
+}
+
+/// One connection to the broker at `url`, with its confirm-mode publishing channel and the
+/// namespace's exchange declared.
+async fn open_link(url: &str, namespace: &str) -> Result<Link, BusError> {
+    let properties = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    // A broker taking thousands of connections at once resets some during the handshake,
+    // and lapin's connect can then wait for ever, holding the bus's link lock: every consumer
+    // and publisher of the bus would wait with it.
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
+        .await
+        .map_err(|_| {
+            BusError::Unavailable(format!(
+                "no connection to the broker within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(unavailable)?;
+    let publisher = connection.create_channel().await.map_err(unavailable)?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(unavailable)?;
+    declare_exchange(&publisher, namespace).await?;
+    Ok(Link {
+        connection: Arc::new(connection),
+        publisher,
+        user: broker_user(url),
+    })
+}
+
+/// The error of a queue declaration: a queue that exists with other arguments (the usual case:
+/// another type than `declared_type`) is a configuration error that names the fix, since
+/// retrying cannot help.
+fn declare_failure(err: lapin::Error, queue: &str, declared_type: QueueType) -> BusError {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    let lapin::Error::ProtocolError(amqp) = &err else {
+        return unavailable(err);
+    };
+    if amqp.kind() != &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) {
+        return unavailable(err);
+    }
+    let wanted = declared_type.as_str();
+    let other = match declared_type {
+        QueueType::Classic => QueueType::Quorum.as_str(),
+        QueueType::Quorum => QueueType::Classic.as_str(),
+    };
+    BusError::Misconfigured(format!(
+        "queue {queue} exists on the broker with other arguments than this {wanted} \
+         declaration ({}). A queue's type cannot change in place: set `[bus] queue_type = \
+         \"{other}\"` if that is what the queue is, or stop every center, let the queue drain, \
+         delete it (`rabbitmqctl delete_queue {queue}`) and start again so that it is declared \
+         {wanted}",
+        amqp.get_message()
+    ))
 }
 
 enum PublishFailure {
@@ -220,6 +297,7 @@ async fn declare_queue(
     channel: &Channel,
     namespace: &str,
     spec: &QueueSpec,
+    queue_type: QueueType,
 ) -> Result<(), BusError> {
     declare_exchange(channel, namespace).await?;
     let options = QueueDeclareOptions {
@@ -228,10 +306,24 @@ async fn declare_queue(
         auto_delete: !spec.durable,
         ..Default::default()
     };
+    let declared_type = if spec.is_center_shared(namespace) {
+        queue_type
+    } else {
+        QueueType::Classic
+    };
+    let mut arguments = FieldTable::default();
+    // Classic is declared without the argument, as every queue was before `queue_type`
+    // existed: an argument an existing queue lacks fails its redeclaration.
+    if declared_type == QueueType::Quorum {
+        arguments.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+    }
     channel
-        .queue_declare(&spec.name, options, FieldTable::default())
+        .queue_declare(&spec.name, options, arguments)
         .await
-        .map_err(unavailable)?;
+        .map_err(|err| declare_failure(err, &spec.name, declared_type))?;
     for key in &spec.bindings {
         channel
             .queue_bind(
@@ -338,7 +430,8 @@ impl Bus for RabbitBus {
             .create_channel()
             .await
             .map_err(unavailable)?;
-        let declared = declare_queue(&channel, &self.inner.namespace, spec).await;
+        let declared =
+            declare_queue(&channel, &self.inner.namespace, spec, self.inner.queue_type).await;
         let _ = channel.close(200, "declared").await;
         declared
     }
@@ -351,11 +444,11 @@ impl Bus for RabbitBus {
         // A connection that died since the last publish is only noticed now: reconnect and try
         // once more, so that a broker restart costs one slow publish rather than an error.
         let mut message = message;
-        // The broker checks it against the connection's user: a claim it cannot forge.
-        message.user_id = self.inner.user.clone();
         let mut last_error = None;
         for _attempt in 0..2 {
             let link = self.inner.link().await?;
+            // The broker checks it against the connection's user: a claim it cannot forge.
+            message.user_id = link.user.clone();
             match self.inner.publish_once(&link, destination, &message).await {
                 Ok(()) => return Ok(()),
                 Err(PublishFailure::Unroutable(key)) => return Err(BusError::Unroutable(key)),

@@ -398,6 +398,7 @@ pub async fn delete_broker_objects(amqp: &str, namespace: &str, agents: &[AgentI
 // The signed API
 
 /// The signed v2 API of a center under test, as an ordinary client calls it.
+#[derive(Clone)]
 pub struct Api {
     pub http: reqwest::Client,
     pub base_url: String,
@@ -466,6 +467,29 @@ impl Api {
 // /proc
 
 /// A `kB` figure of `/proc/<pid>/status`, e.g. `VmRSS:`, `VmHWM:`, `RssAnon:`.
+/// Until each agent answers an RT call of the no-op app (at most 30 s).
+pub async fn wait_answering(api: &Api, agents: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for agent in agents {
+        loop {
+            let answer = api
+                .call(
+                    "rt/exec",
+                    &[("ip", agent), ("app", "noop"), ("func", "run")],
+                )
+                .await;
+            if answer["flag"] == "true" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent {agent} never answered: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
