@@ -284,6 +284,7 @@ impl RabbitNode {
                 std::process::id(),
                 NODES_STARTED.fetch_add(1, Ordering::SeqCst)
             ),
+            management_port: None,
             dist_port: free_port(),
             dir,
             server: None,
