@@ -2,12 +2,14 @@
 //! `elves call` makes a signed v2 API call and prints the JSON answer, `elves queue` runs
 //! queues of tasks from a file, `elves sim` runs a fleet of simulated agents.
 
+mod agent_admin;
 mod app;
 mod call;
 mod client;
 mod completions;
 mod cron;
 mod doctor;
+mod keys;
 mod queue;
 mod run;
 mod sim;
@@ -35,11 +37,10 @@ enum Command {
         #[arg(long, default_value = "config/center.toml")]
         config: std::path::PathBuf,
     },
-    /// The agent of a host (the same as the `elves-agent` binary).
-    Agent {
-        #[arg(long, default_value = "config/agent.toml")]
-        config: std::path::PathBuf,
-    },
+    /// The agent of a host (the same as the `elves-agent` binary); `elves agent enroll|revoke <id>`.
+    Agent(agent_admin::AgentArgs),
+    /// The center's signing keys: `elves keys list`, `elves keys rotate [add|use|retire <id>]`.
+    Keys(keys::KeysArgs),
     /// Sign and send a v2 API call, e.g. `elves call rt/exec ip=127.0.0.1 app=apptest func=helloword`.
     Call(call::CallArgs),
     /// App packages: `elves app pack <dir>`, `elves app push <zip>`, online, versions, bind…
@@ -82,7 +83,8 @@ fn main() {
         Command::Completions(args) => completions::completions(args, Cli::command()),
         Command::Man(args) => completions::man(args, Cli::command()),
         Command::Center { config } => elves_center::run_until_signal(&config),
-        Command::Agent { config } => elves_agent::service::run_until_signal(&config),
+        Command::Agent(args) => agent_admin::run(args),
+        Command::Keys(args) => keys::run(args),
     };
     if let Err(err) = outcome {
         eprintln!("elves: {err:#}");

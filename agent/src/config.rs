@@ -126,12 +126,18 @@ impl BusConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct CenterConfig {
-    /// The `key_id` header the center signs with.
+    /// The `key_id` header the center signs with (the single-key form, beside `keys`).
     #[serde(default = "default_key_id")]
     pub key_id: String,
-    /// The center's Ed25519 public key, 64 hex characters.
+    /// The center's Ed25519 public key, 64 hex characters (the single-key form).
     #[serde(default)]
     pub public_key: String,
+    /// The center keys trusted, key id → public key (hex): `[center.keys]`, as
+    /// `elves agent enroll` writes it. During a key rotation it holds the old key and the new
+    /// one; instructions signed with any other key id are refused. Together with
+    /// `key_id`/`public_key` when both are given.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
     /// Where to download app packages from (`http://host:port`, or `https://…` for a center
     /// serving HTTPS), replacing scheme and address in the center's links; empty means use
     /// the links as they come (`https://` when the center serves HTTPS).
@@ -248,6 +254,7 @@ impl Default for CenterConfig {
         CenterConfig {
             key_id: default_key_id(),
             public_key: String::new(),
+            keys: BTreeMap::new(),
             download_url: String::new(),
             tls_ca: None,
         }
@@ -404,18 +411,30 @@ impl AgentConfig {
 }
 
 impl CenterConfig {
-    /// The verifier holding the center's public key.
+    /// The verifier holding the center's public keys: `public_key` under `key_id`, and every
+    /// entry of `keys`.
     pub fn verifier(&self) -> Result<InstructionVerifier, ConfigError> {
-        if self.public_key.trim().is_empty() {
+        if self.public_key.trim().is_empty() && self.keys.is_empty() {
             return Err(invalid(
                 "center.public_key",
-                "required: the center's hex public key (without it every instruction is refused)",
+                "required (or `[center.keys]`): the center's hex public key (without it every \
+                 instruction is refused)",
             ));
         }
         let mut verifier = InstructionVerifier::new();
-        verifier
-            .add_public_key_hex(&self.key_id, &self.public_key)
-            .map_err(|err| invalid("center.public_key", err.to_string()))?;
+        if !self.public_key.trim().is_empty() {
+            verifier
+                .add_public_key_hex(&self.key_id, &self.public_key)
+                .map_err(|err| invalid("center.public_key", err.to_string()))?;
+        }
+        for (key_id, public_key) in &self.keys {
+            if key_id.is_empty() {
+                return Err(invalid("center.keys", "a key id must not be empty"));
+            }
+            verifier
+                .add_public_key_hex(key_id, public_key)
+                .map_err(|err| invalid("center.keys", err.to_string()))?;
+        }
         Ok(verifier)
     }
 }
@@ -575,6 +594,55 @@ mod tests {
                 "{key_name} not named in: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_set_of_center_keys_is_trusted_beside_the_single_form() {
+        use elves_shared::crypto::VerifyError;
+        let (old, new, other) = (
+            InstructionSigner::generate("k1"),
+            InstructionSigner::generate("k2"),
+            InstructionSigner::generate("k3"),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let text = format!(
+            "id = \"a\"\n[center]\nkey_id = \"k3\"\npublic_key = \"{}\"\n\
+             [center.keys]\nk1 = \"{}\"\n\"k2\" = \"{}\"\n",
+            other.public_key_hex(),
+            old.public_key_hex(),
+            new.public_key_hex()
+        );
+        std::fs::write(&path, text).unwrap();
+        let config = AgentConfig::load(Some(&path), env(&[])).unwrap();
+        let verifier = config.center.verifier().unwrap();
+        assert_eq!(verifier.key_ids(), vec!["k1", "k2", "k3"]);
+        for signer in [&old, &new, &other] {
+            let (key_id, signature) = signer.sign_with_key_id(b"x");
+            assert_eq!(
+                verifier.verify(b"x", Some(&key_id), Some(&signature)),
+                Ok(())
+            );
+        }
+        let only_keys = format!(
+            "id = \"a\"\n[center.keys]\nk2 = \"{}\"\n",
+            new.public_key_hex()
+        );
+        std::fs::write(&path, only_keys).unwrap();
+        let verifier = AgentConfig::load(Some(&path), env(&[]))
+            .unwrap()
+            .center
+            .verifier()
+            .unwrap();
+        assert_eq!(
+            verifier.verify(b"x", Some("k1"), Some(&old.sign(b"x"))),
+            Err(VerifyError::UnknownKey("k1".into()))
+        );
+        std::fs::write(&path, "id = \"a\"\n[center.keys]\nk2 = \"abcd\"\n").unwrap();
+        let err = AgentConfig::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("center.keys"), "{err}");
     }
 
     #[test]

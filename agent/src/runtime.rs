@@ -97,9 +97,21 @@ pub async fn run(
     stats: Arc<AgentStats>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let verifier = config.center.verifier().context("agent configuration")?;
+    run_with_verifier(config, verifier, bus, stats, shutdown).await
+}
+
+/// [`run`] trusting `verifier`'s keys, which the caller may replace while the agent runs
+/// (`InstructionVerifier::replace_keys`: a key rotation, see `service::reload_keys`).
+pub async fn run_with_verifier(
+    config: AgentConfig,
+    verifier: elves_shared::crypto::InstructionVerifier,
+    bus: SharedBus,
+    stats: Arc<AgentStats>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     config.validate().context("agent configuration")?;
     let agent_id = config.id.clone();
-    let verifier = config.center.verifier().context("agent configuration")?;
     let configured = config.interpreters.clone();
     // Resolving probes interpreters with child processes: keep it off the async threads.
     let interpreters =

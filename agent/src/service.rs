@@ -1,5 +1,7 @@
 //! The agent as a service: what the `elves-agent` binary and `elves agent` run. Loads the
-//! configuration, opens the bus and runs the agent until Ctrl-C or SIGTERM.
+//! configuration, opens the bus and runs the agent until Ctrl-C or SIGTERM. SIGHUP reads the
+//! configuration file again for the center's keys (a key rotation): the trusted keys change
+//! at once, nothing else does, and running tasks go on.
 
 use crate::{AgentConfig, AgentStats};
 use anyhow::Context;
@@ -26,9 +28,38 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let bus = elves_shared::bus::open_with_tls(&bus_url, &config.bus.namespace, &config.bus.tls())
         .context("opening the bus")?;
     let stats = Arc::new(AgentStats::new());
-    let outcome = crate::run(config, bus.clone(), stats, shutdown_signal()?).await;
+    let verifier = config.center.verifier().context("agent configuration")?;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let reloaded = verifier.clone();
+    let path = config_path.to_path_buf();
+    let reloader = tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match reload_keys(&path, &reloaded) {
+                Ok(ids) => log::info!("SIGHUP: trusting center keys {ids:?}"),
+                Err(err) => log::error!("SIGHUP: keys unchanged: {err:#}"),
+            }
+        }
+    });
+    let outcome =
+        crate::runtime::run_with_verifier(config, verifier, bus.clone(), stats, shutdown_signal()?)
+            .await;
+    reloader.abort();
     bus.close().await;
     outcome
+}
+
+/// Reads the configuration at `path` again and trusts exactly its center keys from now on;
+/// answers their ids. A configuration that does not load changes nothing.
+pub fn reload_keys(
+    path: &Path,
+    verifier: &elves_shared::crypto::InstructionVerifier,
+) -> anyhow::Result<Vec<String>> {
+    let config = AgentConfig::load(Some(path), std::env::vars())
+        .with_context(|| format!("loading {}", path.display()))?;
+    let next = config.center.verifier()?;
+    verifier.replace_keys(&next);
+    Ok(verifier.key_ids())
 }
 
 /// Resolves on the first Ctrl-C or SIGTERM (what systemd sends on stop). Both handlers are
@@ -45,4 +76,43 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = terminate.recv() => log::info!("sigterm received, shutting down"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use elves_shared::crypto::InstructionSigner;
+
+    #[test]
+    fn a_reload_trusts_the_files_keys_and_a_bad_file_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let (k1, k2) = (
+            InstructionSigner::generate("k1"),
+            InstructionSigner::generate("k2"),
+        );
+        let write = |keys: &str| {
+            std::fs::write(&path, format!("id = \"a\"\n[center.keys]\n{keys}")).unwrap();
+        };
+        write(&format!("k1 = \"{}\"\n", k1.public_key_hex()));
+        let verifier = AgentConfig::load(Some(&path), Vec::new())
+            .unwrap()
+            .center
+            .verifier()
+            .unwrap();
+        let held = verifier.clone();
+        write("k2 = \"not hex\"\n");
+        assert!(reload_keys(&path, &verifier).is_err());
+        assert_eq!(held.key_ids(), vec!["k1"]);
+        write(&format!(
+            "k1 = \"{}\"\nk2 = \"{}\"\n",
+            k1.public_key_hex(),
+            k2.public_key_hex()
+        ));
+        assert_eq!(reload_keys(&path, &verifier).unwrap(), vec!["k1", "k2"]);
+        write(&format!("k2 = \"{}\"\n", k2.public_key_hex()));
+        assert_eq!(reload_keys(&path, &verifier).unwrap(), vec!["k2"]);
+        assert!(held.verify(b"x", Some("k1"), Some(&k1.sign(b"x"))).is_err());
+        assert!(held.verify(b"x", Some("k2"), Some(&k2.sign(b"x"))).is_ok());
+    }
 }

@@ -254,6 +254,15 @@ pub struct BusConfig {
     /// simple setup.
     #[serde(default)]
     pub agent_accounts: bool,
+    /// The RabbitMQ management API (`http://user:password@host:15672`), as an administrator:
+    /// `agent/enroll` creates each agent's broker user there and `agent/revoke` deletes it.
+    /// Empty: enrolling is off.
+    #[serde(default)]
+    pub management_url: String,
+    /// The broker address written into enrolled agents' configs (their own user and password
+    /// replace the URL's); empty means `url`.
+    #[serde(default)]
+    pub agent_url: String,
     /// How the queues all centers share (results, submissions, heartbeats, output) are
     /// declared on RabbitMQ: `classic` (one node) or `quorum` (replicated over a cluster's
     /// nodes, to survive losing one). A queue keeps the type it was first declared with.
@@ -276,6 +285,8 @@ impl Default for BusConfig {
             url: default_bus_url(),
             namespace: default_namespace(),
             agent_accounts: false,
+            management_url: String::new(),
+            agent_url: String::new(),
             queue_type: elves_shared::bus::QueueType::default(),
             tls_ca: None,
             tls_cert: None,
@@ -326,6 +337,11 @@ pub struct KeysConfig {
     pub signing_key: PathBuf,
     #[serde(default = "default_key_id")]
     pub key_id: String,
+    /// The key ring of a rotation (`elves keys rotate`): which key signs, which are trusted or
+    /// retired. Written by the center; while it exists it wins over `signing_key`/`key_id`.
+    /// Relative paths are under `data_dir`.
+    #[serde(default = "default_key_ring")]
+    pub ring: PathBuf,
 }
 
 impl Default for KeysConfig {
@@ -333,8 +349,13 @@ impl Default for KeysConfig {
         KeysConfig {
             signing_key: default_signing_key(),
             key_id: default_key_id(),
+            ring: default_key_ring(),
         }
     }
+}
+
+fn default_key_ring() -> PathBuf {
+    PathBuf::from("keyring.toml")
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -454,6 +475,14 @@ impl CenterConfig {
             self.apps.package_dir.clone()
         } else {
             self.data_dir.join(&self.apps.package_dir)
+        }
+    }
+
+    pub fn key_ring_path(&self) -> PathBuf {
+        if self.keys.ring.is_absolute() {
+            self.keys.ring.clone()
+        } else {
+            self.data_dir.join(&self.keys.ring)
         }
     }
 

@@ -152,9 +152,8 @@ pub fn start_with(
     let http_addr = listener
         .local_addr()
         .context("reading the listener's address")?;
-    let signer = Arc::new(
-        InstructionSigner::load_or_create(&config.keys.key_id, &config.signing_key_path())
-            .context("loading the center's signing key")?,
+    let keyring = Arc::new(
+        dispatch::keyring::KeyRing::load(&config).context("loading the center's signing keys")?,
     );
     let tls = match config.http.tls() {
         Some((cert, key)) => Some(
@@ -163,7 +162,8 @@ pub fn start_with(
         ),
         None => None,
     };
-    let key_id = config.keys.key_id.clone();
+    let signer = keyring.signer();
+    let key_id = signer.key_id();
     let public_key_hex = signer.public_key_hex();
     let lifecycle = Arc::new(Lifecycle::default());
     let (ready_sender, ready_receiver) =
@@ -191,6 +191,7 @@ pub fn start_with(
             let center = Center {
                 bus,
                 signer,
+                keyring,
                 lifecycle: thread_lifecycle,
                 tls,
             };
@@ -227,6 +228,7 @@ const MAX_BROKER_BACKOFF: Duration = Duration::from_secs(5);
 struct Center {
     bus: SharedBus,
     signer: Arc<InstructionSigner>,
+    keyring: Arc<dispatch::keyring::KeyRing>,
     lifecycle: Arc<Lifecycle>,
     /// Serve HTTPS with this (`http.tls_cert`, `http.tls_key`); `None`: plain HTTP.
     tls: Option<rustls::ServerConfig>,
@@ -418,7 +420,7 @@ impl Center {
             metrics,
             store,
             bus: self.bus.clone(),
-            public_key_hex: self.signer.public_key_hex(),
+            keyring: self.keyring.clone(),
         });
         actix_rt::spawn(submit::consume_submissions(submissions, state.clone()));
         let dashboard = web::Data::new(ui::Dashboard::new(&self.signer));

@@ -32,6 +32,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("submit", &["api", "dispatch", "error", "store"]),
     // The dashboard: the API's authorization and calls, the store's reads.
     ("ui", &["actors", "api", "config", "error", "store"]),
+    // Sits under the HTTP server, before the API: answers with the API's error envelope.
+    ("http_guard", &["error"]),
 ];
 
 /// Actors that must not use one another's helpers: what they share lives in `dispatch` or

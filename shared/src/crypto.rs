@@ -7,6 +7,7 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -31,28 +32,39 @@ pub enum VerifyError {
     BadSignature,
 }
 
-/// The center's private half.
+/// The center's private half: the key it signs with now, and the public halves of the keys it
+/// signed with before (a rotation, see `use_key`), so that what it signed earlier, such as a
+/// download link, still checks out against its own keys until that key is retired.
 pub struct InstructionSigner {
+    current: RwLock<Arc<ActiveKey>>,
+    earlier: RwLock<BTreeMap<String, VerifyingKey>>,
+}
+
+struct ActiveKey {
     key_id: String,
     key: SigningKey,
 }
 
 impl InstructionSigner {
+    fn of(key_id: &str, key: SigningKey) -> Self {
+        InstructionSigner {
+            current: RwLock::new(Arc::new(ActiveKey {
+                key_id: key_id.to_string(),
+                key,
+            })),
+            earlier: RwLock::new(BTreeMap::new()),
+        }
+    }
+
     pub fn generate(key_id: &str) -> Self {
         let mut seed = [0u8; 32];
         rand::Rng::fill(&mut rand::thread_rng(), &mut seed);
-        InstructionSigner {
-            key_id: key_id.to_string(),
-            key: SigningKey::from_bytes(&seed),
-        }
+        Self::of(key_id, SigningKey::from_bytes(&seed))
     }
 
     pub fn from_seed_hex(key_id: &str, seed_hex: &str) -> Result<Self, KeyError> {
         let seed = parse_32(seed_hex.trim()).ok_or_else(|| KeyError::BadHex(key_id.to_string()))?;
-        Ok(InstructionSigner {
-            key_id: key_id.to_string(),
-            key: SigningKey::from_bytes(&seed),
-        })
+        Ok(Self::of(key_id, SigningKey::from_bytes(&seed)))
     }
 
     /// Loads the key at `path`, creating it (mode 0600) on first start.
@@ -68,23 +80,93 @@ impl InstructionSigner {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(io_error)?;
                 }
-                write_private(path, &hex::encode(signer.key.to_bytes())).map_err(io_error)?;
+                write_private(path, &signer.seed_hex()).map_err(io_error)?;
                 Ok(signer)
             }
             Err(err) => Err(io_error(err)),
         }
     }
 
-    pub fn key_id(&self) -> &str {
-        &self.key_id
+    fn active(&self) -> Arc<ActiveKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The id of the key signing now.
+    pub fn key_id(&self) -> String {
+        self.active().key_id.clone()
     }
 
     pub fn public_key_hex(&self) -> String {
-        hex::encode(self.key.verifying_key().to_bytes())
+        hex::encode(self.active().key.verifying_key().to_bytes())
+    }
+
+    /// The private seed (hex), for writing the key to its file.
+    pub fn seed_hex(&self) -> String {
+        hex::encode(self.active().key.to_bytes())
     }
 
     pub fn sign(&self, body: &[u8]) -> Vec<u8> {
-        self.key.sign(body).to_bytes().to_vec()
+        self.sign_with_key_id(body).1
+    }
+
+    /// The signature of `body` and the id of the key that made it, taken together: a key
+    /// switch between asking for the id and signing would otherwise send a mismatched pair.
+    pub fn sign_with_key_id(&self, body: &[u8]) -> (String, Vec<u8>) {
+        let active = self.active();
+        (
+            active.key_id.clone(),
+            active.key.sign(body).to_bytes().to_vec(),
+        )
+    }
+
+    /// Signs from now on with `next`'s key; the key signing until now stays known to
+    /// [`InstructionSigner::signed_by_me`] until [`InstructionSigner::forget`].
+    pub fn use_key(&self, next: &InstructionSigner) {
+        let next = next.active();
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut earlier = self
+            .earlier
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        earlier.insert(current.key_id.clone(), current.key.verifying_key());
+        earlier.remove(&next.key_id);
+        *current = next;
+    }
+
+    /// Stops accepting what the key `key_id` signed before (a retired key).
+    pub fn forget(&self, key_id: &str) {
+        self.earlier
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(key_id);
+    }
+
+    /// Whether `signature` over `body` was made by this signer's current key or one it used
+    /// before and has not forgotten.
+    pub fn signed_by_me(&self, body: &[u8], signature: &[u8]) -> bool {
+        let Ok(signature) = Signature::from_slice(signature) else {
+            return false;
+        };
+        if self
+            .active()
+            .key
+            .verifying_key()
+            .verify(body, &signature)
+            .is_ok()
+        {
+            return true;
+        }
+        self.earlier
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .any(|key| key.verify(body, &signature).is_ok())
     }
 }
 
@@ -105,10 +187,12 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
 
-/// The agent's set of trusted center public keys, by key id.
+/// The agent's set of trusted center public keys, by key id. Clones share the set: an agent
+/// that reloads its keys (a rotation, see [`InstructionVerifier::replace_keys`]) reaches every
+/// holder at once, without a restart.
 #[derive(Clone, Default)]
 pub struct InstructionVerifier {
-    keys: BTreeMap<String, VerifyingKey>,
+    keys: Arc<RwLock<BTreeMap<String, VerifyingKey>>>,
 }
 
 impl InstructionVerifier {
@@ -121,8 +205,34 @@ impl InstructionVerifier {
             parse_32(public_hex.trim()).ok_or_else(|| KeyError::BadHex(key_id.to_string()))?;
         let key = VerifyingKey::from_bytes(&bytes)
             .map_err(|_| KeyError::BadPublicKey(key_id.to_string()))?;
-        self.keys.insert(key_id.to_string(), key);
+        self.keys
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(key_id.to_string(), key);
         Ok(())
+    }
+
+    /// Trusts exactly the keys of `other` from now on, in this verifier and all its clones.
+    pub fn replace_keys(&self, other: &InstructionVerifier) {
+        let next = other
+            .keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
+    }
+
+    /// The ids of the trusted keys.
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     pub fn verify(
@@ -134,8 +244,10 @@ impl InstructionVerifier {
         let (Some(key_id), Some(signature)) = (key_id, signature) else {
             return Err(VerifyError::Unsigned);
         };
-        let key = self
+        let key = *self
             .keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get(key_id)
             .ok_or_else(|| VerifyError::UnknownKey(key_id.to_string()))?;
         let signature = Signature::from_slice(signature).map_err(|_| VerifyError::BadSignature)?;
@@ -204,6 +316,48 @@ mod tests {
         let second = InstructionSigner::load_or_create("c", &path).unwrap();
         assert_eq!(first.public_key_hex(), second.public_key_hex());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_switched_signer_signs_with_the_new_key_and_still_knows_the_old_one() {
+        let signer = InstructionSigner::generate("k1");
+        let old_signature = signer.sign(b"link");
+        let next = InstructionSigner::generate("k2");
+        signer.use_key(&next);
+        let (key_id, signature) = signer.sign_with_key_id(b"x");
+        assert_eq!(key_id, "k2");
+        assert_eq!(signer.public_key_hex(), next.public_key_hex());
+        let mut verifier = InstructionVerifier::new();
+        verifier
+            .add_public_key_hex("k2", &next.public_key_hex())
+            .unwrap();
+        assert_eq!(verifier.verify(b"x", Some("k2"), Some(&signature)), Ok(()));
+        assert!(signer.signed_by_me(b"link", &old_signature));
+        signer.forget("k1");
+        assert!(!signer.signed_by_me(b"link", &old_signature));
+        assert!(signer.signed_by_me(b"x", &signature));
+    }
+
+    #[test]
+    fn replacing_a_verifiers_keys_reaches_its_clones() {
+        let (k1, k2) = (
+            InstructionSigner::generate("k1"),
+            InstructionSigner::generate("k2"),
+        );
+        let mut verifier = InstructionVerifier::new();
+        verifier
+            .add_public_key_hex("k1", &k1.public_key_hex())
+            .unwrap();
+        let held = verifier.clone();
+        let mut next = InstructionVerifier::new();
+        next.add_public_key_hex("k2", &k2.public_key_hex()).unwrap();
+        verifier.replace_keys(&next);
+        assert_eq!(held.key_ids(), vec!["k2".to_string()]);
+        assert_eq!(
+            held.verify(b"x", Some("k1"), Some(&k1.sign(b"x"))),
+            Err(VerifyError::UnknownKey("k1".into()))
+        );
+        assert_eq!(held.verify(b"x", Some("k2"), Some(&k2.sign(b"x"))), Ok(()));
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub struct RabbitNode {
     /// The TLS listener's port, for a node started with [`RabbitNode::start_with_tls`].
     pub tls_port: Option<u16>,
     pub node_name: String,
+    /// The management plugin's HTTP port, when started with it ([`RabbitNode::start_with_management`]).
+    pub management_port: Option<u16>,
     dist_port: u16,
     dir: tempfile::TempDir,
     server: Option<Child>,
@@ -123,13 +125,37 @@ impl RabbitNode {
     /// As [`RabbitNode::start_configured`], with `advanced` as its `advanced.config` (Erlang
     /// terms, for settings `rabbitmq.conf` has no key for).
     pub async fn start_with_advanced(port: u16, conf: &str, advanced: &str) -> RabbitNode {
+        RabbitNode::start_full(port, conf, advanced, None).await
+    }
+
+    /// A node with the management plugin (its HTTP API on `management_port`, localhost only),
+    /// for the tests that manage broker users through it; returns once that API answers.
+    pub async fn start_with_management(port: u16, management_port: u16) -> RabbitNode {
+        let conf =
+            format!("management.tcp.port = {management_port}\nmanagement.tcp.ip = 127.0.0.1\n");
+        let node = RabbitNode::start_full(port, &conf, "", Some(management_port)).await;
+        node.wait_for_management().await;
+        node
+    }
+
+    async fn start_full(
+        port: u16,
+        conf: &str,
+        advanced: &str,
+        management_port: Option<u16>,
+    ) -> RabbitNode {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("rabbitmq.conf"), conf).unwrap();
         if !advanced.is_empty() {
             std::fs::write(dir.path().join("advanced.config"), advanced).unwrap();
         }
         std::fs::write(dir.path().join("rabbitmq-env.conf"), "").unwrap();
-        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
+        let plugins = if management_port.is_some() {
+            "[rabbitmq_management].\n"
+        } else {
+            "[].\n"
+        };
+        std::fs::write(dir.path().join("enabled_plugins"), plugins).unwrap();
         let node_name = format!(
             "elves-test-{}-{}@localhost",
             std::process::id(),
@@ -139,6 +165,7 @@ impl RabbitNode {
             port,
             tls_port: None,
             node_name,
+            management_port,
             dist_port: free_port(),
             dir,
             server: None,
@@ -150,6 +177,38 @@ impl RabbitNode {
     /// `amqp://` URL of this node (the default guest user, allowed from localhost).
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The management API as its administrator (the default guest user, from localhost).
+    pub fn management_url(&self) -> String {
+        let port = self
+            .management_port
+            .expect("this node was started without the management plugin");
+        format!("http://guest:guest@127.0.0.1:{port}")
+    }
+
+    async fn wait_for_management(&self) {
+        let port = self.management_port.unwrap_or_default();
+        let url = format!("http://127.0.0.1:{port}/api/overview");
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            let answered = http
+                .get(&url)
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await;
+            if answered.is_ok_and(|response| response.status().is_success()) {
+                return;
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "the management API of {} did not answer within {START_TIMEOUT:?}:\n{}",
+                self.node_name,
+                self.output_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// (Re)starts the node with the data it had; returns once it accepts AMQP connections.
@@ -291,6 +350,7 @@ impl RabbitNode {
                 std::process::id(),
                 NODES_STARTED.fetch_add(1, Ordering::SeqCst)
             ),
+            management_port: None,
             dist_port: free_port(),
             tls_port: None,
             dir,

@@ -20,7 +20,7 @@ use crate::store::blocking::blocking;
 use crate::store::{AppVersionRow, Registry, Role, Store};
 use actix::prelude::*;
 use elves_shared::bus::{BusMessage, Destination, SharedBus};
-use elves_shared::crypto::{InstructionSigner, InstructionVerifier};
+use elves_shared::crypto::InstructionSigner;
 use elves_shared::time::now_unix_ms;
 use elves_shared::wire::{self, kind, routing, AgentId, AppPackage, AppSet};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -298,17 +298,14 @@ impl Snapshot {
 
 /// Expiring download links: an Ed25519 signature of the center over the package, the agent
 /// and the expiry. Any center holding the same key accepts them; nobody else can mint one.
+/// A link minted before a key rotation stays valid until the old key is retired.
 pub struct DownloadTokens {
     signer: Arc<InstructionSigner>,
-    verifier: InstructionVerifier,
 }
 
 impl DownloadTokens {
     pub fn new(signer: Arc<InstructionSigner>) -> DownloadTokens {
-        let mut verifier = InstructionVerifier::new();
-        // The signer's own public key is always a valid point.
-        let _ = verifier.add_public_key_hex(signer.key_id(), &signer.public_key_hex());
-        DownloadTokens { signer, verifier }
+        DownloadTokens { signer }
     }
 
     fn message(sha256: &str, agent: &str, expires_s: u64) -> Vec<u8> {
@@ -335,13 +332,8 @@ impl DownloadTokens {
         let Ok(signature) = hex::decode(token) else {
             return false;
         };
-        self.verifier
-            .verify(
-                &Self::message(sha256, agent, expires_s),
-                Some(self.signer.key_id()),
-                Some(&signature),
-            )
-            .is_ok()
+        self.signer
+            .signed_by_me(&Self::message(sha256, agent, expires_s), &signature)
     }
 }
 
@@ -642,8 +634,9 @@ pub fn app_set(
 /// Encodes and signs an app set like an instruction (signature over the exact body bytes).
 pub fn signed_app_set(signer: &InstructionSigner, set: &AppSet) -> BusMessage {
     let mut message = BusMessage::msgpack(kind::APP_SET, wire::encode(set));
-    message.sig = Some(signer.sign(&message.body));
-    message.key_id = Some(signer.key_id().to_string());
+    let (key_id, signature) = signer.sign_with_key_id(&message.body);
+    message.sig = Some(signature);
+    message.key_id = Some(key_id);
     message.expiration_ms = Some(set.deadline.saturating_sub(set.issued_at));
     message
 }
@@ -833,7 +826,7 @@ mod tests {
         )));
         let message = signed_app_set(&signer, &set);
         assert_eq!(message.kind, kind::APP_SET);
-        let mut verifier = InstructionVerifier::new();
+        let mut verifier = elves_shared::crypto::InstructionVerifier::new();
         verifier
             .add_public_key_hex("center", &signer.public_key_hex())
             .unwrap();

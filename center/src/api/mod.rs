@@ -3,12 +3,15 @@
 //! They never block: anything slow is an actor message or a bus call.
 
 pub mod access;
+pub mod agent_admin;
 pub mod apps;
 pub mod auth_ids;
 pub mod batch;
+mod broker_admin;
 pub mod cron;
 mod info;
 mod info_apps;
+pub mod keys;
 pub mod openapi;
 pub mod ops;
 pub mod queue;
@@ -34,9 +37,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub store: crate::store::Store,
     pub bus: elves_shared::bus::SharedBus,
-    /// The instruction signing key's public half (hex), shown on `/healthz` so that
-    /// `elves doctor` can compare it with an agent's `center.public_key`.
-    pub public_key_hex: String,
+    /// The signing keys: `keys/*` rotates them, `agent/enroll` hands out the trusted ones.
+    pub keyring: Arc<crate::dispatch::keyring::KeyRing>,
 }
 
 impl ApiState {
@@ -67,6 +69,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     batch::routes(cfg);
     info_apps::routes(cfg);
     task::routes(cfg);
+    agent_admin::routes(cfg);
+    keys::routes(cfg);
     cfg.route("/api/v2/rt/exec", web::route().to(rt::exec))
         .route("/api/v2/queue/create", web::route().to(queue::create))
         .route("/api/v2/queue/addtask", web::route().to(queue::add_task))

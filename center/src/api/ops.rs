@@ -59,11 +59,14 @@ pub async fn healthz(state: web::Data<ApiState>) -> HttpResponse {
     let body = json!({
         "status": if healthy { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
-        // Public keys only: what agents must be configured with (`elves doctor` compares).
-        "instruction_keys": [{
-            "key_id": state.config.keys.key_id,
-            "public_key": state.public_key_hex,
-        }],
+        // Public keys only: what agents must be configured with (`elves doctor` compares);
+        // during a key rotation, every key not retired.
+        "instruction_keys": state
+            .keyring
+            .trusted()
+            .into_iter()
+            .map(|(key_id, public_key)| json!({"key_id": key_id, "public_key": public_key}))
+            .collect::<Vec<_>>(),
         "heartbeat": heartbeat,
         "scheduler": scheduler,
     });

@@ -17,8 +17,9 @@ const INSTRUCTION_OVERHEAD_BYTES: usize = 256;
 
 fn signed(signer: &InstructionSigner, message_kind: &str, body: Vec<u8>) -> BusMessage {
     let mut message = BusMessage::msgpack(message_kind, body);
-    message.sig = Some(signer.sign(&message.body));
-    message.key_id = Some(signer.key_id().to_string());
+    let (key_id, signature) = signer.sign_with_key_id(&message.body);
+    message.sig = Some(signature);
+    message.key_id = Some(key_id);
     message
 }
 

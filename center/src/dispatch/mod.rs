@@ -7,12 +7,14 @@
 //!   one instruction per message or several for one agent packed into one;
 //! - [`publish`]: onto the agent's queue, and the undelivered result (410.1) of a task whose
 //!   publish failed;
-//! - [`submit_reply`]: the answer to a producer that submitted a task over the bus.
+//! - [`submit_reply`]: the answer to a producer that submitted a task over the bus;
+//! - [`keyring`]: the keys the center signs with, and their rotation.
 //!
 //! It sits below the actors and above the store: it knows the wire, the bus and the store's
 //! row types, never an actor or a handler.
 
 pub mod instruction;
+pub mod keyring;
 pub mod message;
 pub mod publish;
 pub mod sender;
