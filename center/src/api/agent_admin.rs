@@ -119,6 +119,13 @@ fn agent_bus_url(url: &str, user: &str, password: &str) -> Result<String, ApiErr
 
 /// `agent/enroll id=`: answers `{agent_id, bus_url, namespace, center_keys, config}`, where
 /// `config` is a complete `agent.toml` and `bus_url` carries the new password (shown once).
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/agent/enroll",
+    tag = "agent",
+    params(("id" = String, Query, description = "The agent id to enroll")),
+    extensions(("x-error-codes" = json!(["403.2"]))),
+)]
 pub async fn enroll(
     req: HttpRequest,
     body: web::Bytes,
@@ -194,6 +201,13 @@ pub async fn enroll(
 /// `agent/revoke id=`: the agent's broker user is deleted, its connections closed; with
 /// `bus.agent_accounts` nothing published as that agent is taken from then on. 414.1 when no
 /// such user exists.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/agent/revoke",
+    tag = "agent",
+    params(("id" = String, Query, description = "The enrolled agent id")),
+    extensions(("x-error-codes" = json!(["403.2", "414.1"]))),
+)]
 pub async fn revoke(
     req: HttpRequest,
     body: web::Bytes,

@@ -49,6 +49,12 @@ async fn step(
 }
 
 /// `keys/list`: every key with its state (`staged`, `signing`, `trusted`, `retired`).
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/keys/list",
+    tag = "keys",
+    extensions(("x-error-codes" = json!([]))),
+)]
 pub async fn list(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     admin_call(req, body, state, "keys/list", |state, _| async move {
         let keys: Vec<Value> = state.keyring.keys().iter().map(described).collect();
@@ -58,6 +64,13 @@ pub async fn list(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
 }
 
 /// `keys/add id=`: a new key beside the others, trusted but not signing yet.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/keys/add",
+    tag = "keys",
+    params(("id" = String, Query, description = "The new key's id")),
+    extensions(("x-error-codes" = json!(["403.2"]))),
+)]
 pub async fn add(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     admin_call(req, body, state, "keys/add", |state, params| async move {
         let id = params.get_or_empty("id").to_string();
@@ -67,6 +80,13 @@ pub async fn add(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>)
 }
 
 /// `keys/use id=`: sign with `id` from now on; the previous key stays trusted.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/keys/use",
+    tag = "keys",
+    params(("id" = String, Query, description = "The key to sign with")),
+    extensions(("x-error-codes" = json!(["403.2"]))),
+)]
 pub async fn use_key(
     req: HttpRequest,
     body: web::Bytes,
@@ -80,6 +100,13 @@ pub async fn use_key(
 }
 
 /// `keys/retire id=`: the key is trusted and accepted no more.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v2/keys/retire",
+    tag = "keys",
+    params(("id" = String, Query, description = "The key to retire")),
+    extensions(("x-error-codes" = json!(["403.2"]))),
+)]
 pub async fn retire(
     req: HttpRequest,
     body: web::Bytes,

@@ -31,6 +31,12 @@ can answer are in its `x-error-codes`."
     ),
     paths(
         super::rt::exec,
+        super::agent_admin::enroll,
+        super::agent_admin::revoke,
+        super::keys::list,
+        super::keys::add,
+        super::keys::use_key,
+        super::keys::retire,
         super::queue::create,
         super::queue::add_task,
         super::queue::add_tasks,

@@ -64,6 +64,12 @@ class Client:
     # OpenAPI document, so that a new route cannot be missed here).
     ENDPOINTS = {
         "/api/v2/rt/exec": "rt_exec",
+        "/api/v2/agent/enroll": "agent_enroll",
+        "/api/v2/agent/revoke": "agent_revoke",
+        "/api/v2/keys/list": "keys_list",
+        "/api/v2/keys/add": "keys_add",
+        "/api/v2/keys/use": "keys_use",
+        "/api/v2/keys/retire": "keys_retire",
         "/api/v2/queue/create": "queue_create",
         "/api/v2/queue/addtask": "queue_addtask",
         "/api/v2/queue/addtasks": "queue_addtasks",
@@ -448,6 +454,28 @@ class Client:
 
     def auth_ungrant(self, id, app):
         return self.call("auth/ungrant", id=id, app=app)
+
+    # ---- agents' broker accounts and the center's keys (admin) --------------------------------
+
+    def agent_enroll(self, id):
+        """Answers ``{agent_id, bus_url, namespace, center_keys, config}``: ``config`` is the
+        agent's whole ``agent.toml``, its password shown this once."""
+        return self.call("agent/enroll", id=id)
+
+    def agent_revoke(self, id):
+        return self.call("agent/revoke", id=id)
+
+    def keys_list(self):
+        return self.call("keys/list")
+
+    def keys_add(self, id):
+        return self.call("keys/add", id=id)
+
+    def keys_use(self, id):
+        return self.call("keys/use", id=id)
+
+    def keys_retire(self, id):
+        return self.call("keys/retire", id=id)
 
     # ---- targets and batches (SPEC §12) ---------------------------------------------------------
 
