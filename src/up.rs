@@ -42,6 +42,7 @@ pub fn client_file_path(data_dir: &Path) -> PathBuf {
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    elves_center::tune_allocator();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let apps_dir = args

@@ -554,9 +554,35 @@ fn load_or_create_instance(data_dir: &std::path::Path) -> std::io::Result<String
     }
 }
 
+/// Keeps the center's memory near what it holds. glibc serves a freed buffer over its mmap
+/// threshold back to the OS, but raises that threshold to the largest buffer freed so far,
+/// after which buffers of that size stay in one of its per-thread arenas (up to eight per
+/// core): output messages of 1 MiB and the rows made of them then left 19 MB more resident
+/// after one fast writer (`cargo bench --bench live_output`). A fixed threshold and two arenas
+/// leave 7 MB. An operator's own `MALLOC_ARENA_MAX` or `MALLOC_MMAP_THRESHOLD_` wins. Call it
+/// before the center starts its threads.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const MMAP_THRESHOLD_BYTES: libc::c_int = 128 * 1024;
+        const ARENAS: libc::c_int = 2;
+        // SAFETY: mallopt only sets allocator parameters; it is called before other threads
+        // allocate, as glibc asks.
+        unsafe {
+            if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+            }
+            if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+                libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+            }
+        }
+    }
+}
+
 /// Runs a center from a configuration file until SIGINT or SIGTERM: the `elves-center` binary
 /// and `elves center`.
 pub fn run_until_signal(config_path: &std::path::Path) -> anyhow::Result<()> {
+    tune_allocator();
     let config = config::CenterConfig::load(Some(config_path))?;
     actors::cron::enable_sighup_reload();
     let signals = tokio::runtime::Builder::new_current_thread()

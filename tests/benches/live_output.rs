@@ -234,6 +234,9 @@ async fn gigabyte_writer(amqp: &str, calls: usize) {
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let (agent_peak, center_peak) = sampler.join().expect("sampler");
     let agent_after = agents.rss();
+    if result["worker_flag"] != "1" {
+        println!("4 GiB writer: the writer's result: {result}");
+    }
     println!(
         "4 GiB writer: {} bytes of worker_message in {:.1} s, worker_flag {}, output truncated {}",
         result["worker_message"].as_str().map_or(0, str::len),
