@@ -207,8 +207,9 @@ pub async fn check_center(path: &Path, options: &Options) -> Vec<Check> {
     ));
     checks.push(check_database(&config.database_url(), options.timeout).await);
     checks.push(
-        check_broker(
+        check_brokers(
             &config.bus.url,
+            &config.bus.tls(),
             &config.bus.namespace,
             Role::Center,
             options,
@@ -252,13 +253,26 @@ pub async fn check_agent(path: &Path, options: &Options) -> Vec<Check> {
         &config.spool_dir,
         "elves-agent",
     ));
-    checks.push(check_broker(&config.bus.url, &config.bus.namespace, Role::Agent, options).await);
+    checks.push(
+        check_brokers(
+            &config.bus.url,
+            &config.bus.tls(),
+            &config.bus.namespace,
+            Role::Agent,
+            options,
+        )
+        .await,
+    );
     let url = options.center_url.clone().or_else(|| {
         (!config.center.download_url.is_empty()).then(|| config.center.download_url.clone())
     });
     match url {
         Some(url) => {
-            let expected = (&config.center.key_id, &config.center.public_key);
+            // The single key, or with `[center.keys]` (enrolled agents, rotations) the first.
+            let expected = match config.center.keys.iter().next() {
+                Some(first) if config.center.public_key.trim().is_empty() => first,
+                _ => (&config.center.key_id, &config.center.public_key),
+            };
             checks.extend(check_center_http(&url, Some(expected), options).await);
         }
         None => checks.push(skipped(
@@ -415,7 +429,35 @@ enum Role {
 }
 
 /// Logs in with the configured URL and looks for the namespace's exchange without declaring it.
-async fn check_broker(url: &str, namespace: &str, role: Role, options: &Options) -> Check {
+/// Every broker of the url's list (a cluster's nodes): the first failure, or all fine.
+async fn check_brokers(
+    urls: &str,
+    tls: &elves_shared::tls::ClientTls,
+    namespace: &str,
+    role: Role,
+    options: &Options,
+) -> Check {
+    let mut last = None;
+    for url in elves_shared::bus::broker_urls(urls) {
+        let check = check_broker(url, tls, namespace, role, options).await;
+        if matches!(check.outcome, Outcome::Fail { .. }) {
+            return check;
+        }
+        last = Some(check);
+    }
+    match last {
+        Some(check) => check,
+        None => check_broker(urls, tls, namespace, role, options).await,
+    }
+}
+
+async fn check_broker(
+    url: &str,
+    tls: &elves_shared::tls::ClientTls,
+    namespace: &str,
+    role: Role,
+    options: &Options,
+) -> Check {
     let shown = without_password(url);
     if url == "inproc" || url.is_empty() {
         return fail(
@@ -427,26 +469,28 @@ async fn check_broker(url: &str, namespace: &str, role: Role, options: &Options)
     let properties = lapin::ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio);
-    let connection =
-        match tokio::time::timeout(options.timeout, lapin::Connection::connect(url, properties))
-            .await
-        {
-            Err(_) => {
-                return fail(
-                    "broker",
-                    format!(
-                        "{shown}: no answer within {} s",
-                        options.timeout.as_secs_f64().round()
-                    ),
-                    "is the host right and the port open on its firewall? (AMQP: 5672)",
-                )
-            }
-            Ok(Err(err)) => {
-                let (problem, fix) = broker_error(&err);
-                return fail("broker", format!("{shown}: {problem}"), fix);
-            }
-            Ok(Ok(connection)) => connection,
-        };
+    let connection = match tokio::time::timeout(
+        options.timeout,
+        elves_shared::bus::connect_one(url, tls, properties),
+    )
+    .await
+    {
+        Err(_) => {
+            return fail(
+                "broker",
+                format!(
+                    "{shown}: no answer within {} s",
+                    options.timeout.as_secs_f64().round()
+                ),
+                "is the host right and the port open on its firewall? (AMQP: 5672)",
+            )
+        }
+        Ok(Err(err)) => {
+            let (problem, fix) = broker_error(&err);
+            return fail("broker", format!("{shown}: {problem}"), fix);
+        }
+        Ok(Ok(connection)) => connection,
+    };
     let outcome = exchange_check(&connection, &shown, namespace, role).await;
     let _ = connection.close(200, "elves doctor").await;
     outcome
@@ -496,7 +540,7 @@ async fn exchange_check(
 }
 
 /// What a failed broker login means and what to do about it.
-fn broker_error(err: &lapin::Error) -> (String, String) {
+fn broker_error(err: &dyn std::fmt::Display) -> (String, String) {
     let text = err.to_string();
     let fix = if text.contains("ACCESS_REFUSED") || text.contains("ACCESSREFUSED") {
         "the broker refused the user or password in [bus] url (ELVES_BUS__URL): check them \

@@ -255,6 +255,21 @@ pub fn open_configured(
     )))
 }
 
+/// One connection to one broker URL as the bus makes it (TLS with `tls` for `amqps://`),
+/// without the bus around it: for a check of the broker alone (`elves doctor`).
+pub async fn connect_one(
+    url: &str,
+    tls: &crate::tls::ClientTls,
+    properties: lapin::ConnectionProperties,
+) -> Result<lapin::Connection, BusError> {
+    let config = if tls.is_configured() {
+        Some(rabbit::tls_config(tls)?)
+    } else {
+        None
+    };
+    rabbit::connect(url, config.as_ref(), properties).await
+}
+
 /// The broker addresses of a bus url: one URL, or the nodes of a cluster separated by commas
 /// (a comma inside a user name or password is written `%2C`). A client connects to the first
 /// that answers, and after losing a node starts with the next one.
