@@ -2,9 +2,10 @@
 //! overview's counts. Every list is filtered and paged here, in the database, so that a page
 //! costs the same with ten rows or a million.
 
-use super::models::{db_time, unix_ms, AgentRecord, AuditRecord, TaskRecord};
-use super::schema::{agents, audit_log, tasks};
-use super::{AgentRow, AuditRow, Store, StoreError, TaskRow};
+use super::batches::BatchRecord;
+use super::models::{db_time, unix_ms, AgentRecord, AuditRecord, QueueRecord, TaskRecord};
+use super::schema::{agents, audit_log, batches, cron_firings, crons, queues, tasks};
+use super::{AgentRow, AuditRow, BatchRow, QueueRow, Store, StoreError, TaskRow};
 use diesel::prelude::*;
 
 /// What the agents page filters on; empty strings filter nothing.
@@ -39,7 +40,13 @@ pub struct TaskFilter {
     pub until: Option<u64>,
     /// Only tasks of these apps (those a non-admin auth id holds); `None`: every app.
     pub only_apps: Option<Vec<String>>,
+    /// Only tasks this auth id started: its queues' and batches' tasks, its crons' firings,
+    /// and the RT calls audited under it (`rt/exec`, `ui/rt/exec`, `ui/rerun`).
+    pub auth_id: String,
 }
+
+/// The audit actions whose target is the id of an RT task the auth id started.
+const RT_ACTIONS: [&str; 3] = ["rt/exec", "ui/rt/exec", "ui/rerun"];
 
 /// One page of a list and whether another follows.
 #[derive(Debug, Clone)]
@@ -188,6 +195,29 @@ impl Store {
             "failed" => query = query.filter(tasks::worker_flag.ne(1)),
             _ => {}
         }
+        if !filter.auth_id.is_empty() {
+            let who = filter.auth_id.clone();
+            let its_queues = queues::table
+                .filter(queues::auth_id.eq(who.clone()))
+                .select(queues::id.nullable());
+            let its_crons = crons::table
+                .filter(crons::auth_id.eq(who.clone()))
+                .select(crons::id);
+            let its_firings = cron_firings::table
+                .filter(cron_firings::cron_id.eq_any(its_crons))
+                .select(cron_firings::task_id);
+            let its_calls = audit_log::table
+                .filter(audit_log::auth_id.eq(who))
+                .filter(audit_log::action.eq_any(RT_ACTIONS))
+                .filter(audit_log::outcome.eq("ok"))
+                .select(audit_log::target);
+            query = query.filter(
+                tasks::queue_id
+                    .eq_any(its_queues)
+                    .or(tasks::id.eq_any(its_firings))
+                    .or(tasks::id.eq_any(its_calls)),
+            );
+        }
         if let Some(since) = filter.since {
             query = query.filter(tasks::created_at.ge(db_time(since)));
         }
@@ -262,6 +292,77 @@ impl Store {
             records.into_iter().map(AuditRow::from).collect(),
             limit,
         ))
+    }
+}
+
+impl Store {
+    /// A page of queues (batches included: a batch is a queue too), newest first; `only_apps`
+    /// as for tasks.
+    pub fn dashboard_queues(
+        &self,
+        only_apps: Option<&[String]>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Page<QueueRow>, StoreError> {
+        let mut query = queues::table.into_boxed();
+        if let Some(apps) = only_apps {
+            query = query.filter(queues::app.eq_any(apps.to_vec()));
+        }
+        let (offset, limit_plus_one) = page_bounds(offset, limit);
+        let records = query
+            .order((queues::created_at.desc(), queues::id.desc()))
+            .offset(offset)
+            .limit(limit_plus_one)
+            .select(QueueRecord::as_select())
+            .load(&mut *self.conn()?)?;
+        let rows = records
+            .into_iter()
+            .map(QueueRow::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(into_page(rows, limit))
+    }
+
+    /// A page of batches, newest first; `only_apps` as for tasks.
+    pub fn dashboard_batches(
+        &self,
+        only_apps: Option<&[String]>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Page<BatchRow>, StoreError> {
+        let mut query = batches::table.into_boxed();
+        if let Some(apps) = only_apps {
+            query = query.filter(batches::app.eq_any(apps.to_vec()));
+        }
+        let (offset, limit_plus_one) = page_bounds(offset, limit);
+        let records = query
+            .order((batches::created_at.desc(), batches::id.desc()))
+            .offset(offset)
+            .limit(limit_plus_one)
+            .select(BatchRecord::as_select())
+            .load(&mut *self.conn()?)?;
+        let rows = records
+            .into_iter()
+            .map(BatchRow::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(into_page(rows, limit))
+    }
+
+    /// The agents that report `app` installed, with the version each has, by agent id.
+    pub fn dashboard_app_installs(&self, app: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let key = format!("\"{app}\":");
+        let records = agents::table
+            .filter(agents::apps.like(contains_pattern(&key)).escape('\\'))
+            .order(agents::id)
+            .select(AgentRecord::as_select())
+            .load(&mut *self.conn()?)?;
+        let mut installs = Vec::with_capacity(records.len());
+        for record in records {
+            let row = AgentRow::try_from(record)?;
+            if let Some(version) = row.apps.get(app) {
+                installs.push((row.id.to_string(), version.clone()));
+            }
+        }
+        Ok(installs)
     }
 }
 
