@@ -590,6 +590,12 @@ async fn queues_batches_crons_apps_and_live_output_in_a_real_browser() {
         "finish",
         "the output was seen while the task ran"
     );
+    browser
+        .execute(
+            "document.getElementById('live-output').scrollIntoView();",
+            json!([]),
+        )
+        .await;
     browser.screenshot("24-task-live-output").await;
     // At the end the page reloads itself with the result and the stored output.
     wait_until(
@@ -603,6 +609,12 @@ async fn queues_batches_crons_apps_and_live_output_in_a_real_browser() {
     )
     .await;
     assert!(browser.text("#task-stdout").await.contains("tick 50"));
+    browser
+        .execute(
+            "document.getElementById('task-stdout').scrollIntoView();",
+            json!([]),
+        )
+        .await;
     browser.screenshot("25-task-output-stored").await;
 
     // A batch on both agents: b2 fails; re-running the failed subset runs on b2 only.
@@ -696,7 +708,9 @@ async fn queues_batches_crons_apps_and_live_output_in_a_real_browser() {
     let crons = cron_rules(&env).await;
     assert_eq!(crons.len(), 1, "{crons:?}");
     assert_eq!(crons[0].1, "0 15 3 * * ?");
-    // Edit: the new definition replaces the old cron.
+    // Edit: the new definition replaces the old cron, paused as the old one was.
+    let paused = env.call("cron/stop", &[("cron_id", &crons[0].0)]).await;
+    assert_eq!(paused["flag"], "true", "{paused}");
     browser
         .click_and_load(&format!("#edit-{}", crons[0].0))
         .await;
@@ -712,6 +726,8 @@ async fn queues_batches_crons_apps_and_live_output_in_a_real_browser() {
     assert_eq!(edited.len(), 1, "{edited:?}");
     assert_eq!(edited[0].1, "0 30 4 * * ?");
     assert_ne!(edited[0].0, crons[0].0);
+    let detail = env.call("cron/detail", &[("cron_id", &edited[0].0)]).await;
+    assert_eq!(detail["result"]["cron_flag"], 0, "{detail}");
     browser.screenshot("30-cron-edited").await;
 
     // Apps: upload two versions from the form, then roll back; the agents follow.
@@ -784,6 +800,15 @@ async fn queues_batches_crons_apps_and_live_output_in_a_real_browser() {
         .goto(&format!("{base}/ui/tasks?auth_id=nobody"))
         .await;
     assert!(row_texts(&browser, "#tasks").await.is_empty());
+
+    // The new pages on a phone-sized screen: states in words, nothing cut off.
+    browser.set_window_size(390, 844).await;
+    browser.goto(&format!("{base}/ui/queues/{queue_id}")).await;
+    assert!(browser.text("#queue-state").await.contains("stopped"));
+    browser.screenshot("35-queue-graph-phone").await;
+    browser.goto(&format!("{base}/ui/batches/{batch_id}")).await;
+    browser.screenshot("36-batch-phone").await;
+    browser.set_window_size(1280, 900).await;
 
     // Every change above is in the audit log under the auth id.
     browser.goto(&format!("{base}/ui/admin")).await;

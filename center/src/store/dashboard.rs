@@ -91,6 +91,45 @@ fn into_page<T>(mut rows: Vec<T>, limit: u64) -> Page<T> {
     Page { rows, has_more }
 }
 
+/// The tasks matching every filter of `filter` but the auth id, as a boxed query to order
+/// and page (a macro: the boxed query's backend type is the derived multi-backend's).
+macro_rules! filtered_tasks {
+    ($filter:expr) => {{
+        let filter: &TaskFilter = $filter;
+        let mut query = tasks::table.into_boxed();
+        if !filter.app.is_empty() {
+            query = query.filter(tasks::app.eq(filter.app.clone()));
+        }
+        if let Some(apps) = &filter.only_apps {
+            query = query.filter(tasks::app.eq_any(apps.clone()));
+        }
+        if !filter.func.is_empty() {
+            query = query.filter(tasks::func.eq(filter.func.clone()));
+        }
+        if !filter.agent.is_empty() {
+            query = query.filter(tasks::agent.eq(filter.agent.clone()));
+        }
+        if !filter.status.is_empty() {
+            query = query.filter(tasks::status.eq(filter.status.clone()));
+        }
+        if !filter.task_type.is_empty() {
+            query = query.filter(tasks::task_type.eq(filter.task_type.clone()));
+        }
+        match filter.outcome.as_str() {
+            "ok" => query = query.filter(tasks::worker_flag.eq(1)),
+            "failed" => query = query.filter(tasks::worker_flag.ne(1)),
+            _ => {}
+        }
+        if let Some(since) = filter.since {
+            query = query.filter(tasks::created_at.ge(db_time(since)));
+        }
+        if let Some(until) = filter.until {
+            query = query.filter(tasks::created_at.lt(db_time(until)));
+        }
+        query
+    }};
+}
+
 impl Store {
     /// A page of agents by id. Online means a heartbeat within `missed_beats` intervals of
     /// `now`, the rule the heartbeat registry applies.
@@ -171,61 +210,11 @@ impl Store {
         offset: u64,
         limit: u64,
     ) -> Result<Page<TaskRow>, StoreError> {
-        let mut query = tasks::table.into_boxed();
-        if !filter.app.is_empty() {
-            query = query.filter(tasks::app.eq(filter.app.clone()));
-        }
-        if let Some(apps) = &filter.only_apps {
-            query = query.filter(tasks::app.eq_any(apps.clone()));
-        }
-        if !filter.func.is_empty() {
-            query = query.filter(tasks::func.eq(filter.func.clone()));
-        }
-        if !filter.agent.is_empty() {
-            query = query.filter(tasks::agent.eq(filter.agent.clone()));
-        }
-        if !filter.status.is_empty() {
-            query = query.filter(tasks::status.eq(filter.status.clone()));
-        }
-        if !filter.task_type.is_empty() {
-            query = query.filter(tasks::task_type.eq(filter.task_type.clone()));
-        }
-        match filter.outcome.as_str() {
-            "ok" => query = query.filter(tasks::worker_flag.eq(1)),
-            "failed" => query = query.filter(tasks::worker_flag.ne(1)),
-            _ => {}
-        }
         if !filter.auth_id.is_empty() {
-            let who = filter.auth_id.clone();
-            let its_queues = queues::table
-                .filter(queues::auth_id.eq(who.clone()))
-                .select(queues::id.nullable());
-            let its_crons = crons::table
-                .filter(crons::auth_id.eq(who.clone()))
-                .select(crons::id);
-            let its_firings = cron_firings::table
-                .filter(cron_firings::cron_id.eq_any(its_crons))
-                .select(cron_firings::task_id);
-            let its_calls = audit_log::table
-                .filter(audit_log::auth_id.eq(who))
-                .filter(audit_log::action.eq_any(RT_ACTIONS))
-                .filter(audit_log::outcome.eq("ok"))
-                .select(audit_log::target);
-            query = query.filter(
-                tasks::queue_id
-                    .eq_any(its_queues)
-                    .or(tasks::id.eq_any(its_firings))
-                    .or(tasks::id.eq_any(its_calls)),
-            );
-        }
-        if let Some(since) = filter.since {
-            query = query.filter(tasks::created_at.ge(db_time(since)));
-        }
-        if let Some(until) = filter.until {
-            query = query.filter(tasks::created_at.lt(db_time(until)));
+            return self.dashboard_tasks_of_auth_id(filter, offset, limit);
         }
         let (offset, limit_plus_one) = page_bounds(offset, limit);
-        let records = query
+        let records = filtered_tasks!(filter)
             .order((tasks::created_at.desc(), tasks::id.desc()))
             .offset(offset)
             .limit(limit_plus_one)
@@ -235,6 +224,73 @@ impl Store {
             .into_iter()
             .map(TaskRow::try_from)
             .collect::<Result<Vec<_>, _>>()?;
+        Ok(into_page(rows, limit))
+    }
+
+    /// [`Store::dashboard_tasks`] of one auth id. Tasks carry no auth id: its tasks are found
+    /// from where it started them, each source read apart (its newest `offset + limit + 1`
+    /// by index), then merged. One query ORing the three subselects made PostgreSQL walk the
+    /// whole history newest first, testing every task against them.
+    fn dashboard_tasks_of_auth_id(
+        &self,
+        filter: &TaskFilter,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Page<TaskRow>, StoreError> {
+        let who = filter.auth_id.clone();
+        let wanted =
+            i64::try_from(offset.saturating_add(limit).saturating_add(1)).unwrap_or(i64::MAX);
+        let mut conn = self.conn()?;
+        let mut records: Vec<TaskRecord> = Vec::new();
+        // Its queues' and batches' tasks (a batch is a queue too).
+        let its_queues = queues::table
+            .filter(queues::auth_id.eq(who.clone()))
+            .select(queues::id.nullable());
+        records.extend(
+            filtered_tasks!(filter)
+                .filter(tasks::queue_id.eq_any(its_queues))
+                .order((tasks::created_at.desc(), tasks::id.desc()))
+                .limit(wanted)
+                .select(TaskRecord::as_select())
+                .load(&mut *conn)?,
+        );
+        // Its crons' firings.
+        let its_crons = crons::table
+            .filter(crons::auth_id.eq(who.clone()))
+            .select(crons::id);
+        let its_firings = cron_firings::table
+            .filter(cron_firings::cron_id.eq_any(its_crons))
+            .select(cron_firings::task_id);
+        records.extend(
+            filtered_tasks!(filter)
+                .filter(tasks::id.eq_any(its_firings))
+                .order((tasks::created_at.desc(), tasks::id.desc()))
+                .limit(wanted)
+                .select(TaskRecord::as_select())
+                .load(&mut *conn)?,
+        );
+        // Its RT calls, whose audit entries name the task.
+        let its_calls = audit_log::table
+            .filter(audit_log::auth_id.eq(who))
+            .filter(audit_log::action.eq_any(RT_ACTIONS))
+            .filter(audit_log::outcome.eq("ok"))
+            .select(audit_log::target);
+        records.extend(
+            filtered_tasks!(filter)
+                .filter(tasks::id.eq_any(its_calls))
+                .order((tasks::created_at.desc(), tasks::id.desc()))
+                .limit(wanted)
+                .select(TaskRecord::as_select())
+                .load(&mut *conn)?,
+        );
+        let mut rows = records
+            .into_iter()
+            .map(TaskRow::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by(|a, b| (b.created_at, b.id.as_str()).cmp(&(a.created_at, a.id.as_str())));
+        rows.dedup_by(|a, b| a.id == b.id);
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        let rows: Vec<TaskRow> = rows.into_iter().skip(skip).collect();
         Ok(into_page(rows, limit))
     }
 

@@ -113,7 +113,7 @@ fn apps_body(
             body,
             "<div class=\"panel\"><h2>Upload a package</h2><form class=\"stack\" method=\"post\" \
              enctype=\"multipart/form-data\" action=\"/ui/apps/upload?csrf={csrf}&amp;online=true\">\
-             <label>Package (<code>&lt;app&gt;_&lt;version&gt;.zip</code>)<input type=\"file\" \
+             <label><span>Package (<code>&lt;app&gt;_&lt;version&gt;.zip</code>)</span><input type=\"file\" \
              name=\"file\" id=\"package\" accept=\".zip\" required></label>\
              <div class=\"actions\"><button type=\"submit\" id=\"upload\">Upload and make it online</button>\
              <button type=\"submit\" class=\"secondary\" id=\"upload-only\" \

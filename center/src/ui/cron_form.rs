@@ -1,7 +1,8 @@
 //! Adding and editing a cron: the form checks its fields with `cron/add`'s own validation and
 //! shows the rule's next five firings; saving is only possible once the rule being saved has
-//! been previewed. An edit saves the new definition as a new cron and deletes the old one
-//! (the store has no in-place update; the Cron actor is told about both).
+//! been previewed. An edit saves the new definition as a new cron (paused if the old one was)
+//! and deletes the old one (the store has no in-place update; the Cron actor is told about
+//! both).
 
 use super::html::{self, esc, Section};
 use super::pages::{crons_answer, refusal_status, State, Ui};
@@ -277,6 +278,15 @@ async fn save(state: &ApiState, signed: &Signed, fields: &CronFields) -> Result<
     );
     added?;
     if let Some(old) = old {
+        // A paused cron stays paused through an edit.
+        if !old.enabled {
+            let new_cron = TaskId::parse(&new_id)
+                .map_err(|_| ApiError::Internal(format!("cron/add gave the id {new_id:?}")))?;
+            let store = state.store.clone();
+            let target = new_cron.clone();
+            blocking(move || store.set_cron_enabled(&target, false, super::now_ms())).await?;
+            state.children.cron.do_send(CronChanged(new_cron));
+        }
         let store = state.store.clone();
         let target = old.id.clone();
         let deleted = blocking(move || store.delete_cron(&target))

@@ -1,0 +1,2 @@
+DROP INDEX audit_log_auth_id_idx;
+DROP INDEX queues_auth_id_idx;
