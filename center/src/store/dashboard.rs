@@ -465,7 +465,120 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::contains_pattern;
+    use super::{contains_pattern, TaskFilter};
+    use crate::store::testing::{pg_url, TestDatabase};
+    use crate::store::{AuditEntry, Dispatch, NewTask, Store};
+    use elves_shared::wire::{AgentId, Mode, TaskId, TaskType};
+
+    fn id(n: u64) -> TaskId {
+        TaskId::parse(&format!("{n:016x}")).unwrap()
+    }
+
+    fn new_task(n: u64, queue: Option<u64>, created_at: u64) -> NewTask {
+        NewTask {
+            id: id(n),
+            queue_id: queue.map(id),
+            task_type: if queue.is_some() {
+                TaskType::Queue
+            } else {
+                TaskType::Rt
+            },
+            agent: AgentId::parse("agent-1").unwrap(),
+            app: "demo".to_string(),
+            func: "f".to_string(),
+            param: String::new(),
+            timeout_s: 10,
+            proxy: String::new(),
+            mode: Mode::NP,
+            depend_task_id: None,
+            created_at,
+        }
+    }
+
+    fn rt_call(store: &Store, n: u64, created_at: u64, auth_id: &str) {
+        let dispatch = Dispatch {
+            center_instance: "center".to_string(),
+            dispatched_at: created_at,
+            deadline: created_at + 10_000,
+        };
+        store
+            .insert_task(&new_task(n, None, created_at), &dispatch)
+            .unwrap();
+        store
+            .audit(&AuditEntry {
+                at: created_at,
+                auth_id: auth_id.to_string(),
+                action: "rt/exec".to_string(),
+                target: id(n).to_string(),
+                agent: None,
+                outcome: "ok".to_string(),
+            })
+            .unwrap();
+    }
+
+    fn page_ids(
+        store: &Store,
+        auth_id: &str,
+        app: &str,
+        offset: u64,
+        limit: u64,
+    ) -> (Vec<u64>, bool) {
+        let filter = TaskFilter {
+            auth_id: auth_id.to_string(),
+            app: app.to_string(),
+            ..TaskFilter::default()
+        };
+        let page = store.dashboard_tasks(&filter, offset, limit).unwrap();
+        let ids = page
+            .rows
+            .iter()
+            .map(|task| u64::from_str_radix(task.id.as_str(), 16).unwrap())
+            .collect();
+        (ids, page.has_more)
+    }
+
+    fn tasks_by_auth_id(store: &Store) {
+        store.create_queue(&id(100), "demo", "ops", 1).unwrap();
+        store.add_task(&new_task(1, Some(100), 10)).unwrap();
+        store.add_task(&new_task(2, Some(100), 11)).unwrap();
+        store.create_queue(&id(200), "demo", "other", 1).unwrap();
+        store.add_task(&new_task(3, Some(200), 12)).unwrap();
+        rt_call(store, 9, 20, "ops");
+        rt_call(store, 8, 21, "other");
+        // A refused call names no task of the auth id.
+        store
+            .audit(&AuditEntry {
+                at: 22,
+                auth_id: "ops".to_string(),
+                action: "rt/exec".to_string(),
+                target: id(8).to_string(),
+                agent: None,
+                outcome: "401.6 refused".to_string(),
+            })
+            .unwrap();
+
+        assert_eq!(page_ids(store, "ops", "", 0, 50), (vec![9, 2, 1], false));
+        assert_eq!(page_ids(store, "ops", "", 0, 2), (vec![9, 2], true));
+        assert_eq!(page_ids(store, "ops", "", 2, 2), (vec![1], false));
+        assert_eq!(page_ids(store, "other", "", 0, 50), (vec![8, 3], false));
+        assert_eq!(page_ids(store, "nobody", "", 0, 50), (vec![], false));
+        assert_eq!(page_ids(store, "ops", "other-app", 0, 50), (vec![], false));
+    }
+
+    #[test]
+    fn tasks_by_auth_id_on_sqlite() {
+        let database = TestDatabase::sqlite().unwrap();
+        tasks_by_auth_id(&Store::open(&database.url).unwrap());
+    }
+
+    #[test]
+    fn tasks_by_auth_id_on_postgres() {
+        // Skipped only where no PostgreSQL is configured (ELVES_TEST_PG_URL), as the store's
+        // other PostgreSQL tests are.
+        let Some(url) = pg_url() else { return };
+        let database = TestDatabase::postgres(&url).unwrap();
+        tasks_by_auth_id(&Store::open(&database.url).unwrap());
+    }
 
     #[test]
     fn like_wildcards_in_a_filter_are_taken_literally() {
