@@ -195,7 +195,8 @@ fn queue_body(
         format!(
             "<div class=\"actions\"><form method=\"post\" action=\"/ui/queues/{}/stop\">{}\
              <button type=\"submit\" id=\"stop-queue\">Stop this queue</button></form>\
-             <span class=\"muted\">Tasks not yet sent are stopped; running ones finish.</span></div>",
+             <span class=\"muted\">Every task not yet settled is stopped; running ones \
+             are cancelled on their agents.</span></div>",
             esc(queue.id.as_str()),
             html::csrf_field(&signed.csrf),
         )
@@ -293,7 +294,7 @@ pub async fn stop(
     let notice = match &outcome {
         Ok(_) => (
             true,
-            "Queue stopped: its tasks not yet sent will not run.".to_string(),
+            "Queue stopped: its unsettled tasks are stopped, running ones cancelled.".to_string(),
         ),
         Err(err) => (false, format!("Not stopped: {err}")),
     };
