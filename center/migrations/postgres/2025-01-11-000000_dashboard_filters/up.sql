@@ -4,6 +4,8 @@ CREATE INDEX queues_auth_id_idx ON queues (auth_id);
 CREATE INDEX audit_log_auth_id_idx ON audit_log (auth_id, action);
 -- Failed tasks, newest first, in all and by app: the overview's recent failures and the
 -- history's outcome filter. Partial: failures are few, and an app without any would otherwise
--- be read whole to find none.
-CREATE INDEX tasks_failed_created_idx ON tasks (created_at, id) WHERE worker_flag <> 1;
+-- be read whole to find none. The same condition spelled two ways, so that a query by app
+-- (`worker_flag <> 1`) can only take the app's index (store/dashboard.rs says why).
+CREATE INDEX tasks_failed_created_idx ON tasks (created_at, id)
+    WHERE worker_flag < 1 OR worker_flag > 1;
 CREATE INDEX tasks_failed_app_created_idx ON tasks (app, created_at, id) WHERE worker_flag <> 1;
