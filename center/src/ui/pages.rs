@@ -354,9 +354,9 @@ async fn overview_body(state: &ApiState, signed: &Signed) -> Result<String, ApiE
     due.sort_by_key(|(next, _)| *next);
     if due.is_empty() {
         body.push_str(
-            "<div class=\"table-wrap\"><p class=\"empty\">No active cron. Add one with \
-             <code>cron/add</code> or a definition file; paused crons are on the \
-             <a href=\"/ui/crons\">Crons</a> page.</p></div>",
+            "<div class=\"table-wrap\"><p class=\"empty\">No active cron. \
+             <a href=\"/ui/crons/edit\">Add one</a> (or use <code>cron/add</code> or a \
+             definition file); paused crons are on the <a href=\"/ui/crons\">Crons</a> page.</p></div>",
         );
     } else {
         body.push_str(
