@@ -676,6 +676,10 @@ async fn queues_batches_crons_apps_and_live_output_in_a_real_browser() {
     assert_eq!(agents.len(), 1, "{agents:?}");
     assert!(agents[0].contains("b2"), "{agents:?}");
     browser.screenshot("27-batch-rerun-failed").await;
+    // The history's batch type: the two tasks of the batch and the one of its re-run.
+    browser.goto(&format!("{base}/ui/tasks?type=batch")).await;
+    let rows = row_texts(&browser, "#tasks").await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
 
     // A cron added through the form: a bad rule is refused, a good one previewed, then saved.
     browser.goto(&format!("{base}/ui/crons")).await;

@@ -109,6 +109,7 @@ async fn run(tasks: u64, agents: u64, rounds: usize) {
             "tasks, auth id",
             format!("/ui/tasks?auth_id={}", support::AUTH_ID),
         ),
+        ("tasks, batch type", "/ui/tasks?type=batch".to_string()),
         ("crons", "/ui/crons".to_string()),
         ("cron form", "/ui/crons/edit".to_string()),
         ("queues", "/ui/queues".to_string()),

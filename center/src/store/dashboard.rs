@@ -30,7 +30,7 @@ pub struct TaskFilter {
     pub agent: String,
     /// A stored status (`pendding`, `execing`, `finish`, `stoped`, `skipped`).
     pub status: String,
-    /// `rt`, `queue` or `cron`.
+    /// `rt`, `queue` or `cron` (a batch's tasks are queue tasks), or `batch`.
     pub task_type: String,
     /// `ok` (worker_flag 1) or `failed` (settled with another flag).
     pub outcome: String,
@@ -112,8 +112,14 @@ macro_rules! filtered_tasks {
         if !filter.status.is_empty() {
             query = query.filter(tasks::status.eq(filter.status.clone()));
         }
-        if !filter.task_type.is_empty() {
-            query = query.filter(tasks::task_type.eq(filter.task_type.clone()));
+        match filter.task_type.as_str() {
+            "" => {}
+            // A batch's tasks are queue tasks of a queue that is the batch.
+            "batch" => {
+                query = query
+                    .filter(tasks::queue_id.eq_any(batches::table.select(batches::id.nullable())))
+            }
+            task_type => query = query.filter(tasks::task_type.eq(task_type.to_string())),
         }
         match filter.outcome.as_str() {
             "ok" => query = query.filter(tasks::worker_flag.eq(1)),

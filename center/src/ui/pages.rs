@@ -650,7 +650,8 @@ pub async fn tasks(req: HttpRequest, state: State, ui: Ui) -> HttpResponse {
             &[
                 ("", "any"),
                 ("rt", "rt"),
-                ("queue", "queue"),
+                ("queue", "queue (batches too)"),
+                ("batch", "batch"),
                 ("cron", "cron")
             ],
             &filter.task_type
