@@ -353,6 +353,35 @@ async fn a_non_admin_sees_no_admin_pages_and_a_forged_admin_post_is_refused() {
     let versions = env.call("app/versions", &[("app", "demo")]).await;
     assert_eq!(versions["result"]["versions"], json!([]), "{versions}");
     browser.screenshot("33-forged-upload-refused").await;
+    // The forms of an app the viewer does not hold (yet), forged: refused by the API's rules.
+    let queue = env.call("queue/create", &[("app", "demo")]).await;
+    assert_eq!(queue["flag"], "true", "{queue}");
+    let queue_id = queue["result"]["id"].as_str().unwrap().to_string();
+    forge_post(
+        &browser,
+        &format!("/ui/queues/{queue_id}/stop"),
+        &[("csrf", &csrf)],
+        false,
+    )
+    .await;
+    assert!(browser.page_text().await.contains("Not stopped"));
+    forge_post(
+        &browser,
+        "/ui/crons/edit",
+        &[
+            ("csrf", &csrf),
+            ("ip", "a1"),
+            ("app", "demo"),
+            ("func", "f"),
+            ("rule", "0 0 3 * * ?"),
+            ("previewed", "0 0 3 * * ?"),
+            ("action", "save"),
+        ],
+        false,
+    )
+    .await;
+    assert!(browser.page_text().await.contains("Not saved"));
+    assert_eq!(env.call("cron/list", &[]).await["result"], json!([]));
     // The admin still works, and the refusal is in the audit log.
     let listed = env.call("auth/list", &[]).await;
     assert_eq!(listed["flag"], "true", "admin not revoked: {listed}");
@@ -401,6 +430,12 @@ async fn a_non_admin_sees_no_admin_pages_and_a_forged_admin_post_is_refused() {
         "{bindings:?}"
     );
     browser.screenshot("34-admin-grants-and-bindings").await;
+    browser.goto(&format!("{base}/ui/queues/{queue_id}")).await;
+    assert!(
+        browser.text("#queue-state").await.contains("open"),
+        "the forged stop changed nothing"
+    );
+    browser.goto(&format!("{base}/ui/admin")).await;
     // A grant of an unknown app is refused with the API's reason.
     browser.fill("#grant-id", "viewer").await;
     browser.fill("#grant-app", "no-such-app").await;
@@ -408,6 +443,7 @@ async fn a_non_admin_sees_no_admin_pages_and_a_forged_admin_post_is_refused() {
     assert!(browser.text("#notice").await.contains("Nothing changed"));
     let audited = row_texts(&browser, "#audit").await;
     for (who, action) in [
+        ("viewer", "ui/queue/stop"),
         ("viewer", "ui/auth/grant"),
         ("viewer", "ui/app/bind"),
         ("viewer", "ui/app/online"),
