@@ -105,7 +105,16 @@ async fn run(tasks: u64, agents: u64, rounds: usize) {
         ("tasks, agent", "/ui/tasks?agent=bench-agent-17".to_string()),
         ("tasks, page 200", "/ui/tasks?page=200".to_string()),
         ("task", format!("/ui/tasks/{:016x}", 12_345)),
+        (
+            "tasks, auth id",
+            format!("/ui/tasks?auth_id={}", support::AUTH_ID),
+        ),
+        ("tasks, batch type", "/ui/tasks?type=batch".to_string()),
         ("crons", "/ui/crons".to_string()),
+        ("cron form", "/ui/crons/edit".to_string()),
+        ("queues", "/ui/queues".to_string()),
+        ("batches", "/ui/batches".to_string()),
+        ("apps", "/ui/apps".to_string()),
         ("admin", "/ui/admin".to_string()),
     ];
     println!(

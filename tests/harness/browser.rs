@@ -224,6 +224,16 @@ impl Browser {
         .await;
     }
 
+    /// Chooses the local file `path` in the file input `css` (what a user picking it does).
+    pub async fn choose_file(&self, css: &str, path: &Path) {
+        let element = self.find(css).await;
+        self.post(
+            &format!("/element/{element}/value"),
+            json!({ "text": path.display().to_string() }),
+        )
+        .await;
+    }
+
     pub async fn text(&self, css: &str) -> String {
         let element = self.find(css).await;
         self.get(&format!("/element/{element}/text"))

@@ -116,7 +116,9 @@ pub async fn upload(
     respond(&state, "app/upload", outcome)
 }
 
-async fn store_upload(
+/// Receives, checks and stores an uploaded package (admin only); the dashboard's upload form
+/// runs this too.
+pub(crate) async fn store_upload(
     req: &HttpRequest,
     payload: web::Payload,
     state: &ApiState,
@@ -459,20 +461,7 @@ pub async fn online(
         body,
         state,
         "app/online",
-        |state, params, _| async move {
-            // Table order: 403.2 (version) before 403.3 (app).
-            let version = version_param(&params)?;
-            let app = request::app_name(&params)?;
-            let store = state.store.clone();
-            let (name, chosen) = (app.clone(), version.clone());
-            blocking(move || store.set_online_version(&name, &chosen, now_unix_ms())).await?;
-            reload(&state).await?;
-            log::info!("app {app}: version {version} is online");
-            Ok((
-                format!("{app}_{version}"),
-                json!({"app": app, "version": version}),
-            ))
-        },
+        |state, params, _| async move { set_online(&state, &params).await },
     )
     .await
 }
@@ -579,21 +568,7 @@ pub async fn bind(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
         body,
         state,
         "app/bind",
-        |state, params, _| async move {
-            // Parameters in table order (403.1 ip, 403.3 app), then the component (402.1).
-            let address = request::agent_address(&params)?;
-            let app = request::app_name(&params)?;
-            require_supervisor(&state, "app/bind")?;
-            let agent = binding_agent(&state, address).await?;
-            let store = state.store.clone();
-            let (name, id) = (app.clone(), agent.clone());
-            let added = blocking(move || store.bind_agent(&name, &id)).await?;
-            reload(&state).await?;
-            Ok((
-                format!("{app}@{agent}"),
-                json!({"app": app, "agent": agent, "added": added}),
-            ))
-        },
+        |state, params, _| async move { bind_app(&state, &params).await },
     )
     .await
 }
@@ -616,21 +591,66 @@ pub async fn unbind(
         body,
         state,
         "app/unbind",
-        |state, params, _| async move {
-            // Parameters in table order (403.1 ip, 403.3 app), then the component (402.1).
-            let address = request::agent_address(&params)?;
-            let app = request::app_name(&params)?;
-            require_supervisor(&state, "app/unbind")?;
-            let agent = binding_agent(&state, address).await?;
-            let store = state.store.clone();
-            let (name, id) = (app.clone(), agent.clone());
-            let removed = blocking(move || store.unbind_agent(&name, &id)).await?;
-            reload(&state).await?;
-            Ok((
-                format!("{app}@{agent}"),
-                json!({"app": app, "agent": agent, "removed": removed}),
-            ))
-        },
+        |state, params, _| async move { unbind_app(&state, &params).await },
     )
     .await
+}
+
+/// The body of `app/online` (the caller is an admin): also the dashboard's "make online".
+pub(crate) async fn set_online(
+    state: &ApiState,
+    params: &request::Params,
+) -> Result<(String, Value), ApiError> {
+    // Table order: 403.2 (version) before 403.3 (app).
+    let version = version_param(params)?;
+    let app = request::app_name(params)?;
+    let store = state.store.clone();
+    let (name, chosen) = (app.clone(), version.clone());
+    blocking(move || store.set_online_version(&name, &chosen, now_unix_ms())).await?;
+    reload(state).await?;
+    log::info!("app {app}: version {version} is online");
+    Ok((
+        format!("{app}_{version}"),
+        json!({"app": app, "version": version}),
+    ))
+}
+
+/// The body of `app/bind` (the caller is an admin): also the dashboard's binding form.
+pub(crate) async fn bind_app(
+    state: &ApiState,
+    params: &request::Params,
+) -> Result<(String, Value), ApiError> {
+    // Parameters in table order (403.1 ip, 403.3 app), then the component (402.1).
+    let address = request::agent_address(params)?;
+    let app = request::app_name(params)?;
+    require_supervisor(state, "app/bind")?;
+    let agent = binding_agent(state, address).await?;
+    let store = state.store.clone();
+    let (name, id) = (app.clone(), agent.clone());
+    let added = blocking(move || store.bind_agent(&name, &id)).await?;
+    reload(state).await?;
+    Ok((
+        format!("{app}@{agent}"),
+        json!({"app": app, "agent": agent, "added": added}),
+    ))
+}
+
+/// The body of `app/unbind` (the caller is an admin).
+pub(crate) async fn unbind_app(
+    state: &ApiState,
+    params: &request::Params,
+) -> Result<(String, Value), ApiError> {
+    // Parameters in table order (403.1 ip, 403.3 app), then the component (402.1).
+    let address = request::agent_address(params)?;
+    let app = request::app_name(params)?;
+    require_supervisor(state, "app/unbind")?;
+    let agent = binding_agent(state, address).await?;
+    let store = state.store.clone();
+    let (name, id) = (app.clone(), agent.clone());
+    let removed = blocking(move || store.unbind_agent(&name, &id)).await?;
+    reload(state).await?;
+    Ok((
+        format!("{app}@{agent}"),
+        json!({"app": app, "agent": agent, "removed": removed}),
+    ))
 }

@@ -223,19 +223,7 @@ pub async fn grant(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState
         state,
         "auth/grant",
         true,
-        |state, params| async move {
-            let id = target_id(&params)?;
-            let app = request::app_name(&params)?;
-            require_supervisor(&state, "auth/grant")?;
-            let store = state.store.clone();
-            let (target, name) = (id.clone(), app.clone());
-            let added = blocking(move || store.grant_app(&target, &name)).await?;
-            reload(&state).await?;
-            Ok((
-                format!("{id}:{app}"),
-                json!({"auth_id": id, "app": app, "added": added}),
-            ))
-        },
+        |state, params| async move { grant_app(&state, &params).await },
     )
     .await
 }
@@ -259,19 +247,43 @@ pub async fn ungrant(
         state,
         "auth/ungrant",
         true,
-        |state, params| async move {
-            let id = target_id(&params)?;
-            let app = request::app_name(&params)?;
-            require_supervisor(&state, "auth/ungrant")?;
-            let store = state.store.clone();
-            let (target, name) = (id.clone(), app.clone());
-            let removed = blocking(move || store.ungrant_app(&target, &name)).await?;
-            reload(&state).await?;
-            Ok((
-                format!("{id}:{app}"),
-                json!({"auth_id": id, "app": app, "removed": removed}),
-            ))
-        },
+        |state, params| async move { ungrant_app(&state, &params).await },
     )
     .await
+}
+
+/// The body of `auth/grant` (the caller is an admin): also the dashboard's grant form.
+pub(crate) async fn grant_app(
+    state: &ApiState,
+    params: &Params,
+) -> Result<(String, Value), ApiError> {
+    let id = target_id(params)?;
+    let app = request::app_name(params)?;
+    require_supervisor(state, "auth/grant")?;
+    let store = state.store.clone();
+    let (target, name) = (id.clone(), app.clone());
+    let added = blocking(move || store.grant_app(&target, &name)).await?;
+    reload(state).await?;
+    Ok((
+        format!("{id}:{app}"),
+        json!({"auth_id": id, "app": app, "added": added}),
+    ))
+}
+
+/// The body of `auth/ungrant` (the caller is an admin).
+pub(crate) async fn ungrant_app(
+    state: &ApiState,
+    params: &Params,
+) -> Result<(String, Value), ApiError> {
+    let id = target_id(params)?;
+    let app = request::app_name(params)?;
+    require_supervisor(state, "auth/ungrant")?;
+    let store = state.store.clone();
+    let (target, name) = (id.clone(), app.clone());
+    let removed = blocking(move || store.ungrant_app(&target, &name)).await?;
+    reload(state).await?;
+    Ok((
+        format!("{id}:{app}"),
+        json!({"auth_id": id, "app": app, "removed": removed}),
+    ))
 }

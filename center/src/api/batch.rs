@@ -496,7 +496,9 @@ pub async fn retry(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState
     respond(&state, "batch/retry", outcome)
 }
 
-async fn retry_batch(
+/// A new batch of `origin`'s agents in `states` (the failed subset): `batch/retry`, and the
+/// dashboard's re-run of a batch's failed agents.
+pub(crate) async fn retry_batch(
     state: &ApiState,
     caller: &Caller,
     origin: &BatchRow,

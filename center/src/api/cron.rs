@@ -69,6 +69,63 @@ fn cron_enabled(state: &ApiState) -> Result<(), ApiError> {
     }
 }
 
+/// A `cron/add` definition from its parameters, each checked in the table's order (403.1 ip,
+/// 403.2 param, 403.3 app, 403.4 mode, 403.5 rule, 403.7 func, 403.8 timeout). The dashboard's
+/// cron form checks with this too.
+pub(crate) fn cron_definition(
+    params: &Params,
+    state: &ApiState,
+) -> Result<CronDefinition, ApiError> {
+    let address = request::agent_address(params)?;
+    let param = request::json_param(params)?;
+    let proxy = request::proxy(params)?;
+    let app = request::app_name(params)?;
+    let mode = request::mode(params)?;
+    let rule = cron_rule(params, state.config.cron.zone())?;
+    let func = request::func_name(params)?;
+    let timeout_s = request::timeout_s(params, state.config.rt.default_timeout_s)?;
+    Ok(CronDefinition {
+        ip: address,
+        app,
+        func,
+        param,
+        rule,
+        mode,
+        timeout_s,
+        proxy,
+    })
+}
+
+/// Stores a checked definition as a new API cron of `caller` (who holds its app) and tells the
+/// Cron actor: `{"id": …}`. A never-seen agent is 414.1; an offline one may be back by the next
+/// firing.
+pub(crate) async fn create_cron(
+    state: &ApiState,
+    caller: &super::request::Caller,
+    definition: CronDefinition,
+) -> Result<Value, ApiError> {
+    let agent = match resolve_agent(state, &definition.ip).await? {
+        super::AgentStatus::Online(agent) | super::AgentStatus::Offline { agent, .. } => agent,
+    };
+    super::access::require_bound(state, &definition.app, &agent)?;
+    let id = TaskId::random();
+    let store = state.store.clone();
+    let (new_id, auth_id) = (id.clone(), caller.auth_id.clone());
+    blocking(move || {
+        store.create_cron(
+            &new_id,
+            &definition,
+            &CronSource::Api,
+            true,
+            &auth_id,
+            now_unix_ms(),
+        )
+    })
+    .await?;
+    state.children.cron.do_send(CronChanged(id.clone()));
+    Ok(json!({ "id": id }))
+}
+
 /// Adds a cron, enabled at once: `{id}`.
 #[utoipa::path(
     method(get, post),
@@ -81,54 +138,11 @@ fn cron_enabled(state: &ApiState) -> Result<(), ApiError> {
 pub async fn add(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
     let outcome = async {
         let call = V2Call::authenticate(&req, &body, &state)?;
-        let params = &call.params;
-        // 403.1 ip, 403.2 param, 403.3 app, 403.4 mode, 403.5 rule, 403.7 func, 403.8 timeout.
-        let address = request::agent_address(params)?;
-        let param = request::json_param(params)?;
-        let proxy = request::proxy(params)?;
-        let app = request::app_name(params)?;
-        let mode = request::mode(params)?;
-        let rule = cron_rule(params, state.config.cron.zone())?;
-        let func = request::func_name(params)?;
-        let timeout_s = request::timeout_s(params, state.config.rt.default_timeout_s)?;
-        super::access::require_app(&state, &call.caller, &app)?;
+        let definition = cron_definition(&call.params, &state)?;
+        super::access::require_app(&state, &call.caller, &definition.app)?;
         cron_enabled(&state)?;
-        let added = async {
-            // A never-seen agent is 414.1; an offline one may be back by the next firing.
-            let agent = match resolve_agent(&state, &address).await? {
-                super::AgentStatus::Online(agent) | super::AgentStatus::Offline { agent, .. } => {
-                    agent
-                }
-            };
-            super::access::require_bound(&state, &app, &agent)?;
-            let definition = CronDefinition {
-                ip: address.clone(),
-                app,
-                func,
-                param,
-                rule,
-                mode,
-                timeout_s,
-                proxy,
-            };
-            let id = TaskId::random();
-            let store = state.store.clone();
-            let (new_id, auth_id) = (id.clone(), call.caller.auth_id.clone());
-            blocking(move || {
-                store.create_cron(
-                    &new_id,
-                    &definition,
-                    &CronSource::Api,
-                    true,
-                    &auth_id,
-                    now_unix_ms(),
-                )
-            })
-            .await?;
-            state.children.cron.do_send(CronChanged(id.clone()));
-            Ok(json!({ "id": id }))
-        }
-        .await;
+        let address = definition.ip.clone();
+        let added = create_cron(&state, &call.caller, definition).await;
         let target = added
             .as_ref()
             .ok()

@@ -17,7 +17,7 @@ pub mod ops;
 pub mod queue;
 pub mod request;
 pub(crate) mod rt;
-mod task;
+pub(crate) mod task;
 
 use crate::actors::root::Children;
 use crate::config::CenterConfig;

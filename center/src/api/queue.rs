@@ -486,7 +486,7 @@ pub async fn commit(
 }
 
 /// The caller holds the app of the queue (supervisor mode); an unknown queue is 412.1.
-async fn authorize_queue(
+pub(crate) async fn authorize_queue(
     state: &ApiState,
     caller: &Caller,
     queue_id: &TaskId,
@@ -523,23 +523,7 @@ pub async fn stop(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
         let call = V2Call::authenticate(&req, &body, &state)?;
         let queue_id = request::task_id(&call.params, "queue_id", ApiError::BadQueueId)?;
         authorize_queue(&state, &call.caller, &queue_id).await?;
-        let stopped = async {
-            state
-                .children
-                .task_queue
-                .send(StopQueue {
-                    queue_id: queue_id.clone(),
-                })
-                .await
-                .map_err(|err| ApiError::StopFailed(format!("queue actor unavailable: {err}")))??;
-            let tasks = queue_tasks(&state, &queue_id).await?;
-            let statuses: Map<String, Value> = tasks
-                .iter()
-                .map(|task| (task.id.to_string(), json!(task.status.as_str())))
-                .collect();
-            Ok(Value::Object(statuses))
-        }
-        .await;
+        let stopped = stop_queue(&state, &queue_id).await;
         audit(
             &state,
             &call.caller,
@@ -552,6 +536,25 @@ pub async fn stop(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
     }
     .await;
     respond(&state, "queue/stop", outcome)
+}
+
+/// Stops an authorized queue (its pending tasks become `stoped`): the statuses of its tasks
+/// afterwards. The dashboard's stop runs this too.
+pub(crate) async fn stop_queue(state: &ApiState, queue_id: &TaskId) -> Result<Value, ApiError> {
+    state
+        .children
+        .task_queue
+        .send(StopQueue {
+            queue_id: queue_id.clone(),
+        })
+        .await
+        .map_err(|err| ApiError::StopFailed(format!("queue actor unavailable: {err}")))??;
+    let tasks = queue_tasks(state, queue_id).await?;
+    let statuses: Map<String, Value> = tasks
+        .iter()
+        .map(|task| (task.id.to_string(), json!(task.status.as_str())))
+        .collect();
+    Ok(Value::Object(statuses))
 }
 
 async fn queue_tasks(state: &ApiState, queue_id: &TaskId) -> Result<Vec<TaskRow>, ApiError> {

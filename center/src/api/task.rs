@@ -214,11 +214,21 @@ async fn follow(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) 
         .get("Last-Event-ID")
         .and_then(|value| value.to_str().ok())
         .and_then(|text| text.trim().parse::<u64>().ok());
-    let started = async {
-        let call = V2Call::authenticate(&req, &body, &state)?;
-        stream_request(&call, &state, resume_from).await
-    }
-    .await;
+    let call = match V2Call::authenticate(&req, &body, &state) {
+        Ok(call) => call,
+        Err(err) => return respond(&state, "task/follow", Err(err)),
+    };
+    follow_call(&call, resume_from, state).await
+}
+
+/// The event stream of an authenticated follow (`id`, `stream`, `offset` in `call`'s
+/// parameters): `task/follow`, and the dashboard's live output under its session.
+pub(crate) async fn follow_call(
+    call: &V2Call,
+    resume_from: Option<u64>,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    let started = stream_request(call, &state, resume_from).await;
     let request = match started {
         Ok(request) => request,
         Err(err) => return respond(&state, "task/follow", Err(err)),

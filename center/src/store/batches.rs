@@ -143,7 +143,7 @@ pub struct BatchStep {
 
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = batches)]
-struct BatchRecord {
+pub(super) struct BatchRecord {
     id: String,
     auth_id: String,
     app: String,

@@ -207,6 +207,8 @@ diesel::table! {
 
 diesel::joinable!(batch_agents -> batches (batch_id));
 diesel::allow_tables_to_appear_in_same_query!(batches, batch_agents, tasks);
+// The dashboard's task filter by auth id reads the crons' firings in a subselect.
+diesel::allow_tables_to_appear_in_same_query!(tasks, crons, cron_firings);
 
 diesel::table! {
     task_output (task_id, stream, byte_offset) {

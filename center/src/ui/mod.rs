@@ -1,15 +1,23 @@
 //! The web dashboard, served by the center under `/ui/` (`/` redirects there).
 //!
-//! Server-rendered HTML with one stylesheet built into the binary: no JavaScript, no build
-//! step. Every page reads the database (through [`crate::store::Store`]'s `dashboard_*`
+//! Server-rendered HTML with one stylesheet built into the binary, and no build step. The one
+//! script, `live.js` (also built in), follows a running task's output; only the task page
+//! loads it and only that page's Content-Security-Policy allows scripts (from the center
+//! itself). Every page reads the database (through [`crate::store::Store`]'s `dashboard_*`
 //! reads) and the in-memory registry of auth ids the API authorizes with, so a page shows
 //! and allows exactly what the signed-in auth id may do through the API. Changes run the same
 //! code as the API calls and are audited with the auth id, their action prefixed `ui/`.
 //!
 //! Sessions and CSRF tokens: [`session`].
 
+mod apps;
+mod batches;
+mod cron_form;
 mod html;
+mod live;
 mod pages;
+mod people;
+mod queues;
 pub mod session;
 
 use crate::api::request::Caller;
@@ -47,13 +55,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ui/tasks", web::get().to(pages::tasks))
         .route("/ui/tasks/{id}", web::get().to(pages::task))
         .route("/ui/tasks/{id}/rerun", web::post().to(pages::rerun))
+        .route("/ui/tasks/{id}/follow", web::get().to(live::follow))
+        .route("/ui/live.js", web::get().to(live::script))
+        .route("/ui/queues", web::get().to(queues::queues))
+        .route("/ui/queues/{id}", web::get().to(queues::queue))
+        .route("/ui/queues/{id}/stop", web::post().to(queues::stop))
+        .route("/ui/batches", web::get().to(batches::batches))
+        .route("/ui/batches/{id}", web::get().to(batches::batch))
+        .route("/ui/batches/{id}/retry", web::post().to(batches::retry))
+        .route("/ui/crons/edit", web::get().to(cron_form::edit_form))
+        .route("/ui/crons/edit", web::post().to(cron_form::edit))
         .route("/ui/run", web::get().to(pages::run_form))
         .route("/ui/run", web::post().to(pages::run))
         .route("/ui/crons", web::get().to(pages::crons))
         .route("/ui/crons", web::post().to(pages::crons_change))
-        .route("/ui/apps", web::get().to(pages::apps))
+        .route("/ui/apps", web::get().to(apps::apps))
+        .route("/ui/apps/upload", web::post().to(apps::upload))
+        .route("/ui/apps/online", web::post().to(apps::online))
         .route("/ui/admin", web::get().to(pages::admin))
-        .route("/ui/admin/revoke", web::post().to(pages::admin_revoke));
+        .route("/ui/admin/revoke", web::post().to(pages::admin_revoke))
+        .route("/ui/admin/grant", web::post().to(people::grant))
+        .route("/ui/admin/bind", web::post().to(people::bind));
 }
 
 async fn root() -> HttpResponse {
@@ -74,16 +96,27 @@ fn redirect(to: &str) -> HttpResponse {
 }
 
 fn html(status: actix_web::http::StatusCode, body: String) -> HttpResponse {
+    html_page(status, false, body)
+}
+
+/// A page; `live`: it loads `live.js`, the one script, which its policy then allows (from the
+/// center only, with its event stream).
+fn html_page(status: actix_web::http::StatusCode, live: bool, body: String) -> HttpResponse {
+    let policy = if live {
+        "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; \
+         connect-src 'self'; form-action 'self'; frame-ancestors 'none'"
+    } else {
+        // The pages need nothing from elsewhere and run no script.
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+         frame-ancestors 'none'"
+    };
     HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        // The pages need nothing from elsewhere and run no script.
-        .insert_header((
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-             frame-ancestors 'none'",
-        ))
+        .insert_header((header::CONTENT_SECURITY_POLICY, policy))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        // The upload form's action carries the CSRF token: no page's address leaves the center.
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
         .body(body)
 }
 
@@ -186,20 +219,25 @@ fn signed_post(
     let signed = signed_in(req, state, dashboard)?;
     let form = Form::parse(body);
     if !dashboard.keys.csrf_ok(&signed.session, form.get("csrf")) {
-        let body = html::page(
-            "Refused",
-            html::Section::Overview,
-            &signed.viewer(state),
-            &format!(
-                "<h1>Refused</h1>{}",
-                html::notice(
-                    false,
-                    "This form did not come from your dashboard session (its CSRF token is \
-                     missing or stale). Reload the page and try again."
-                )
-            ),
-        );
-        return Err(Box::new(html(actix_web::http::StatusCode::FORBIDDEN, body)));
+        return Err(csrf_refused(state, &signed));
     }
     Ok((signed, form))
+}
+
+/// The answer to a post without its session's CSRF token (nothing was changed).
+fn csrf_refused(state: &ApiState, signed: &Signed) -> Box<HttpResponse> {
+    let body = html::page(
+        "Refused",
+        html::Section::Overview,
+        &signed.viewer(state),
+        &format!(
+            "<h1>Refused</h1>{}",
+            html::notice(
+                false,
+                "This form did not come from your dashboard session (its CSRF token is \
+                 missing or stale). Reload the page and try again."
+            )
+        ),
+    );
+    Box::new(html(actix_web::http::StatusCode::FORBIDDEN, body))
 }

@@ -18,17 +18,22 @@ use serde_json::Value;
 use std::fmt::Write as _;
 
 /// Rows per page of every list.
-const PAGE_SIZE: u64 = 50;
+pub(super) const PAGE_SIZE: u64 = 50;
 
-type State = web::Data<ApiState>;
-type Ui = web::Data<Dashboard>;
+pub(super) type State = web::Data<ApiState>;
+pub(super) type Ui = web::Data<Dashboard>;
 
-fn ok_page(body: String) -> HttpResponse {
+pub(super) fn ok_page(body: String) -> HttpResponse {
     respond_html(StatusCode::OK, body)
 }
 
 /// A page that could not be read: the store's error, said plainly.
-fn failed(state: &ApiState, signed: &Signed, section: Section, err: &ApiError) -> HttpResponse {
+pub(super) fn failed(
+    state: &ApiState,
+    signed: &Signed,
+    section: Section,
+    err: &ApiError,
+) -> HttpResponse {
     log::error!("dashboard: {err}");
     respond_html(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -41,16 +46,48 @@ fn failed(state: &ApiState, signed: &Signed, section: Section, err: &ApiError) -
     )
 }
 
-fn query_map(req: &HttpRequest) -> Form {
+/// The status of a refused change: 403 when the auth id may not, 400 otherwise.
+pub(super) fn refusal_status(err: &ApiError) -> StatusCode {
+    match err {
+        ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// A page saying there is no `what` `id` the auth id may see, with the way back.
+pub(super) fn not_found(
+    state: &ApiState,
+    signed: &Signed,
+    section: Section,
+    what: &str,
+    id: &str,
+    back: &str,
+) -> HttpResponse {
+    respond_html(
+        StatusCode::NOT_FOUND,
+        html::page(
+            "Not found",
+            section,
+            &signed.viewer(state),
+            &format!(
+                "<h1>No such {what}</h1><div class=\"panel\"><p class=\"empty\">No {what} {} \
+                 that you may see. <a href=\"{back}\">Back to the list</a>.</p></div>",
+                esc(id)
+            ),
+        ),
+    )
+}
+
+pub(super) fn query_map(req: &HttpRequest) -> Form {
     Form::parse(req.query_string().as_bytes())
 }
 
-fn page_number(query: &Form) -> u64 {
+pub(super) fn page_number(query: &Form) -> u64 {
     query.get("page").parse().unwrap_or(0)
 }
 
 /// A task's state in words and colour.
-fn task_badge(task: &TaskRow) -> String {
+pub(super) fn task_badge(task: &TaskRow) -> String {
     match task.status {
         TaskStatus::Pending => badge(Tone::Idle, "pending"),
         TaskStatus::Executing => badge(Tone::Warn, "running"),
@@ -64,7 +101,7 @@ fn task_badge(task: &TaskRow) -> String {
     }
 }
 
-fn is_online(state: &ApiState, agent: &AgentRow, now: u64) -> bool {
+pub(super) fn is_online(state: &ApiState, agent: &AgentRow, now: u64) -> bool {
     crate::actors::heartbeat::is_online(
         agent.last_heartbeat_at,
         agent.interval_ms,
@@ -73,7 +110,7 @@ fn is_online(state: &ApiState, agent: &AgentRow, now: u64) -> bool {
     )
 }
 
-fn online_badge(online: bool) -> String {
+pub(super) fn online_badge(online: bool) -> String {
     if online {
         badge(Tone::Ok, "online")
     } else {
@@ -82,7 +119,7 @@ fn online_badge(online: bool) -> String {
 }
 
 /// The apps a non-admin may see (supervisor mode); `None`: every app.
-fn visible_apps(state: &ApiState, signed: &Signed) -> Option<Vec<String>> {
+pub(super) fn visible_apps(state: &ApiState, signed: &Signed) -> Option<Vec<String>> {
     let registry = state.children.apps.read();
     if signed.is_admin || registry.mode() == crate::config::AuthMode::Simple {
         return None;
@@ -97,7 +134,7 @@ fn visible_apps(state: &ApiState, signed: &Signed) -> Option<Vec<String>> {
 }
 
 /// The agents a non-admin may send work to; `None`: every agent.
-fn visible_agents(state: &ApiState, signed: &Signed) -> Option<Vec<String>> {
+pub(super) fn visible_agents(state: &ApiState, signed: &Signed) -> Option<Vec<String>> {
     if signed.is_admin {
         return None;
     }
@@ -109,7 +146,7 @@ fn visible_agents(state: &ApiState, signed: &Signed) -> Option<Vec<String>> {
         .map(|agents| agents.into_iter().collect())
 }
 
-fn task_table(tasks: &[TaskRow], zone: Tz, empty: &str) -> String {
+pub(super) fn task_table(tasks: &[TaskRow], zone: Tz, empty: &str) -> String {
     if tasks.is_empty() {
         return format!("<div class=\"table-wrap\"><p class=\"empty\">{empty}</p></div>");
     }
@@ -317,9 +354,9 @@ async fn overview_body(state: &ApiState, signed: &Signed) -> Result<String, ApiE
     due.sort_by_key(|(next, _)| *next);
     if due.is_empty() {
         body.push_str(
-            "<div class=\"table-wrap\"><p class=\"empty\">No active cron. Add one with \
-             <code>cron/add</code> or a definition file; paused crons are on the \
-             <a href=\"/ui/crons\">Crons</a> page.</p></div>",
+            "<div class=\"table-wrap\"><p class=\"empty\">No active cron. \
+             <a href=\"/ui/crons/edit\">Add one</a> (or use <code>cron/add</code> or a \
+             definition file); paused crons are on the <a href=\"/ui/crons\">Crons</a> page.</p></div>",
         );
     } else {
         body.push_str(
@@ -570,6 +607,7 @@ pub async fn tasks(req: HttpRequest, state: State, ui: Ui) -> HttpResponse {
         since: parse_local_time(query.get("since"), zone),
         until: parse_local_time(query.get("until"), zone),
         only_apps: visible_apps(&state, &signed),
+        auth_id: query.get("auth_id").trim().to_string(),
     };
     let store = state.store.clone();
     let read_filter = filter.clone();
@@ -585,6 +623,7 @@ pub async fn tasks(req: HttpRequest, state: State, ui: Ui) -> HttpResponse {
          <label>App<input name=\"app\" id=\"f-app\" value=\"{}\"></label>\
          <label>Func<input name=\"func\" id=\"f-func\" value=\"{}\"></label>\
          <label>Agent id<input name=\"agent\" id=\"f-agent\" value=\"{}\"></label>\
+         <label>Auth id<input name=\"auth_id\" id=\"f-auth-id\" value=\"{}\"></label>\
          <label>Status{}</label><label>Type{}</label><label>Outcome{}</label>\
          <label>From ({zone})<input type=\"datetime-local\" name=\"since\" value=\"{}\"></label>\
          <label>To ({zone})<input type=\"datetime-local\" name=\"until\" value=\"{}\"></label>\
@@ -593,6 +632,7 @@ pub async fn tasks(req: HttpRequest, state: State, ui: Ui) -> HttpResponse {
         esc(&filter.app),
         esc(&filter.func),
         esc(&filter.agent),
+        esc(&filter.auth_id),
         html::select(
             "status",
             &[
@@ -610,7 +650,8 @@ pub async fn tasks(req: HttpRequest, state: State, ui: Ui) -> HttpResponse {
             &[
                 ("", "any"),
                 ("rt", "rt"),
-                ("queue", "queue"),
+                ("queue", "queue (batches too)"),
+                ("batch", "batch"),
                 ("cron", "cron")
             ],
             &filter.task_type
@@ -629,10 +670,11 @@ pub async fn tasks(req: HttpRequest, state: State, ui: Ui) -> HttpResponse {
         "No task matches. Clear the filters, or run one from the <a href=\"/ui/run\">Run</a> page.",
     ));
     let filters = format!(
-        "app={}&func={}&agent={}&status={}&type={}&outcome={}&since={}&until={}",
+        "app={}&func={}&agent={}&auth_id={}&status={}&type={}&outcome={}&since={}&until={}",
         url_part(&filter.app),
         url_part(&filter.func),
         url_part(&filter.agent),
+        url_part(&filter.auth_id),
         url_part(&filter.status),
         url_part(&filter.task_type),
         url_part(&filter.outcome),
@@ -649,7 +691,7 @@ pub async fn tasks(req: HttpRequest, state: State, ui: Ui) -> HttpResponse {
 }
 
 /// The task `id` if it exists and the signed-in auth id holds its app.
-async fn visible_task(
+pub(super) async fn visible_task(
     state: &ApiState,
     signed: &Signed,
     id: &str,
@@ -663,7 +705,7 @@ async fn visible_task(
         .filter(|task| crate::api::access::require_app(state, &signed.caller, &task.app).is_ok()))
 }
 
-fn pretty_json(text: &str) -> String {
+pub(super) fn pretty_json(text: &str) -> String {
     serde_json::from_str::<Value>(text)
         .ok()
         .and_then(|value| serde_json::to_string_pretty(&value).ok())
@@ -681,6 +723,11 @@ pub async fn task(req: HttpRequest, path: web::Path<String>, state: State, ui: U
         Err(err) => return failed(&state, &signed, Section::Tasks, &err),
     };
     let zone = state.config.cron.zone();
+    let live = task.as_ref().is_some_and(super::live::is_live);
+    let output = match &task {
+        Some(task) => super::live::output_section(&state, task).await,
+        None => String::new(),
+    };
     let body = match task {
         None => format!(
             "<h1>Task not found</h1><div class=\"panel\"><p class=\"empty\">No task {} of an \
@@ -718,7 +765,7 @@ pub async fn task(req: HttpRequest, path: web::Path<String>, state: State, ui: U
                  <div class=\"actions\"><form method=\"post\" action=\"/ui/tasks/{id}/rerun\">{}\
                  <button type=\"submit\" id=\"rerun\">Re-run as it was</button></form>\
                  <a class=\"button secondary\" id=\"rerun-edit\" href=\"/ui/run?from={id}\">Edit and re-run</a></div></div>\
-                 <h2>Parameters</h2><pre id=\"task-param\">{}</pre><h2>Result</h2>{error}{result}",
+                 <h2>Parameters</h2><pre id=\"task-param\">{}</pre><h2>Result</h2>{error}{result}{output}",
                 task_badge(&task),
                 task.task_type,
                 esc(&task.app),
@@ -735,12 +782,11 @@ pub async fn task(req: HttpRequest, path: web::Path<String>, state: State, ui: U
             )
         }
     };
-    ok_page(html::page(
-        "Task",
-        Section::Tasks,
-        &signed.viewer(&state),
-        &body,
-    ))
+    super::html_page(
+        StatusCode::OK,
+        live,
+        html::page("Task", Section::Tasks, &signed.viewer(&state), &body),
+    )
 }
 
 // ---------------------------------------------------------------- run
@@ -981,7 +1027,10 @@ async fn crons_page(
         .collect();
     let start = usize::try_from(page * PAGE_SIZE).unwrap_or(usize::MAX);
     let has_more = rows.len() > start.saturating_add(PAGE_SIZE as usize);
-    let mut body = String::from("<h1>Crons</h1>");
+    let mut body = String::from(
+        "<h1>Crons</h1><div class=\"actions\"><a class=\"button\" id=\"add-cron\" \
+         href=\"/ui/crons/edit\">Add a cron</a></div>",
+    );
     if let Some((ok, text)) = notice {
         body.push_str(&html::notice(ok, &text));
     }
@@ -993,8 +1042,8 @@ async fn crons_page(
     }
     if rows.is_empty() {
         body.push_str(
-            "<div class=\"table-wrap\"><p class=\"empty\">No cron yet. Add one with the \
-             <code>cron/add</code> call or a definition file in the cron directory.</p></div>",
+            "<div class=\"table-wrap\"><p class=\"empty\">No cron yet. Add one with the button \
+             above, the <code>cron/add</code> call or a definition file in the cron directory.</p></div>",
         );
         return Ok(body);
     }
@@ -1005,7 +1054,7 @@ async fn crons_page(
          <button type=\"submit\" name=\"action\" value=\"resume\" id=\"resume\" class=\"secondary\">Resume selected</button></div>\
          <div class=\"table-wrap\"><table id=\"crons\"><thead><tr><th></th><th>Cron</th><th>State</th>\
          <th>Rule ({zone})</th><th>App.func</th><th class=\"hide-narrow\">Agent</th><th>Next firing</th>\
-         <th class=\"hide-narrow\">Last firing</th><th>Last result</th></tr></thead><tbody>",
+         <th class=\"hide-narrow\">Last firing</th><th>Last result</th><th></th></tr></thead><tbody>",
         html::csrf_field(&signed.csrf)
     );
     for row in rows.iter().skip(start).take(PAGE_SIZE as usize) {
@@ -1017,6 +1066,15 @@ async fn crons_page(
         } else {
             "-".to_string()
         };
+        // A file's cron is changed in its file.
+        let edit = if row.source == crate::store::CronSource::Api {
+            format!(
+                "<a href=\"/ui/crons/edit?id={id}\" id=\"edit-{id}\">Edit</a>",
+                id = esc(row.id.as_str())
+            )
+        } else {
+            "<span class=\"muted\">from a file</span>".to_string()
+        };
         let state_badge = if row.enabled {
             badge(Tone::Ok, "active")
         } else {
@@ -1027,7 +1085,7 @@ async fn crons_page(
             "<tr><td><input type=\"checkbox\" name=\"id\" value=\"{id}\" id=\"pick-{id}\" \
              aria-label=\"select cron {id}\"></td><td class=\"mono\">{id}</td>\
              <td class=\"cron-state\">{state_badge}</td><td class=\"mono\">{}</td><td>{}.{}</td>\
-             <td class=\"mono hide-narrow\">{}</td><td>{next}</td><td class=\"hide-narrow\">{}</td><td>{}</td></tr>",
+             <td class=\"mono hide-narrow\">{}</td><td>{next}</td><td class=\"hide-narrow\">{}</td><td>{}</td><td>{edit}</td></tr>",
             esc(&row.definition.rule),
             esc(&row.definition.app),
             esc(&row.definition.func),
@@ -1146,7 +1204,11 @@ pub async fn crons_change(
     crons_answer(&state, &signed, notice).await
 }
 
-async fn crons_answer(state: &ApiState, signed: &Signed, notice: (bool, String)) -> HttpResponse {
+pub(super) async fn crons_answer(
+    state: &ApiState,
+    signed: &Signed,
+    notice: (bool, String),
+) -> HttpResponse {
     match crons_page(state, signed, 0, Some(notice)).await {
         Ok(body) => ok_page(html::page(
             "Crons",
@@ -1158,90 +1220,9 @@ async fn crons_answer(state: &ApiState, signed: &Signed, notice: (bool, String))
     }
 }
 
-// ---------------------------------------------------------------- apps
-
-pub async fn apps(req: HttpRequest, state: State, ui: Ui) -> HttpResponse {
-    let signed = match signed_in(&req, &state, &ui) {
-        Ok(signed) => signed,
-        Err(answer) => return *answer,
-    };
-    let zone = state.config.cron.zone();
-    let apps: Vec<(String, Option<String>, usize)> = state
-        .children
-        .apps
-        .read()
-        .apps_of(&signed.session.auth_id)
-        .into_iter()
-        .map(|app| {
-            (
-                app.name.clone(),
-                app.online.as_ref().map(|version| version.version.clone()),
-                app.agents.len(),
-            )
-        })
-        .collect();
-    let names: Vec<String> = apps.iter().map(|(name, _, _)| name.clone()).collect();
-    let store = state.store.clone();
-    let versions = match blocking(move || {
-        names
-            .iter()
-            .map(|name| store.app_versions(name))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    {
-        Ok(versions) => versions,
-        Err(err) => return failed(&state, &signed, Section::Apps, &err.into()),
-    };
-    let mut body = String::from("<h1>Apps</h1>");
-    if apps.is_empty() {
-        body.push_str(
-            "<div class=\"table-wrap\"><p class=\"empty\">No app you may use. An admin uploads \
-             one with <code>elves app upload</code> (or <code>/api/v2/apps/upload</code>) and \
-             grants it to your auth id.</p></div>",
-        );
-    } else {
-        body.push_str(
-            "<div class=\"table-wrap\"><table id=\"apps\"><thead><tr><th>App</th><th>Online version</th>\
-             <th>Versions</th><th>Bound agents</th></tr></thead><tbody>",
-        );
-        for ((name, online, bound), versions) in apps.iter().zip(&versions) {
-            let listed: Vec<String> = versions
-                .iter()
-                .map(|version| {
-                    format!(
-                        "{} <span class=\"muted\">({}, by {})</span>",
-                        esc(&version.version),
-                        html::time(version.uploaded_at, zone),
-                        esc(&version.uploaded_by)
-                    )
-                })
-                .collect();
-            let online = match online {
-                Some(version) => badge(Tone::Ok, version),
-                None => badge(Tone::Idle, "none online"),
-            };
-            let _ = write!(
-                body,
-                "<tr><td><a href=\"/ui/tasks?app={}\">{}</a></td><td>{online}</td><td>{}</td><td>{bound}</td></tr>",
-                url_part(name),
-                esc(name),
-                listed.join("<br>"),
-            );
-        }
-        body.push_str("</tbody></table></div>");
-    }
-    ok_page(html::page(
-        "Apps",
-        Section::Apps,
-        &signed.viewer(&state),
-        &body,
-    ))
-}
-
 // ---------------------------------------------------------------- admin
 
-fn not_admin(state: &ApiState, signed: &Signed) -> HttpResponse {
+pub(super) fn not_admin(state: &ApiState, signed: &Signed) -> HttpResponse {
     respond_html(
         StatusCode::FORBIDDEN,
         html::page(
@@ -1264,9 +1245,19 @@ pub async fn admin(req: HttpRequest, state: State, ui: Ui) -> HttpResponse {
     if !signed.is_admin {
         return not_admin(&state, &signed);
     }
+    let page = page_number(&query_map(&req));
+    admin_answer(&state, &signed, page, StatusCode::OK, None).await
+}
+
+/// The Admin page (the caller checked the role), `notice` above it.
+pub(super) async fn admin_answer(
+    state: &ApiState,
+    signed: &Signed,
+    page: u64,
+    status: StatusCode,
+    notice: Option<(bool, String)>,
+) -> HttpResponse {
     let zone = state.config.cron.zone();
-    let query = query_map(&req);
-    let page = page_number(&query);
     let store = state.store.clone();
     let read = blocking(move || {
         Ok::<_, crate::store::StoreError>((
@@ -1277,10 +1268,14 @@ pub async fn admin(req: HttpRequest, state: State, ui: Ui) -> HttpResponse {
     .await;
     let (auth_ids, audit_page) = match read {
         Ok(read) => read,
-        Err(err) => return failed(&state, &signed, Section::Admin, &err.into()),
+        Err(err) => return failed(state, signed, Section::Admin, &err.into()),
     };
     let supervisor = state.children.apps.read().mode() == crate::config::AuthMode::Supervisor;
-    let mut body = String::from("<h1>Admin</h1><h2>Auth ids</h2>");
+    let mut body = String::from("<h1>Admin</h1>");
+    if let Some((ok, text)) = notice {
+        body.push_str(&html::notice(ok, &text));
+    }
+    body.push_str("<h2>Auth ids</h2>");
     if !supervisor {
         body.push_str(&html::notice(
             true,
@@ -1329,6 +1324,10 @@ pub async fn admin(req: HttpRequest, state: State, ui: Ui) -> HttpResponse {
         }
         body.push_str("</tbody></table></div>");
     }
+    if supervisor {
+        body.push_str(&super::people::grants_section(state, signed, &auth_ids));
+        body.push_str(&super::people::bindings_section(state, signed));
+    }
     body.push_str("<h2>Audit log</h2>");
     if audit_page.rows.is_empty() {
         body.push_str("<div class=\"table-wrap\"><p class=\"empty\">Nothing audited yet: changes made through the API or this dashboard show here.</p></div>");
@@ -1358,12 +1357,10 @@ pub async fn admin(req: HttpRequest, state: State, ui: Ui) -> HttpResponse {
         body.push_str("</tbody></table></div>");
     }
     body.push_str(&html::pager("/ui/admin", "", page, audit_page.has_more));
-    ok_page(html::page(
-        "Admin",
-        Section::Admin,
-        &signed.viewer(&state),
-        &body,
-    ))
+    respond_html(
+        status,
+        html::page("Admin", Section::Admin, &signed.viewer(state), &body),
+    )
 }
 
 /// Revokes an auth id, as `auth/revoke` does (admin, supervisor mode).
