@@ -18,8 +18,8 @@ use elves_shared::wire::AgentId;
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::agent_processes::AgentProcesses;
-use support::{elapsed_ms, Api, CenterProcess, InProcessAgent, Summary};
+use support::release_pair::ReleasePair;
+use support::{elapsed_ms, Api, InProcessAgent, Summary};
 
 /// 4 GiB rather than the issue's 1 GB: written as fast as it can, 1 GiB is over in less than
 /// half a second, too short for the calls measured alongside it.
@@ -130,46 +130,17 @@ async fn streaming_overhead(bus_url: &str, calls: usize) {
 }
 
 async fn gigabyte_writer(amqp: &str, calls: usize) {
-    let (Some(center_bin), Some(agent_bin)) = (
-        support::release_binary("elves-center"),
-        support::release_binary("elves-agent"),
-    ) else {
-        println!("4 GiB writer: build elves-center and elves-agent in release first");
+    let Some(pair) =
+        ReleasePair::start("4 GiB writer", amqp, "flood-agent", install_flood_app).await
+    else {
         return;
     };
-    println!(
-        "4 GiB writer: elves-center built {} ago, elves-agent {} ago",
-        support::built_ago(&center_bin),
-        support::built_ago(&agent_bin)
-    );
-    let root = support::repo_root();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let namespace = support::namespace("elves-bench-flood");
-    let mut env = support::center_env(dir.path(), &namespace);
-    env.push(("ELVES_BUS__URL".to_string(), amqp.to_string()));
-    let center = CenterProcess::start(&center_bin, &root, env);
-    let apps_dir = dir.path().join("apps");
-    support::install_noop_app(&apps_dir);
-    install_flood_app(&apps_dir);
-    let id = AgentId::parse("flood-agent").expect("agent id");
-    let mut config = support::agent_config(
-        &id,
-        apps_dir,
-        dir.path().join("spool"),
-        1_000,
-        &center.key_id,
-        &center.public_key_hex,
-    );
-    config.bus.url = amqp.to_string();
-    config.bus.namespace = namespace.clone();
-    let agents = AgentProcesses::start(&agent_bin, dir.path(), &[config]);
-    let api = Api::new(center.base_url.clone());
-    support::wait_answering(&api, &["flood-agent"]).await;
+    let (api, agents) = (&pair.api, &pair.agents);
     let mut idle = Vec::new();
     for _ in 0..calls {
         idle.push(noop_call(&api, "flood-agent").await);
     }
-    let (center_pid, agent_idle) = (center.pid(), agents.rss());
+    let (center_pid, agent_idle) = (pair.center.pid(), agents.rss());
     let center_idle = support::status_kib(center_pid, "VmRSS:").unwrap_or(0);
 
     // Sampled from before the call, so that a writer faster than the first look is caught.
@@ -262,7 +233,5 @@ async fn gigabyte_writer(amqp: &str, calls: usize) {
          {:.2} ms ({} calls); p99 {:.2} / {:.2} ms",
         idle.p50, busy.p50, busy.count, idle.p99, busy.p99
     );
-    agents.stop().await;
-    tokio::task::block_in_place(|| center.stop());
-    support::delete_broker_objects(amqp, &namespace, &[id]).await;
+    pair.stop().await;
 }

@@ -10,12 +10,11 @@
 
 mod support;
 
-use elves_shared::wire::AgentId;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::agent_processes::AgentProcesses;
-use support::{elapsed_ms, Api, CenterProcess, Summary};
+use support::release_pair::ReleasePair;
+use support::{elapsed_ms, Summary};
 
 fn main() {
     if support::listing_only() {
@@ -27,40 +26,10 @@ fn main() {
 }
 
 async fn burst(amqp: &str, calls: usize) {
-    let (Some(center_bin), Some(agent_bin)) = (
-        support::release_binary("elves-center"),
-        support::release_binary("elves-agent"),
-    ) else {
-        println!("rt burst: build elves-center and elves-agent in release first");
+    let Some(pair) = ReleasePair::start("rt burst", amqp, "burst-agent", |_| {}).await else {
         return;
     };
-    println!(
-        "rt burst: elves-center built {} ago, elves-agent {} ago",
-        support::built_ago(&center_bin),
-        support::built_ago(&agent_bin)
-    );
-    let root = support::repo_root();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let namespace = support::namespace("elves-bench-burst");
-    let mut env = support::center_env(dir.path(), &namespace);
-    env.push(("ELVES_BUS__URL".to_string(), amqp.to_string()));
-    let center = CenterProcess::start(&center_bin, &root, env);
-    let apps_dir = dir.path().join("apps");
-    support::install_noop_app(&apps_dir);
-    let id = AgentId::parse("burst-agent").expect("agent id");
-    let mut config = support::agent_config(
-        &id,
-        apps_dir,
-        dir.path().join("spool"),
-        1_000,
-        &center.key_id,
-        &center.public_key_hex,
-    );
-    config.bus.url = amqp.to_string();
-    config.bus.namespace = namespace.clone();
-    let agents = AgentProcesses::start(&agent_bin, dir.path(), &[config]);
-    let api = Api::new(center.base_url.clone());
-    support::wait_answering(&api, &["burst-agent"]).await;
+    let api = pair.api.clone();
     let mut quiet = Vec::new();
     for _ in 0..50 {
         let started = Instant::now();
@@ -71,7 +40,7 @@ async fn burst(amqp: &str, calls: usize) {
         .await;
         quiet.push(elapsed_ms(started));
     }
-    let pid = center.pid();
+    let pid = pair.center.pid();
     let idle_threads = support::status_kib(pid, "Threads:").unwrap_or(0);
     let idle_rss = support::status_kib(pid, "VmRSS:").unwrap_or(0);
 
@@ -127,7 +96,5 @@ async fn burst(amqp: &str, calls: usize) {
         "  center threads: idle {idle_threads}, peak {peak_threads}; RSS idle {idle_rss} KiB, \
          peak {peak_rss} KiB"
     );
-    agents.stop().await;
-    tokio::task::block_in_place(|| center.stop());
-    support::delete_broker_objects(amqp, &namespace, &[id]).await;
+    pair.stop().await;
 }

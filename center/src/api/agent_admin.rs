@@ -4,15 +4,14 @@
 //! which closes the agent's connection and refuses every reconnect. Admin role only; audited
 //! (never with the password).
 
-use super::access::require_admin;
 use super::broker_admin::{AdminError, BrokerAdmin};
 use super::request::Params;
-use super::{audit, respond, ApiState, V2Call};
+use super::{admin_call, ApiState, AuditedAnswer};
 use crate::error::ApiError;
 use actix_web::{web, HttpRequest, HttpResponse};
 use elves_shared::wire::AgentId;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -23,36 +22,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// One enroll or revoke at a time on this center: checking that a user exists and creating it
 /// are two broker calls, and two enrolls of one id must not both pass the check.
 static ENROLLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Runs an admin call: authenticate, require admin, run `body_fn`, audit `(target, logged)`,
-/// answer its value.
-pub(super) async fn admin_call<F, Fut>(
-    req: HttpRequest,
-    body: web::Bytes,
-    state: web::Data<ApiState>,
-    action: &'static str,
-    body_fn: F,
-) -> HttpResponse
-where
-    F: FnOnce(web::Data<ApiState>, Params) -> Fut,
-    Fut: std::future::Future<Output = Result<(String, Value), ApiError>>,
-{
-    let outcome = async {
-        let call = V2Call::authenticate(&req, &body, &state)?;
-        require_admin(&state, &call.caller)?;
-        let done = body_fn(state.clone(), call.params).await;
-        let (target, outcome) = match done {
-            Ok((target, value)) => (target, Ok(value)),
-            Err(err) => (String::new(), Err(err)),
-        };
-        // Answers may hold a password: the log gets the outcome only.
-        let logged = outcome.as_ref().map(|_| Value::Null).map_err(Clone::clone);
-        audit(&state, &call.caller, action, &target, None, &logged);
-        outcome
-    }
-    .await;
-    respond(&state, action, outcome)
-}
 
 fn agent_id(params: &Params) -> Result<AgentId, ApiError> {
     let text = params.get_or_empty("id");
@@ -136,6 +105,7 @@ pub async fn enroll(
         body,
         state,
         "agent/enroll",
+        AuditedAnswer::OutcomeOnly,
         |state, params| async move {
             let agent = agent_id(&params)?;
             let admin = broker_admin(&state)?;
@@ -218,6 +188,7 @@ pub async fn revoke(
         body,
         state,
         "agent/revoke",
+        AuditedAnswer::OutcomeOnly,
         |state, params| async move {
             let agent = agent_id(&params)?;
             let admin = broker_admin(&state)?;

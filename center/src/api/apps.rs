@@ -13,7 +13,9 @@
 use super::access::{require_admin, require_supervisor};
 use super::openapi;
 use super::request::{self, Caller};
-use super::{audit, resolve_agent, respond, AgentStatus, ApiState, V2Call};
+use super::{
+    admin_call, audit, resolve_agent, respond, AgentStatus, ApiState, AuditedAnswer, V2Call,
+};
 use crate::actors::app_store::Reload;
 use crate::error::ApiError;
 use crate::store::blocking::blocking;
@@ -375,34 +377,6 @@ pub async fn download(
     response.streaming(body)
 }
 
-/// Runs an admin call: authenticate, require admin, run `body`, audit, answer.
-async fn admin_call<F, Fut>(
-    req: HttpRequest,
-    body: web::Bytes,
-    state: web::Data<ApiState>,
-    action: &'static str,
-    run: F,
-) -> HttpResponse
-where
-    F: FnOnce(web::Data<ApiState>, request::Params, Caller) -> Fut,
-    Fut: std::future::Future<Output = Result<(String, Value), ApiError>>,
-{
-    let outcome = async {
-        let call = V2Call::authenticate(&req, &body, &state)?;
-        require_admin(&state, &call.caller)?;
-        let caller = call.caller.clone();
-        let done = run(state.clone(), call.params, call.caller).await;
-        let (target, outcome) = match done {
-            Ok((target, value)) => (target, Ok(value)),
-            Err(err) => (String::new(), Err(err)),
-        };
-        audit(&state, &caller, action, &target, None, &outcome);
-        outcome
-    }
-    .await;
-    respond(&state, action, outcome)
-}
-
 fn version_param(params: &request::Params) -> Result<String, ApiError> {
     let version = params.get_or_empty("version");
     if !elves_shared::names::is_valid_version(version) {
@@ -429,7 +403,8 @@ pub async fn create(
         body,
         state,
         "app/create",
-        |state, params, _| async move {
+        AuditedAnswer::Whole,
+        |state, params| async move {
             let app = request::app_name(&params)?;
             let display_name = params.get_or_empty("name").to_string();
             let store = state.store.clone();
@@ -461,7 +436,8 @@ pub async fn online(
         body,
         state,
         "app/online",
-        |state, params, _| async move { set_online(&state, &params).await },
+        AuditedAnswer::Whole,
+        |state, params| async move { set_online(&state, &params).await },
     )
     .await
 }
@@ -568,7 +544,8 @@ pub async fn bind(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
         body,
         state,
         "app/bind",
-        |state, params, _| async move { bind_app(&state, &params).await },
+        AuditedAnswer::Whole,
+        |state, params| async move { bind_app(&state, &params).await },
     )
     .await
 }
@@ -591,7 +568,8 @@ pub async fn unbind(
         body,
         state,
         "app/unbind",
-        |state, params, _| async move { unbind_app(&state, &params).await },
+        AuditedAnswer::Whole,
+        |state, params| async move { unbind_app(&state, &params).await },
     )
     .await
 }

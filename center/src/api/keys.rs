@@ -2,8 +2,8 @@
 //! `keys/add id=`, `keys/use id=`, `keys/retire id=` (see `dispatch::keyring`). Admin role
 //! only; audited. Private keys never leave the center: answers carry public keys.
 
-use super::agent_admin::admin_call;
 use super::ApiState;
+use super::{admin_call, AuditedAnswer};
 use crate::dispatch::keyring::{KeyRing, RingError, RingKey};
 use crate::error::ApiError;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -56,10 +56,17 @@ async fn step(
     extensions(("x-error-codes" = json!([]))),
 )]
 pub async fn list(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
-    admin_call(req, body, state, "keys/list", |state, _| async move {
-        let keys: Vec<Value> = state.keyring.keys().iter().map(described).collect();
-        Ok((String::new(), json!({"keys": keys})))
-    })
+    admin_call(
+        req,
+        body,
+        state,
+        "keys/list",
+        AuditedAnswer::OutcomeOnly,
+        |state, _| async move {
+            let keys: Vec<Value> = state.keyring.keys().iter().map(described).collect();
+            Ok((String::new(), json!({"keys": keys})))
+        },
+    )
     .await
 }
 
@@ -72,10 +79,17 @@ pub async fn list(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
     extensions(("x-error-codes" = json!(["403.2"]))),
 )]
 pub async fn add(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
-    admin_call(req, body, state, "keys/add", |state, params| async move {
-        let id = params.get_or_empty("id").to_string();
-        step(state, id, KeyRing::add).await
-    })
+    admin_call(
+        req,
+        body,
+        state,
+        "keys/add",
+        AuditedAnswer::OutcomeOnly,
+        |state, params| async move {
+            let id = params.get_or_empty("id").to_string();
+            step(state, id, KeyRing::add).await
+        },
+    )
     .await
 }
 
@@ -92,10 +106,17 @@ pub async fn use_key(
     body: web::Bytes,
     state: web::Data<ApiState>,
 ) -> HttpResponse {
-    admin_call(req, body, state, "keys/use", |state, params| async move {
-        let id = params.get_or_empty("id").to_string();
-        step(state, id, KeyRing::use_key).await
-    })
+    admin_call(
+        req,
+        body,
+        state,
+        "keys/use",
+        AuditedAnswer::OutcomeOnly,
+        |state, params| async move {
+            let id = params.get_or_empty("id").to_string();
+            step(state, id, KeyRing::use_key).await
+        },
+    )
     .await
 }
 
@@ -117,6 +138,7 @@ pub async fn retire(
         body,
         state,
         "keys/retire",
+        AuditedAnswer::OutcomeOnly,
         |state, params| async move {
             let id = params.get_or_empty("id").to_string();
             step(state, id, KeyRing::retire).await

@@ -140,6 +140,49 @@ impl V2Call {
     }
 }
 
+/// What the audit entry of an admin call keeps of its answer.
+#[derive(Clone, Copy)]
+pub(crate) enum AuditedAnswer {
+    Whole,
+    /// The outcome only: the answer holds a secret (an enrolled agent's password).
+    OutcomeOnly,
+}
+
+/// Runs an admin call: authenticate, require the admin role, run `run` (which answers its
+/// audit target and its result), audit, answer.
+pub(crate) async fn admin_call<F, Fut>(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<ApiState>,
+    action: &'static str,
+    audited: AuditedAnswer,
+    run: F,
+) -> HttpResponse
+where
+    F: FnOnce(web::Data<ApiState>, request::Params) -> Fut,
+    Fut: std::future::Future<Output = Result<(String, serde_json::Value), ApiError>>,
+{
+    let outcome = async {
+        let call = V2Call::authenticate(&req, &body, &state)?;
+        access::require_admin(&state, &call.caller)?;
+        let (target, outcome) = match run(state.clone(), call.params).await {
+            Ok((target, value)) => (target, Ok(value)),
+            Err(err) => (String::new(), Err(err)),
+        };
+        let logged = match audited {
+            AuditedAnswer::Whole => outcome.clone(),
+            AuditedAnswer::OutcomeOnly => outcome
+                .as_ref()
+                .map(|_| serde_json::Value::Null)
+                .map_err(Clone::clone),
+        };
+        audit(&state, &call.caller, action, &target, None, &logged);
+        outcome
+    }
+    .await;
+    respond(&state, action, outcome)
+}
+
 /// Turns a handler's outcome into the v2 envelope (always HTTP 200) and counts it.
 pub fn respond(
     state: &ApiState,

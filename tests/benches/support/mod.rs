@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod agent_processes;
+pub mod release_pair;
 
 use elves_agent::{AgentConfig, AgentStats};
 use elves_center::config::CenterConfig;
