@@ -7,13 +7,12 @@ use crate::harness::{
     center_config, error_code, install_test_apps, start_center, unix_now_s, wait_until, BusKind,
     AUTH_ID, AUTH_KEY,
 };
-use elves_agent::{AgentConfig, AgentStats};
+use elves_agent::AgentConfig;
 use elves_center::store::testing::TestDatabase;
 use elves_shared::bus;
 use elves_shared::sign::{self, SignType};
 use elves_shared::wire::AgentId;
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// `/healthz`'s status and body. A kept-alive connection the server closed just as it was
@@ -135,15 +134,7 @@ async fn a_center_started_before_its_broker_waits_then_serves() {
         &namespace,
     )
     .unwrap();
-    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(elves_agent::run(
-        agent_config,
-        agent_bus.clone(),
-        Arc::new(AgentStats::new()),
-        async move {
-            let _ = agent_stopped.await;
-        },
-    ));
+    let agent = crate::harness::TestAgent::spawn(agent_config, agent_bus.clone());
     wait_until("agent a1 online", Duration::from_secs(20), || async {
         let (_, health) = get_healthz(&http, &base_url).await;
         health["heartbeat"]["online"].get("a1").is_some()
@@ -157,12 +148,7 @@ async fn a_center_started_before_its_broker_waits_then_serves() {
         "{answer}"
     );
 
-    let _ = stop_agent.send(());
-    tokio::time::timeout(Duration::from_secs(20), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    agent.stop(Duration::from_secs(20)).await;
     agent_bus.close().await;
     // Stopping blocks on the center's own thread; keep it off the test's runtime.
     tokio::task::spawn_blocking(move || center.stop())

@@ -16,7 +16,6 @@ use elves_shared::bus::{self, QueueSpec, QueueType};
 use elves_shared::sign::{self, SignType};
 use elves_shared::wire::{routing, AgentId};
 use serde_json::{json, Map, Value};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Tasks in the chain: each depends on the one before, so that every task after the node
@@ -169,15 +168,7 @@ async fn lose_the_center_s_node(loss: Loss) {
         &namespace,
     )
     .unwrap();
-    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(elves_agent::run(
-        agent_config,
-        agent_bus.clone(),
-        Arc::new(elves_agent::AgentStats::new()),
-        async move {
-            let _ = agent_stopped.await;
-        },
-    ));
+    let agent = crate::harness::TestAgent::spawn(agent_config, agent_bus.clone());
     wait_until("agent a1 online", Duration::from_secs(30), || async {
         api.healthz().await["heartbeat"]["online"]
             .get("a1")
@@ -310,12 +301,7 @@ async fn lose_the_center_s_node(loss: Loss) {
         test_started.elapsed().as_secs_f64()
     );
 
-    let _ = stop_agent.send(());
-    tokio::time::timeout(Duration::from_secs(40), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    agent.stop(Duration::from_secs(40)).await;
     agent_bus.close().await;
     tokio::task::spawn_blocking(move || center.stop())
         .await

@@ -16,7 +16,6 @@ use elves_shared::bus;
 use elves_shared::sign::{self, SignType};
 use serde_json::{json, Value};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Signed v2 calls to one center as one auth id.
@@ -324,15 +323,7 @@ async fn an_enrolled_agent_runs_calls_and_a_revoked_one_is_shut_out() {
     );
 
     let agent_bus = bus::open(&agent_url, &namespace).unwrap();
-    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(elves_agent::run(
-        agent_config,
-        agent_bus.clone(),
-        Arc::new(elves_agent::AgentStats::new()),
-        async move {
-            let _ = agent_stopped.await;
-        },
-    ));
+    let agent = crate::harness::TestAgent::spawn(agent_config, agent_bus.clone());
     let http = reqwest::Client::new();
     let online = |http: reqwest::Client, base_url: String| async move {
         let health: Value = http
@@ -449,8 +440,7 @@ async fn an_enrolled_agent_runs_calls_and_a_revoked_one_is_shut_out() {
         revoke_took.as_millis()
     );
 
-    let _ = stop_agent.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(20), agent).await;
+    agent.stop(Duration::from_secs(20)).await;
     agent_bus.close().await;
     tokio::task::spawn_blocking(move || center.stop())
         .await

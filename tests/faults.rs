@@ -459,7 +459,6 @@ async fn rt_calls_in_flight_when_the_broker_restarts_end_at_once() {
     use crate::harness::{center_config, install_test_apps, start_center, wait_until};
     use elves_shared::bus;
     use elves_shared::wire::AgentId;
-    use std::sync::Arc;
 
     let node = RabbitNode::start_on(free_port()).await;
     let namespace = format!("elves-test-{:016x}", rand::random::<u64>());
@@ -489,15 +488,7 @@ async fn rt_calls_in_flight_when_the_broker_restarts_end_at_once() {
         &namespace,
     )
     .unwrap();
-    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(elves_agent::run(
-        agent_config,
-        agent_bus.clone(),
-        Arc::new(elves_agent::AgentStats::new()),
-        async move {
-            let _ = agent_stopped.await;
-        },
-    ));
+    let agent = crate::harness::TestAgent::spawn(agent_config, agent_bus.clone());
     wait_until("agent a1 online", Duration::from_secs(20), || async {
         let health: Value = http
             .get(format!("{base_url}/healthz"))
@@ -576,12 +567,7 @@ async fn rt_calls_in_flight_when_the_broker_restarts_end_at_once() {
         "callers waited {waited:?}"
     );
 
-    let _ = stop_agent.send(());
-    tokio::time::timeout(Duration::from_secs(40), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    agent.stop(Duration::from_secs(40)).await;
     agent_bus.close().await;
     tokio::task::spawn_blocking(move || center.stop())
         .await
@@ -963,7 +949,6 @@ async fn forged_results_from_another_broker_user_are_refused() {
     use crate::harness::{center_config, install_test_apps, start_center, wait_until};
     use elves_shared::bus::{self, Destination};
     use elves_shared::wire::{self, routing, AgentId, JobResult, Mode, TaskId, TaskType};
-    use std::sync::Arc;
 
     let node = RabbitNode::start_on(free_port()).await;
     let port = node.port;
@@ -998,15 +983,7 @@ async fn forged_results_from_another_broker_user_are_refused() {
     agent_config.center.key_id = center.key_id.clone();
     agent_config.center.public_key = center.public_key_hex.clone();
     let agent_bus = bus::open(&url_of("a1"), &namespace).unwrap();
-    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(elves_agent::run(
-        agent_config,
-        agent_bus.clone(),
-        Arc::new(elves_agent::AgentStats::new()),
-        async move {
-            let _ = agent_stopped.await;
-        },
-    ));
+    let agent = crate::harness::TestAgent::spawn(agent_config, agent_bus.clone());
     let http = reqwest::Client::new();
     wait_until("agent a1 online", Duration::from_secs(20), || async {
         let health: Value = http
@@ -1204,12 +1181,7 @@ async fn forged_results_from_another_broker_user_are_refused() {
     );
     a3.close().await;
 
-    let _ = stop_agent.send(());
-    tokio::time::timeout(Duration::from_secs(20), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    agent.stop(Duration::from_secs(20)).await;
     agent_bus.close().await;
     forger.close().await;
     tokio::task::spawn_blocking(move || center.stop())
@@ -1368,7 +1340,6 @@ async fn queue_on_a_private_node(
     use crate::harness::{center_config, install_test_apps, start_center, wait_until};
     use elves_shared::bus;
     use elves_shared::wire::AgentId;
-    use std::sync::Arc;
 
     let namespace = format!("elves-test-{:016x}", rand::random::<u64>());
     let dir = tempfile::tempdir().unwrap();
@@ -1393,15 +1364,7 @@ async fn queue_on_a_private_node(
         &namespace,
     )
     .unwrap();
-    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(elves_agent::run(
-        agent_config,
-        agent_bus.clone(),
-        Arc::new(elves_agent::AgentStats::new()),
-        async move {
-            let _ = agent_stopped.await;
-        },
-    ));
+    let agent = crate::harness::TestAgent::spawn(agent_config, agent_bus.clone());
     let call = |endpoint: &str, params: Vec<(String, String)>| {
         use crate::harness::{unix_now_s, AUTH_ID, AUTH_KEY};
         use elves_shared::sign::{self, SignType};
@@ -1480,12 +1443,7 @@ async fn queue_on_a_private_node(
     tally.report();
     assert_eq!(tally.ended_ok, submitted.len(), "{}", tally.row());
 
-    let _ = stop_agent.send(());
-    tokio::time::timeout(Duration::from_secs(40), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    agent.stop(Duration::from_secs(40)).await;
     agent_bus.close().await;
     tokio::task::spawn_blocking(move || center.stop())
         .await

@@ -116,10 +116,39 @@ macro_rules! on_both_buses {
     };
 }
 
+/// An agent run in this process until stopped: a TestEnv's, or one of a test's own on a bus
+/// of its own (a private broker node).
 pub struct TestAgent {
     pub stats: Arc<AgentStats>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestAgent {
+    pub fn spawn(config: AgentConfig, bus: SharedBus) -> TestAgent {
+        let stats = Arc::new(AgentStats::new());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(elves_agent::run(config, bus, stats.clone(), async move {
+            let _ = stopped.await;
+        }));
+        TestAgent {
+            stats,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Asks it to stop and waits until it has, cleanly, within `within`.
+    pub async fn stop(mut self, within: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(within, &mut self.task)
+            .await
+            .expect("the agent stops in time")
+            .unwrap()
+            .unwrap();
+    }
 }
 
 pub struct TestEnv {
@@ -342,37 +371,14 @@ impl TestEnv {
 
     pub async fn start_agent_with(&mut self, config: AgentConfig) {
         let id = config.id.to_string();
-        let stats = Arc::new(AgentStats::new());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(elves_agent::run(
-            config,
-            self.participant_bus(),
-            stats.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        self.agents.insert(
-            id.clone(),
-            TestAgent {
-                stats,
-                stop: Some(stop),
-                task,
-            },
-        );
+        let agent = TestAgent::spawn(config, self.participant_bus());
+        self.agents.insert(id.clone(), agent);
         self.wait_online(&id).await;
     }
 
     pub async fn stop_agent(&mut self, id: &str) {
-        let mut agent = self.agents.remove(id).unwrap();
-        if let Some(stop) = agent.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(20), &mut agent.task)
-            .await
-            .expect("agent stops within 20 s")
-            .unwrap()
-            .unwrap();
+        let agent = self.agents.remove(id).unwrap();
+        agent.stop(Duration::from_secs(20)).await;
     }
 
     pub fn stats(&self, id: &str) -> elves_agent::stats::StatsSnapshot {
