@@ -138,7 +138,7 @@ async fn gigabyte_writer(amqp: &str, calls: usize) {
     let (api, agents) = (&pair.api, &pair.agents);
     let mut idle = Vec::new();
     for _ in 0..calls {
-        idle.push(noop_call(&api, "flood-agent").await);
+        idle.push(noop_call(api, "flood-agent").await);
     }
     let (center_pid, agent_idle) = (pair.center.pid(), agents.rss());
     let center_idle = support::status_kib(center_pid, "VmRSS:").unwrap_or(0);
@@ -182,7 +182,7 @@ async fn gigabyte_writer(amqp: &str, calls: usize) {
             started.elapsed() < Duration::from_secs(600),
             "the writer never ended"
         );
-        let took = noop_call(&api, "flood-agent").await;
+        let took = noop_call(api, "flood-agent").await;
         if !flood.is_finished() {
             busy.push(took);
         }
