@@ -285,8 +285,10 @@ async fn the_broker_link_verifies_the_ca_and_presents_the_client_certificate() {
     let refused = declare_over(&url, &no_client_cert)
         .await
         .expect_err("the broker requires a client certificate");
+    // Under TLS 1.3 the refusal arrives either as the broker's alert (read in time) or as a
+    // connection closed after the handshake: both messages name the client certificate.
     assert!(
-        refused.contains("refuses the client certificate or requires one"),
+        refused.contains("check tls_cert and tls_key"),
         "the error points at the client certificate: {refused}"
     );
     eprintln!("no client certificate: {refused}");
